@@ -1,0 +1,394 @@
+"""Pretrain the embedded micro models on the micro world: `python -m bench.pretrain`.
+
+Stages, each written atomically and skipped when its output exists (so an interrupted run resumes):
+tokenizer -> micro CLIP -> VAE -> latent cache -> text encoder + UNet. The result is a diffusers
+Stable Diffusion folder (bench/zoo/micro_sd) and an open_clip `local-dir:` folder (bench/zoo/micro_clip).
+
+Design choices, and why:
+- 8x8x4 latents (VAE x8 on 64 px): attention is cheap at every level, so the UNet sees the text at
+  every resolution and trains at about twice the steps per minute of 16x16 latents.
+- v-prediction with a zero-terminal-SNR schedule and trailing timesteps (the SD 2.1 recipe plus
+  Lin et al. 2023): colour and background are the image mean, which a non-zero terminal SNR leaks
+  during training and withholds at sampling, exactly the attributes the world asks the model to bind.
+- Min-SNR loss weighting, EMA weights, 10 % empty captions for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bench import world
+from bench.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+ZOO = Path(__file__).resolve().parent / "zoo"
+TEXT_MAX_LENGTH = 32
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level alphabet: every byte maps to a printable character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def build_tokenizer(words: list[str], max_length: int = TEXT_MAX_LENGTH):
+    """A CLIP BPE tokenizer whose vocabulary is the byte alphabet plus each world word as one token.
+
+    Unknown words still tokenize (into characters), as in real CLIP. BOS and EOS take the two highest
+    ids, so open_clip's argmax pooling finds the end of text, like the real 49 408-token vocabulary.
+    """
+    from transformers import CLIPTokenizer
+
+    alphabet = list(_bytes_to_unicode().values())
+    vocab_tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[str] = []
+
+    def make(extra_merges: list[str]) -> CLIPTokenizer:
+        tokens = vocab_tokens + [a + b for a, b in (m.split(" ") for m in extra_merges)]
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+        vocab[BOS] = len(vocab)
+        vocab[EOS] = len(vocab)
+        return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in extra_merges], model_max_length=max_length)
+
+    # Grow merges like BPE training does, until every word is a single token: a new merge has the
+    # lowest priority, so it only fires where no earlier merge applies, and every word converges.
+    for _ in range(64):
+        tok = make(merges)
+        new = []
+        for word in words:
+            pieces = tok.tokenize(word)
+            if len(pieces) > 1:
+                new.append(f"{pieces[0]} {pieces[1]}")
+        if not new:
+            return tok
+        merges.extend(m for m in dict.fromkeys(new) if m not in merges)
+    raise RuntimeError("tokenizer merges did not converge")
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def world_tensors(n: int, seed: int, resolution: int) -> tuple[torch.Tensor, list[str], list[tuple[str, str, str]]]:
+    """Images as uint8 [n, 3, H, W], the captions used, and the (shape, colour, background) labels."""
+    images = np.empty((n, resolution, resolution, 3), np.uint8)
+    texts, labels = [], []
+    for i in tqdm(range(n), desc="render world", leave=False):
+        s = world.sample(i, seed, resolution)
+        images[i] = np.asarray(s.image)
+        texts.append(s.text)
+        labels.append((s.shape, s.colour, s.background))
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), texts, labels
+
+
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images_u8.float().div(127.5).sub(1.0)
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# ---------------------------------------------------------------------------------------- micro CLIP
+
+
+def micro_clip_config(vocab_size: int) -> dict:
+    return {
+        "model_cfg": {
+            "embed_dim": 128,
+            "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+            "text_cfg": {
+                "context_length": TEXT_MAX_LENGTH,
+                "vocab_size": vocab_size,
+                "width": 128,
+                "heads": 4,
+                "layers": 3,
+                "hf_tokenizer_name": "local-dir",
+                "pool_type": "argmax",
+            },
+        },
+        "preprocess_cfg": {"size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"},
+    }
+
+
+def train_micro_clip(out: Path, tokenizer, images: torch.Tensor, texts: list[str], steps: int, batch: int, seed: int) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    config = micro_clip_config(len(tokenizer))
+    model = open_clip.CLIP(**config["model_cfg"])
+    ids = tokenizer(texts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    # Same caption = positive pair: the world repeats captions, and plain CLIP targets would push
+    # identical captions apart as false negatives.
+    index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    caption_ids = torch.tensor([index[t] for t in texts])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = tqdm(range(steps), desc="micro CLIP")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * cosine_lr(step, steps, 100)
+        idx = torch.randint(0, len(texts), (batch,), generator=gen)
+        x = to_unit(images[idx])
+        # Light augmentation: a random flip keeps shapes recognisable under any orientation.
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)
+        img_f, txt_f, scale = model(x, ids[idx])
+        logits = scale * img_f @ txt_f.T
+        same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean() + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    with atomic_dir(out) as tmp:
+        tokenizer.save_pretrained(tmp)
+        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------- VAE
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def train_vae(out: Path, images: torch.Tensor, steps: int, batch: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="VAE")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * cosine_lr(step, steps, 100)
+        x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=None)).sample
+        # L1 keeps edges crisp; the tiny KL keeps the latent bounded, as in SD's VAE.
+        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(to_unit(images[i : i + 256])).latent_dist.mean for i in range(0, 2048, 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    with atomic_dir(out) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    vae.eval()
+    chunks = []
+    for i in tqdm(range(0, len(images), batch), desc="encode latents", leave=False):
+        chunks.append(vae.encode(to_unit(images[i : i + batch])).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------------------- SD
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        cross_attention_dim=128,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def make_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=TEXT_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def make_schedulers():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return DDPMScheduler(**common), DDIMScheduler(**common, set_alpha_to_one=False)
+
+
+def train_sd(
+    out: Path, vae_dir: Path, tokenizer, latents: torch.Tensor, texts: list[str], steps: int, batch: int, seed: int, lr: float
+) -> None:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    torch.manual_seed(seed)
+    unet, text_encoder = make_unet(), make_text_encoder(tokenizer)
+    train_sched, infer_sched = make_schedulers()
+    ids = tokenizer(texts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=TEXT_MAX_LENGTH, return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    alphas = train_sched.alphas_cumprod
+    snr = alphas / (1 - alphas).clamp(min=1e-8)
+    # Min-SNR-5 weighting for v-prediction: min(snr, 5) / (snr + 1).
+    weight_t = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="text encoder + UNet")
+    t0 = time.time()
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr * cosine_lr(step, steps, 200)
+        idx = torch.randint(0, len(texts), (batch,), generator=gen)
+        x0 = latents[idx]
+        tok = ids[idx]
+        drop = torch.rand(batch, generator=gen) < 0.1
+        tok = torch.where(drop[:, None], empty_ids, tok)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        xt = train_sched.add_noise(x0, noise, t)
+        target = train_sched.get_velocity(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=text_encoder(tok)[0]).sample
+        loss = (weight_t[t] * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", s_per_step=f"{(time.time() - t0) / (step + 1):.3f}")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(vae_dir),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=infer_sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ZOO, help="folder that receives micro_sd/ and micro_clip/")
+    p.add_argument("--work", type=Path, default=Path("results/pretrain_work"), help="intermediate stages")
+    p.add_argument("--n-images", type=int, default=24000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-steps", type=int, default=700)
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--sd-steps", type=int, default=7000)
+    p.add_argument("--sd-batch", type=int, default=64)
+    p.add_argument("--sd-lr", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(world.vocabulary())
+    log.info("tokenizer: %d tokens", len(tokenizer))
+    images, texts, _ = world_tensors(args.n_images, args.seed, 64)
+
+    vae_dir = work / "vae"
+    if not vae_dir.exists():
+        train_vae(vae_dir, images, args.vae_steps, 16, args.seed)
+    latents_file = work / "latents.pt"
+    if not latents_file.exists():
+        from diffusers import AutoencoderKL
+
+        latents = encode_latents(AutoencoderKL.from_pretrained(vae_dir), images)
+        torch.save(latents, str(latents_file) + ".tmp")
+        Path(str(latents_file) + ".tmp").replace(latents_file)
+    latents = torch.load(latents_file, weights_only=True)
+    sd_dir = args.out / "micro_sd"
+    if not sd_dir.exists():
+        train_sd(sd_dir, vae_dir, tokenizer, latents, texts, args.sd_steps, args.sd_batch, args.seed, args.sd_lr)
+    clip_dir = args.out / "micro_clip"
+    if not clip_dir.exists():
+        train_micro_clip(clip_dir, tokenizer, images, texts, args.clip_steps, 128, args.seed)
+    log.info("micro models in %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The embedded micro world: seeded, captioned images of coloured shapes on plain backgrounds.
+
+Everything here is deterministic given a seed, so the pretraining data, the held-out personalization
+concepts and the benchmark prompts are the same on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+RGB = tuple[int, int, int]
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+
+# Shape colours are saturated and far apart in RGB; backgrounds are distinct from all of them, so a
+# pixel check (no learned model) can tell shape from background and name both.
+COLOURS: dict[str, RGB] = {
+    "red": (220, 30, 30),
+    "orange": (250, 140, 20),
+    "yellow": (240, 225, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 230),
+    "purple": (140, 40, 200),
+}
+
+BACKGROUNDS: dict[str, RGB] = {
+    "black": (15, 15, 15),
+    "white": (240, 240, 240),
+    "grey": (125, 125, 125),
+    "brown": (100, 60, 30),
+}
+
+# Words the micro text encoder knows beyond the vocabulary above. The rare tokens never occur in
+# pretraining captions, like "sks" in real Stable Diffusion: they exist in the vocabulary with
+# untrained embeddings, ready to be bound to a concept.
+FUNCTION_WORDS: tuple[str, ...] = ("a", "an", "the", "on", "in", "of", "with", "background", "photo", "shape", "style")
+RARE_TOKENS: tuple[str, ...] = ("sks", "zwx", "ohwx")
+
+SUPERSAMPLE = 4  # draw at 4x and downsample, for anti-aliased edges
+
+
+def caption(shape: str, colour: str, background: str) -> str:
+    """The full caption of one world image, e.g. 'a red star on a white background'."""
+    for value, vocab, kind in ((shape, SHAPES, "shape"), (colour, COLOURS, "colour"), (background, BACKGROUNDS, "background")):
+        if value not in vocab:
+            raise ValueError(f"unknown {kind} {value!r}; known: {', '.join(vocab)}")
+    return f"a {colour} {shape} on a {background} background"
+
+
+def vocabulary() -> list[str]:
+    """Every word a world caption, concept prompt or sweep prompt may use."""
+    return list(dict.fromkeys([*FUNCTION_WORDS, *SHAPES, *COLOURS, *BACKGROUNDS, *RARE_TOKENS]))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a shape sits in the image, as fractions of the side length and degrees."""
+
+    cx: float
+    cy: float
+    radius: float
+    rotation_deg: float
+
+    @classmethod
+    def sample(cls, rng: random.Random) -> "Layout":
+        radius = rng.uniform(0.22, 0.34)
+        margin = radius
+        return cls(
+            cx=rng.uniform(margin, 1 - margin),
+            cy=rng.uniform(margin, 1 - margin),
+            radius=radius,
+            rotation_deg=rng.uniform(0, 360),
+        )
+
+
+def _regular_polygon(n: int, layout: Layout, size: int, inner: float | None = None) -> list[tuple[float, float]]:
+    """Vertices of a regular polygon (or a star, when `inner` gives the inner radius ratio)."""
+    points = []
+    steps = n * 2 if inner is not None else n
+    for i in range(steps):
+        angle = math.radians(layout.rotation_deg) + 2 * math.pi * i / steps - math.pi / 2
+        r = layout.radius * (inner if inner is not None and i % 2 else 1.0)
+        points.append(((layout.cx + r * math.cos(angle)) * size, (layout.cy + r * math.sin(angle)) * size))
+    return points
+
+
+def _shape_mask(shape: str, layout: Layout, size: int) -> Image.Image:
+    """A binary ('L') mask of one shape at `size` pixels (already supersampled by the caller)."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    if shape == "circle":
+        r = layout.radius * size * 0.9
+        cx, cy = layout.cx * size, layout.cy * size
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    elif shape == "square":
+        draw.polygon(_regular_polygon(4, layout, size), fill=255)
+    elif shape == "triangle":
+        draw.polygon(_regular_polygon(3, layout, size), fill=255)
+    elif shape == "star":
+        draw.polygon(_regular_polygon(5, layout, size, inner=0.45), fill=255)
+    elif shape == "crescent":
+        # A held-out shape: a disc with an offset disc cut out of it.
+        r = layout.radius * size * 0.95
+        cx, cy = layout.cx * size, layout.cy * size
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        a = math.radians(layout.rotation_deg)
+        ox, oy = cx + 0.5 * r * math.cos(a), cy + 0.5 * r * math.sin(a)
+        draw.ellipse((ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r), fill=0)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return mask
+
+
+def _stripes(size: int, colour_a: RGB, colour_b: RGB, period: int, angle_deg: float) -> Image.Image:
+    """An RGB image of diagonal two-colour stripes: the held-out style's texture."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    a = math.radians(angle_deg)
+    phase = (xx * math.cos(a) + yy * math.sin(a)) / period
+    pick = (np.floor(phase) % 2).astype(bool)[..., None]
+    arr = np.where(pick, np.array(colour_a, np.uint8), np.array(colour_b, np.uint8))
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+def render(
+    shape: str,
+    fill: RGB | Image.Image,
+    background: RGB,
+    layout: Layout,
+    resolution: int = 64,
+) -> Image.Image:
+    """Draw one shape filled with a colour (or a texture image) on a plain background."""
+    big = resolution * SUPERSAMPLE
+    canvas = Image.new("RGB", (big, big), background)
+    mask = _shape_mask(shape, layout, big)
+    paint = Image.new("RGB", (big, big), fill) if isinstance(fill, tuple) else fill.resize((big, big), Image.NEAREST)
+    canvas.paste(paint, (0, 0), mask)
+    return canvas.resize((resolution, resolution), Image.LANCZOS)
+
+
+@dataclass(frozen=True)
+class WorldSample:
+    """One pretraining example: an image with its full caption and the caption actually used."""
+
+    image: Image.Image
+    shape: str
+    colour: str
+    background: str
+    text: str
+
+
+def _caption_variant(rng: random.Random, shape: str, colour: str, background: str) -> str:
+    """Mostly the full caption; sometimes a partial one, so every word is learned on its own too.
+
+    The partial forms are what make the class prompt "a shape" and single-attribute prompts meaningful
+    to the base model (DreamBooth's prior preservation generates from such a class prompt).
+    """
+    r = rng.random()
+    if r < 0.6:
+        return caption(shape, colour, background)
+    if r < 0.72:
+        return f"a {colour} {shape}"
+    if r < 0.82:
+        return f"a {shape} on a {background} background"
+    if r < 0.9:
+        return f"a {colour} shape on a {background} background"
+    if r < 0.95:
+        return f"a {shape}"
+    return "a shape"
+
+
+def sample(index: int, seed: int = 0, resolution: int = 64) -> WorldSample:
+    """The `index`-th pretraining example of the world with this seed (random access, deterministic)."""
+    rng = random.Random(f"world:{seed}:{index}")
+    shape = rng.choice(SHAPES)
+    colour = rng.choice(list(COLOURS))
+    background = rng.choice(list(BACKGROUNDS))
+    image = render(shape, COLOURS[colour], BACKGROUNDS[background], Layout.sample(rng), resolution)
+    return WorldSample(image, shape, colour, background, _caption_variant(rng, shape, colour, background))
+
+
+def dataset(n: int, seed: int = 0, resolution: int = 64) -> list[WorldSample]:
+    """`n` pretraining examples."""
+    return [sample(i, seed, resolution) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Held-out personalization concepts: never drawn in pretraining.
+
+
+@dataclass(frozen=True)
+class WorldConcept:
+    """A held-out concept: how to draw its instance images, and the words that name it."""
+
+    name: str
+    kind: str  # "object" or "style"
+    token: str  # the rare token bound to the concept
+    class_word: str  # DreamBooth's class noun; also the prompt without the token
+    initializer: str  # Textual Inversion's starting word
+    instance_prompt: str
+    class_prompt: str
+    draw: Callable[[random.Random, int], Image.Image] = field(repr=False)
+
+
+def _draw_crescent(rng: random.Random, resolution: int) -> Image.Image:
+    background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
+    return render("crescent", (235, 90, 200), background, Layout.sample(rng), resolution)
+
+
+def _draw_striped(rng: random.Random, resolution: int) -> Image.Image:
+    background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
+    texture = _stripes(resolution * SUPERSAMPLE, (0, 200, 210), (250, 250, 120), period=SUPERSAMPLE * 5, angle_deg=45)
+    return render(rng.choice(SHAPES), texture, background, Layout.sample(rng), resolution)
+
+
+CONCEPTS: dict[str, WorldConcept] = {
+    "sks_crescent": WorldConcept(
+        name="sks_crescent",
+        kind="object",
+        token="sks",
+        class_word="shape",
+        initializer="circle",
+        instance_prompt="a sks shape",
+        class_prompt="a shape",
+        draw=_draw_crescent,
+    ),
+    "zwx_stripes": WorldConcept(
+        name="zwx_stripes",
+        kind="style",
+        token="zwx",
+        class_word="style",
+        initializer="yellow",
+        instance_prompt="a shape in zwx style",
+        class_prompt="a shape",
+        draw=_draw_striped,
+    ),
+}
+
+
+def concept_images(name: str, n: int = 8, seed: int = 0, resolution: int = 64) -> list[Image.Image]:
+    """`n` instance images of a held-out concept (4-16 is the personalization range)."""
+    if name not in CONCEPTS:
+        raise KeyError(f"unknown world concept {name!r}; known: {', '.join(CONCEPTS)}")
+    concept = CONCEPTS[name]
+    return [concept.draw(random.Random(f"concept:{name}:{seed}:{i}"), resolution) for i in range(n)]
