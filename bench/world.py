@@ -248,3 +248,32 @@ def concept_images(name: str, n: int = 8, seed: int = 0, resolution: int = 64) -
         raise KeyError(f"unknown world concept {name!r}; known: {', '.join(CONCEPTS)}")
     concept = CONCEPTS[name]
     return [concept.draw(random.Random(f"concept:{name}:{seed}:{i}"), resolution) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A judge that uses no learned model: what colour is the shape, and what colour is the background?
+
+SHAPE_PIXEL_MIN_DISTANCE = 60.0  # RGB distance from the background that makes a pixel part of the shape
+
+
+def _nearest(rgb: np.ndarray, palette: dict[str, RGB]) -> str:
+    names = list(palette)
+    dist = np.linalg.norm(np.array([palette[n] for n in names], np.float32) - rgb[None, :], axis=1)
+    return names[int(np.argmin(dist))]
+
+
+def judge_colours(image: Image.Image) -> tuple[str | None, str]:
+    """(shape colour, background) of an image by pixels alone.
+
+    The background is the median of the border pixels; shape pixels are those far from it; the shape
+    colour is their median. Each is named by the nearest palette entry. The shape colour is None when
+    fewer than 2 % of the pixels differ from the background (no shape was drawn).
+    """
+    arr = np.asarray(image.convert("RGB"), np.float32)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    bg = np.median(border, axis=0)
+    far = np.linalg.norm(arr - bg, axis=-1) > SHAPE_PIXEL_MIN_DISTANCE
+    background = _nearest(bg, BACKGROUNDS)
+    if far.mean() < 0.02:
+        return None, background
+    return _nearest(np.median(arr[far], axis=0), COLOURS), background

@@ -1,0 +1,48 @@
+"""A CLIP feature extractor over open_clip: the micro CLIP by default, any local open_clip model too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+from PIL import Image
+
+
+class ClipEncoder:
+    """Unit-norm image and text embeddings from one open_clip model."""
+
+    def __init__(self, model, preprocess, tokenizer, name: str, batch: int = 128) -> None:
+        self.model, self.preprocess, self.tokenizer, self.name, self.batch = model.eval(), preprocess, tokenizer, name, batch
+
+    @torch.no_grad()
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        feats = []
+        for i in range(0, len(images), self.batch):
+            x = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch]])
+            feats.append(self.model.encode_image(x).float())
+        return torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        feats = [self.model.encode_text(self.tokenizer(list(texts[i : i + self.batch]))).float() for i in range(0, len(texts), self.batch)]
+        return torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+
+    def classify(self, images: Sequence[Image.Image], labels: Sequence[str], template: str = "{}") -> list[str]:
+        """Zero-shot: the label whose prompt is most similar to each image."""
+        sims = self.images(images) @ self.texts([template.format(label) for label in labels]).T
+        return [labels[i] for i in sims.argmax(dim=1).tolist()]
+
+
+@lru_cache(maxsize=4)
+def load_encoder(spec: str = "micro") -> ClipEncoder:
+    """'micro' (the embedded micro CLIP) or an open_clip spec such as 'local-dir:/path/to/clip'."""
+    import open_clip
+
+    from bench import zoo
+
+    if spec == "micro":
+        model, preprocess, tokenizer = zoo.micro_clip()
+        return ClipEncoder(model, preprocess, tokenizer, "microclip")
+    model, _, preprocess = open_clip.create_model_and_transforms(spec)
+    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(spec), spec.rsplit("/", 1)[-1])

@@ -1,0 +1,49 @@
+"""Structured configs: the schema every YAML under conf/ is checked against, so a misspelt key fails
+when the config is composed, not half-way through a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    embedded: bool = False  # the micro model shipped in bench/zoo
+    path: Optional[str] = None  # a local diffusers folder or a single .safetensors/.ckpt file
+    config_path: Optional[str] = None  # for a single file: a local diffusers folder with the configs
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    resolution: int = 64
+
+
+@dataclass
+class DataConfig:
+    concept: Optional[str] = None  # a held-out micro-world concept ...
+    path: Optional[str] = None  # ... or a folder of images (+ .txt captions; kohya '10_sks dog' naming)
+    n_images: int = 8  # world concepts only
+    seed: int = 0  # world concepts only: which instance images are drawn
+    instance_prompt: Optional[str] = None
+    class_word: Optional[str] = None
+    initializer: Optional[str] = None
+
+
+@dataclass
+class BenchConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_"])
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "results/default"
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="bench_schema", node=BenchConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)

@@ -1,0 +1,164 @@
+"""Personalization data: a concept's instance images and the words that name it.
+
+Two sources, one result: a held-out concept of the embedded micro world, or a user's folder of
+images (optional `.txt` caption beside each image; kohya's `10_sks dog` folder naming understood).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bench import world
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+KOHYA_FOLDER = re.compile(r"^(?P<repeats>\d+)_(?P<prompt>.+)$")
+MIN_SIDE_PX = 8
+
+
+class ConceptDataError(ValueError):
+    """Concept data that cannot be used; the message names the file, folder or config key."""
+
+
+@dataclass
+class ConceptData:
+    """What every method trains on: the same images, prompts and words for all of them."""
+
+    name: str
+    images: list[Image.Image]  # RGB, square, at the model's resolution
+    captions: list[str]  # one per image: its .txt caption, or the instance prompt
+    instance_prompt: str  # contains `token`, e.g. "a sks shape"
+    class_prompt: str  # the same without the token, for prior preservation, e.g. "a shape"
+    token: str  # the rare token bound to the concept
+    class_word: str
+    initializer: str  # Textual Inversion's starting word
+    repeats: int = 1
+    source: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ConceptDataError(f"concept {self.name!r} has no images ({self.source})")
+        if len(self.captions) != len(self.images):
+            raise ConceptDataError(f"concept {self.name!r}: {len(self.captions)} captions for {len(self.images)} images")
+        if self.token not in self.instance_prompt.split():
+            raise ConceptDataError(
+                f"concept {self.name!r}: instance prompt {self.instance_prompt!r} does not contain its token {self.token!r}"
+            )
+
+
+def to_model_image(image: Image.Image, resolution: int) -> Image.Image:
+    """RGB, EXIF-rotated, transparent parts on white, shorter side scaled to `resolution`, centre-cropped."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    image = image.convert("RGB")
+    return ImageOps.fit(image, (resolution, resolution), Image.BICUBIC, centering=(0.5, 0.5))
+
+
+def read_image(path: Path, resolution: int) -> Image.Image:
+    """One image file, ready for the model; a clear error naming the file when it cannot be used."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if min(im.size) < MIN_SIDE_PX:
+                raise ConceptDataError(f"{path}: image is {im.size[0]}x{im.size[1]} px, smaller than {MIN_SIDE_PX} px")
+            return to_model_image(im, resolution)
+    except ConceptDataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ConceptDataError(f"{path}: not a readable image ({e})") from e
+
+
+def load_folder(
+    folder: Path,
+    resolution: int,
+    instance_prompt: str | None = None,
+    class_word: str | None = None,
+    initializer: str | None = None,
+) -> ConceptData:
+    """A user's concept folder: images, `.txt` captions beside them, kohya `N_token class` naming."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConceptDataError(f"data.path: concept folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ConceptDataError(f"data.path: concept folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    repeats = 1
+    m = KOHYA_FOLDER.match(folder.name)
+    if m:
+        repeats = int(m["repeats"])
+        instance_prompt = instance_prompt or m["prompt"].strip()
+    if not instance_prompt:
+        raise ConceptDataError(
+            f"data.instance_prompt: folder {folder} is not named like '10_sks dog'; set the instance prompt "
+            "(e.g. data.instance_prompt='a sks dog')"
+        )
+    words = instance_prompt.split()
+    token = words[0] if m else _rare_token(words, folder)
+    class_word = class_word or (words[-1] if len(words) > 1 else "")
+    if not class_word or class_word == token:
+        raise ConceptDataError(f"data.class_word: cannot tell the class word from {instance_prompt!r}; set it")
+    images = [read_image(p, resolution) for p in files]
+    captions = []
+    for p in files:
+        txt = p.with_suffix(".txt")
+        captions.append(txt.read_text().strip() if txt.is_file() and txt.read_text().strip() else instance_prompt)
+    class_prompt = " ".join(w for w in words if w != token)
+    log.info("concept %s: %d images from %s (repeats %d)", folder.name, len(images), folder, repeats)
+    return ConceptData(
+        name=re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.name),
+        images=images,
+        captions=captions,
+        instance_prompt=instance_prompt,
+        class_prompt=class_prompt,
+        token=token,
+        class_word=class_word,
+        initializer=initializer or class_word,
+        repeats=repeats,
+        source=str(folder),
+    )
+
+
+def _rare_token(words: list[str], folder: Path) -> str:
+    """The token of a prompt like 'a photo of sks dog': the word just before the class word."""
+    if len(words) < 2:
+        raise ConceptDataError(f"data.instance_prompt: {' '.join(words)!r} needs a token and a class word (for {folder})")
+    return words[-2]
+
+
+def load_world_concept(name: str, n_images: int, resolution: int, seed: int = 0) -> ConceptData:
+    """A held-out concept of the micro world, generated on the fly."""
+    if name not in world.CONCEPTS:
+        raise ConceptDataError(f"data.concept: unknown world concept {name!r}; known: {', '.join(world.CONCEPTS)}")
+    if not 1 <= n_images <= 64:
+        raise ConceptDataError(f"data.n_images: {n_images} is outside 1..64")
+    c = world.CONCEPTS[name]
+    images = world.concept_images(name, n_images, seed, resolution)
+    return ConceptData(
+        name=name,
+        images=images,
+        captions=[c.instance_prompt] * len(images),
+        instance_prompt=c.instance_prompt,
+        class_prompt=c.class_prompt,
+        token=c.token,
+        class_word=c.class_word,
+        initializer=c.initializer,
+        source=f"micro world concept {name}",
+    )
+
+
+def load_concept(cfg, resolution: int) -> ConceptData:
+    """The concept a `data` config names: `data.path` (a folder) or `data.concept` (a world concept)."""
+    if cfg.get("path"):
+        return load_folder(Path(cfg["path"]), resolution, cfg.get("instance_prompt"), cfg.get("class_word"), cfg.get("initializer"))
+    if cfg.get("concept"):
+        return load_world_concept(cfg["concept"], int(cfg.get("n_images", 8)), resolution, int(cfg.get("seed", 0)))
+    raise ConceptDataError("data: set either data.path (a concept folder) or data.concept (a micro-world concept)")

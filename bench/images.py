@@ -1,0 +1,55 @@
+"""Generation with fixed seeds, and image grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+
+@torch.no_grad()
+def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance: float = 5.0, batch: int = 16) -> list[Image.Image]:
+    """One image per (prompt, seed) pair; each pair's initial noise depends only on its seed."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
+    out: list[Image.Image] = []
+    device = pipe.device
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
+        latents = initial_latents(pipe, gens, device)
+        result = pipe(
+            list(prompts[i : i + batch]),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            latents=latents,
+            output_type="pil",
+        )
+        out.extend(result.images)
+    return out
+
+
+def initial_latents(pipe, generators: Sequence[torch.Generator], device) -> torch.Tensor:
+    """Seeded noise drawn on the CPU, so a seed gives the same start on every device."""
+    unet = pipe.unet
+    side = unet.config.sample_size
+    noise = [torch.randn((1, unet.config.in_channels, side, side), generator=g) for g in generators]
+    return torch.cat(noise).to(device=device, dtype=unet.dtype)
+
+
+def grid(images: Sequence[Image.Image], cols: int, labels: Sequence[str] | None = None, scale: int = 1) -> Image.Image:
+    """Images in rows of `cols`, optionally with a caption strip under each."""
+    if not images:
+        raise ValueError("grid of no images")
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    strip = 12 if labels else 0
+    rows = (len(images) + cols - 1) // cols
+    canvas = Image.new("RGB", (cols * w, rows * (h + strip)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, im in enumerate(images):
+        x, y = (k % cols) * w, (k // cols) * (h + strip)
+        canvas.paste(im.resize((w, h), Image.NEAREST), (x, y))
+        if labels:
+            draw.text((x + 2, y + h), labels[k][: max(4, w // 6)], fill="black")
+    return canvas

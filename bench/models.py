@@ -1,0 +1,86 @@
+"""Load the base model a `model` config names: the embedded micro SD, or SD 1.5 / 2.1 from disk.
+
+One code path for all of them: a diffusers `StableDiffusionPipeline`, loaded offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from bench import zoo
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt"}
+
+
+class ModelConfigError(ValueError):
+    """A model config that cannot be loaded; the message names the config key."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is fp16 on CUDA and fp32 on the CPU (half precision is slow or unsupported there)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ModelConfigError(f"model.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def model_path(cfg) -> Path:
+    """The folder or file a model config points to; checked before anything heavy is loaded."""
+    if cfg.get("path"):
+        path = Path(os.path.expanduser(str(cfg["path"])))
+    elif cfg.get("embedded"):
+        path = zoo.micro_sd_dir()
+    else:
+        raise ModelConfigError(f"model.path: model {cfg.get('name', '?')!r} needs a local diffusers folder or .safetensors file")
+    if not path.exists():
+        raise ModelConfigError(f"model.path: {path} does not exist")
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise ModelConfigError(f"model.path: {path} is a folder without model_index.json (not a diffusers pipeline folder)")
+    if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise ModelConfigError(f"model.path: {path} is neither a diffusers folder nor a {'/'.join(sorted(SINGLE_FILE_SUFFIXES))} checkpoint")
+    return path
+
+
+def load_pipeline(cfg, device: str = "auto"):
+    """A `StableDiffusionPipeline` on the configured device and dtype, with progress bars off."""
+    from diffusers import StableDiffusionPipeline
+
+    path = model_path(cfg)
+    dev = resolve_device(device)
+    dtype = resolve_dtype(str(cfg.get("dtype", "auto")), dev)
+    common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    if path.is_dir():
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
+    else:
+        # A single-file checkpoint carries weights only; the component configs come from a local
+        # diffusers folder of the same architecture (model.config_path), since no hub is reachable.
+        config = cfg.get("config_path")
+        if not config:
+            raise ModelConfigError(
+                f"model.config_path: {path} is a single-file checkpoint; point model.config_path at a local diffusers "
+                "folder of the same architecture (e.g. an SD 1.5 folder) so no hub download is needed"
+            )
+        if not Path(config).is_dir():
+            raise ModelConfigError(f"model.config_path: {config} does not exist")
+        pipe = StableDiffusionPipeline.from_single_file(path, config=str(config), local_files_only=True, **common)
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    log.info("loaded %s from %s on %s (%s)", cfg.get("name", "model"), path, dev, dtype)
+    return pipe

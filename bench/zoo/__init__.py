@@ -1,0 +1,35 @@
+"""The embedded micro models, trained by `python -m bench.pretrain` and committed as safetensors."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+ZOO_DIR = Path(__file__).resolve().parent
+
+
+def micro_sd_dir() -> Path:
+    """Folder of the micro Stable Diffusion model (loads with `StableDiffusionPipeline.from_pretrained`)."""
+    return _existing(ZOO_DIR / "micro_sd")
+
+
+def micro_clip_dir() -> Path:
+    """Folder of the micro CLIP model (open_clip `local-dir:` layout, with its tokenizer)."""
+    return _existing(ZOO_DIR / "micro_clip")
+
+
+@lru_cache(maxsize=1)
+def micro_clip():
+    """(model, preprocess, tokenizer) of micro CLIP, in eval mode on the CPU."""
+    import open_clip
+
+    spec = f"local-dir:{micro_clip_dir()}"
+    model, _, preprocess = open_clip.create_model_and_transforms(spec)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(spec)
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"embedded model folder {path} is missing; regenerate it with `python -m bench.pretrain`")
+    return path

@@ -1,0 +1,45 @@
+"""Every YAML under conf/ composes against the structured schema; typos fail at composition."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from bench.config import register
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register()
+
+# Options whose required keys (???) a user must give; the test supplies stand-ins.
+REQUIRED = {("model", "sd15"): ["model.path=/models/sd15"], ("model", "sd21"): ["model.path=/models/sd21"], ("data", "folder"): ["data.path=/data/10_sks dog"]}
+
+
+def group_options():
+    for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
+        for yaml in sorted(group_dir.glob("*.yaml")):
+            yield group_dir.name, yaml.stem
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_default_config_composes():
+    cfg = _compose([])
+    assert cfg.model.name == "micro" and cfg.data.concept == "sks_crescent"
+
+
+@pytest.mark.parametrize("group,option", list(group_options()))
+def test_every_option_composes(group, option):
+    cfg = _compose([f"{group}={option}", *REQUIRED.get((group, option), [])])
+    from omegaconf import OmegaConf
+
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_misspelt_key_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        _compose(["model.resolutoin=32"])

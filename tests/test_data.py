@@ -1,0 +1,70 @@
+import pytest
+from PIL import Image
+
+from bench import world
+from bench.data import ConceptDataError, load_concept, load_folder, load_world_concept
+
+
+def _write_images(folder, n=3, size=(80, 60), mode="RGB"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new(mode, size, (200, 10, 10) if mode == "RGB" else 128).save(folder / f"img{i}.png")
+
+
+def test_kohya_folder_naming_gives_prompt_token_class_and_repeats(tmp_path):
+    folder = tmp_path / "10_sks dog"
+    _write_images(folder)
+    (folder / "img1.txt").write_text("a sks dog on a sofa\n")
+    data = load_folder(folder, resolution=64)
+    assert (data.instance_prompt, data.token, data.class_word, data.repeats) == ("sks dog", "sks", "dog", 10)
+    assert data.class_prompt == "dog"
+    assert data.captions == ["sks dog", "a sks dog on a sofa", "sks dog"]
+    assert all(im.size == (64, 64) and im.mode == "RGB" for im in data.images)
+
+
+def test_plain_folder_needs_an_instance_prompt(tmp_path):
+    _write_images(tmp_path / "mydog")
+    with pytest.raises(ConceptDataError, match="data.instance_prompt"):
+        load_folder(tmp_path / "mydog", 64)
+    data = load_folder(tmp_path / "mydog", 64, instance_prompt="a photo of sks dog")
+    assert (data.token, data.class_word, data.class_prompt) == ("sks", "dog", "a photo of dog")
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    folder = tmp_path / "5_sks cat"
+    _write_images(folder, 2)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ConceptDataError, match="broken.jpg"):
+        load_folder(folder, 64)
+
+
+def test_empty_and_missing_folders_are_named(tmp_path):
+    (tmp_path / "3_sks cat").mkdir()
+    (tmp_path / "3_sks cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(ConceptDataError, match="3_sks cat.*holds no images"):
+        load_folder(tmp_path / "3_sks cat", 64)
+    with pytest.raises(ConceptDataError, match="data.path.*does not exist"):
+        load_folder(tmp_path / "nowhere", 64)
+
+
+def test_odd_images_are_converted_or_rejected(tmp_path):
+    folder = tmp_path / "2_sks cat"
+    _write_images(folder, 1, mode="L")
+    rgba = Image.new("RGBA", (70, 90), (0, 0, 0, 0))
+    rgba.save(folder / "transparent.png")
+    data = load_folder(folder, 32)
+    assert all(im.mode == "RGB" and im.size == (32, 32) for im in data.images)
+    assert data.images[1].getpixel((16, 16)) == (255, 255, 255)  # transparency composited on white
+    Image.new("RGB", (4, 4)).save(folder / "tiny.png")
+    with pytest.raises(ConceptDataError, match="tiny.png.*smaller"):
+        load_folder(folder, 32)
+
+
+def test_world_concept_and_config_dispatch():
+    data = load_world_concept("sks_crescent", 6, 64)
+    assert len(data.images) == 6 and data.token == "sks" and data.instance_prompt == world.CONCEPTS["sks_crescent"].instance_prompt
+    assert load_concept({"concept": "zwx_stripes", "n_images": 4}, 64).captions == ["a shape in zwx style"] * 4
+    with pytest.raises(ConceptDataError, match="data.concept.*unknown"):
+        load_concept({"concept": "nope"}, 64)
+    with pytest.raises(ConceptDataError, match="data: set either"):
+        load_concept({}, 64)

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+from diffusers import StableDiffusionPipeline
+
+from bench import zoo
+from bench.images import generate
+from bench.models import ModelConfigError, load_pipeline, model_path
+
+
+def test_micro_sd_loads_offline_with_stock_diffusers(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = StableDiffusionPipeline.from_pretrained(zoo.micro_sd_dir(), local_files_only=True)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+
+
+def test_committed_weights_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in zoo.micro_sd_dir().rglob("*") if p.is_file())
+    assert total <= 40 * 2**20
+
+
+def test_generates_deterministic_images_of_the_model_resolution(micro_pipe):
+    a = generate(micro_pipe, ["a red star on a white background"] * 2, [0, 1], steps=4)
+    b = generate(micro_pipe, ["a red star on a white background"], [0], steps=4)
+    assert a[0].size == (64, 64)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))  # same seed, same image, even in another batch
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
+
+
+def test_missing_or_wrong_model_paths_fail_early_naming_the_key(tmp_path):
+    with pytest.raises(ModelConfigError, match=r"model.path: .*nowhere does not exist"):
+        model_path({"name": "sd15", "path": str(tmp_path / "nowhere")})
+    with pytest.raises(ModelConfigError, match="without model_index.json"):
+        model_path({"name": "sd15", "path": str(tmp_path)})
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelConfigError, match="neither a diffusers folder"):
+        model_path({"name": "sd15", "path": str(tmp_path / "weights.bin")})
+    (tmp_path / "sd15.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelConfigError, match="model.config_path"):
+        load_pipeline({"name": "sd15", "path": str(tmp_path / "sd15.safetensors")}, "cpu")
+    with pytest.raises(ModelConfigError, match="model.path: model 'sd21' needs"):
+        model_path({"name": "sd21"})
+    with pytest.raises(ModelConfigError, match="model.dtype"):
+        load_pipeline({"name": "micro", "embedded": True, "dtype": "float13"}, "cpu")

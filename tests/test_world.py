@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from bench import world
+from bench.pretrain import build_tokenizer
+
+
+def test_vocabulary_sizes_meet_the_world_spec():
+    assert len(world.SHAPES) >= 4 and len(world.COLOURS) >= 6 and len(world.BACKGROUNDS) >= 4
+    assert world.caption("star", "red", "white") == "a red star on a white background"
+
+
+def test_caption_rejects_unknown_words():
+    with pytest.raises(ValueError, match="unknown colour 'pink'"):
+        world.caption("star", "pink", "white")
+
+
+def test_samples_are_deterministic_and_seed_dependent():
+    a, b = world.sample(5, seed=3), world.sample(5, seed=3)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.text == b.text
+    others = [np.asarray(world.sample(5, seed=s).image) for s in (4, 5, 6)]
+    assert any(not np.array_equal(np.asarray(a.image), o) for o in others)
+
+
+def test_resolution_is_configurable():
+    assert world.sample(0, resolution=32).image.size == (32, 32)
+    assert world.concept_images("zwx_stripes", 2, resolution=48)[0].size == (48, 48)
+
+
+def test_pixel_judge_names_every_rendered_colour_and_background():
+    samples = [world.sample(i, seed=99) for i in range(300)]
+    judged = [world.judge_colours(s.image) for s in samples]
+    assert all(c == s.colour and b == s.background for (c, b), s in zip(judged, samples))
+
+
+def test_concepts_are_held_out_and_deterministic():
+    words = set(" ".join(world.sample(i).text for i in range(2000)).split())
+    for concept in world.CONCEPTS.values():
+        assert concept.token not in words  # never seen in pretraining captions
+        first = world.concept_images(concept.name, 4, seed=0)
+        again = world.concept_images(concept.name, 4, seed=0)
+        assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(first, again))
+    assert {c.kind for c in world.CONCEPTS.values()} == {"object", "style"}
+
+
+def test_tokenizer_keeps_every_world_word_whole_and_eos_highest():
+    tok = build_tokenizer(world.vocabulary())
+    for word in world.vocabulary():
+        assert tok.tokenize(word) == [word + "</w>"]
+    assert tok.eos_token_id == len(tok) - 1 and tok.bos_token_id == len(tok) - 2
+    assert len(tok.tokenize("unseenword")) > 1  # unknown words still tokenize, as characters
