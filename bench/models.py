@@ -65,7 +65,7 @@ def load_pipeline(cfg, device: str = "auto"):
     path = model_path(cfg)
     dev = resolve_device(device)
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), dev)
-    common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if path.is_dir():
         pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
     else:

@@ -1,0 +1,180 @@
+"""DreamBooth: fine-tune the whole UNet (optionally the text encoder) on the instance images, with
+optional prior preservation on class images the base model generates (once, then cached).
+
+Weight `w` sets every tuned tensor to `base + w * (tuned - base)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from bench.data import ConceptData
+from bench.images import generate
+from bench.io import atomic_dir
+from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, check_positive, encode_set
+
+WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+
+
+class DreamBooth(Method):
+    name = "dreambooth"
+    weight_decay = 1e-2
+
+    def __init__(
+        self,
+        lr: float = 1e-4,
+        train_text_encoder: bool = False,
+        prior_preservation: bool = True,
+        prior_loss_weight: float = 1.0,
+        num_class_images: int = 16,
+        class_image_steps: int = 20,
+        class_image_guidance: float = 5.0,
+    ) -> None:
+        super().__init__(lr)
+        check_positive("method.prior_loss_weight", prior_loss_weight)
+        if not isinstance(num_class_images, int) or num_class_images <= 0:
+            raise MethodConfigError(f"method.num_class_images: must be a positive integer, got {num_class_images!r}")
+        self.train_text_encoder = bool(train_text_encoder)
+        self.trains_text = self.train_text_encoder
+        self.prior_preservation = bool(prior_preservation)
+        self.prior_loss_weight = float(prior_loss_weight)
+        self.num_class_images = num_class_images
+        self.class_image_steps = class_image_steps
+        self.class_image_guidance = class_image_guidance
+        self._base: dict[str, dict[str, torch.Tensor]] = {}
+        self._components_trained: list[str] = []
+
+    def _components(self, pipe) -> dict[str, torch.nn.Module]:
+        return {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if self.train_text_encoder else {})}
+
+    # ---- prior preservation
+
+    def class_images(self, pipe, data: ConceptData, cache_dir: Path | None) -> list[Image.Image]:
+        """`num_class_images` images of the class prompt from the base model, cached on disk by content."""
+        key = hashlib.sha256(
+            json.dumps([str(pipe.config.get("_name_or_path", "")), data.class_prompt, self.num_class_images, self.class_image_steps, self.class_image_guidance]).encode()
+        ).hexdigest()[:16]
+        folder = cache_dir / "class_images" / key if cache_dir else None
+        if folder and folder.is_dir():
+            files = sorted(folder.glob("*.png"))
+            if len(files) == self.num_class_images:
+                return [Image.open(f).convert("RGB") for f in files]
+        seeds = [100_000 + i for i in range(self.num_class_images)]
+        images = generate(pipe, [data.class_prompt] * len(seeds), seeds, self.class_image_steps, self.class_image_guidance)
+        if folder:
+            with atomic_dir(folder) as tmp:
+                for i, im in enumerate(images):
+                    im.save(tmp / f"{i:04d}.png")
+        return images
+
+    def extra_images(self, pipe, data: ConceptData, settings: TrainSettings) -> tuple[TrainingSet, float] | None:
+        if not self.prior_preservation:
+            return None
+        images = self.class_images(pipe, data, settings.cache_dir)
+        return encode_set(pipe, images, [data.class_prompt] * len(images), with_text=False), self.prior_loss_weight
+
+    # ---- training
+
+    def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        self._components_trained = list(self._components(pipe))
+        self._base = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in self._components(pipe).items()}
+        params = []
+        for module in self._components(pipe).values():
+            if next(module.parameters()).dtype == torch.float16:
+                raise MethodConfigError("model.dtype: DreamBooth fine-tunes the weights themselves; use float32 or bfloat16, not float16")
+            module.requires_grad_(True)
+            params.extend(module.parameters())
+        return params
+
+    def finish(self, pipe, data: ConceptData) -> Artifact:
+        tensors = {}
+        for name, module in self._components(pipe).items():
+            module.requires_grad_(False)
+            tuned = module.state_dict()
+            for k, base in self._base.get(name, {}).items():
+                if tuned[k].is_floating_point() and not torch.equal(tuned[k], base):
+                    tensors[f"{name}.{k}"] = tuned[k].detach().cpu().clone()
+            if name in self._base:
+                module.load_state_dict(self._base[name])
+        self._base = {}
+        meta = {
+            "components": self._components_trained,
+            "configs": {n: dict(m.config) if hasattr(m, "config") and isinstance(m.config, dict) else m.config.to_dict() for n, m in self._components(pipe).items()},
+            "base_model": str(pipe.config.get("_name_or_path", "")),
+        }
+        return Artifact(self.name, tensors, json.loads(json.dumps(meta, default=str)))
+
+    # ---- strength
+
+    def apply(self, pipe, artifact: Artifact, weight: float) -> None:
+        self._base = {}
+        for name in artifact.meta["components"]:
+            module = getattr(pipe, name)
+            base = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self._base[name] = base
+            new = {}
+            for key, tuned in artifact.tensors.items():
+                comp, k = key.split(".", 1)
+                if comp == name:
+                    # lerp is exact at both ends: w=0 is the base model, w=1 the tuned one.
+                    new[k] = torch.lerp(base[k].float(), tuned.to(base[k].device).float(), float(weight)).to(base[k].dtype)
+            module.load_state_dict(new, strict=False)
+
+    def remove(self, pipe) -> None:
+        for name, base in self._base.items():
+            getattr(pipe, name).load_state_dict(base)
+        self._base = {}
+
+    # ---- files
+
+    def save(self, artifact: Artifact, out_dir: Path) -> Path:
+        """A diffusers pipeline folder (the base model's, with the tuned components); returns it.
+
+        The reported size is the whole folder: what a user shares for a DreamBooth model."""
+        base = Path(artifact.meta.get("base_model", ""))
+        target = out_dir / "pipeline"
+        with atomic_dir(target) as tmp:
+            if (base / "model_index.json").is_file():
+                shutil.copytree(base, tmp, dirs_exist_ok=True)
+            for name in artifact.meta["components"]:
+                comp_dir = tmp / name
+                comp_dir.mkdir(parents=True, exist_ok=True)
+                full = self._full_state(artifact, name, comp_dir)
+                for stale in comp_dir.glob("*.safetensors"):
+                    stale.unlink()
+                save_file({k: v.contiguous() for k, v in full.items()}, str(comp_dir / WEIGHTS[name]), metadata={"format": "pt"})
+                (comp_dir / "config.json").write_text(json.dumps(artifact.meta["configs"][name], indent=2))
+            (tmp / "adapterbench.json").write_text(json.dumps({"method": self.name, "components": artifact.meta["components"], "base_model": str(base)}))
+        return target
+
+    def _full_state(self, artifact: Artifact, name: str, comp_dir: Path) -> dict[str, torch.Tensor]:
+        """The component's complete weights: the copied base file overlaid with the tuned tensors."""
+        full: dict[str, torch.Tensor] = {}
+        base_file = comp_dir / WEIGHTS[name]
+        if base_file.is_file():
+            with safe_open(str(base_file), "pt") as f:
+                full = {k: f.get_tensor(k) for k in f.keys()}
+        for key, tensor in artifact.tensors.items():
+            comp, k = key.split(".", 1)
+            if comp == name:
+                full[k] = tensor
+        return full
+
+    def load(self, path: Path) -> Artifact:
+        """The tuned tensors of a folder written by `save` (every weight of each tuned component)."""
+        path = Path(path)
+        info = json.loads((path / "adapterbench.json").read_text())
+        tensors, configs = {}, {}
+        for name in info["components"]:
+            with safe_open(str(path / name / WEIGHTS[name]), "pt") as f:
+                tensors.update({f"{name}.{k}": f.get_tensor(k) for k in f.keys()})
+            configs[name] = json.loads((path / name / "config.json").read_text())
+        return Artifact(self.name, tensors, {"components": info["components"], "configs": configs, "base_model": info["base_model"]})

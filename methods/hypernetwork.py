@@ -1,0 +1,235 @@
+"""Hypernetworks as AUTOMATIC1111 / NovelAI define them.
+
+In every attention layer, the tensor that feeds the k and v projections (the text context in
+cross-attention, the hidden states in self-attention) passes through a small residual MLP first:
+`k_in = x + mlp_k(x) * multiplier`, `v_in = x + mlp_v(x) * multiplier`, with one (k, v) pair of MLPs per
+enabled input size, picked by the tensor's last dimension. `weight` is that multiplier.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from bench.data import ConceptData
+from bench.io import atomic_path
+from methods.base import Artifact, Method, MethodConfigError
+
+SAFETENSORS_FILE = "hypernetwork.safetensors"
+A1111_FILE = "hypernetwork_a1111.pt"
+ACTIVATIONS = {"linear": None, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU, "swish": nn.Hardswish, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "mish": nn.Mish}
+
+
+class HypernetworkModule(nn.Module):
+    """One residual MLP. Built layer for layer like AUTOMATIC1111's, so state-dict keys
+    (`linear.<i>.weight`) match its files."""
+
+    def __init__(self, dim: int, layer_structure: list[float], activation: str, layer_norm: bool, dropout: float, activate_output: bool, last_layer_dropout: bool) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        n = len(layer_structure)
+        for i in range(n - 1):
+            layers.append(nn.Linear(int(dim * layer_structure[i]), int(dim * layer_structure[i + 1])))
+            if ACTIVATIONS[activation] is not None and (i < n - 2 or activate_output):
+                layers.append(ACTIVATIONS[activation]())
+            if layer_norm:
+                layers.append(nn.LayerNorm(int(dim * layer_structure[i + 1])))
+            if dropout > 0 and (i < n - 3 or (last_layer_dropout and i < n - 2)):
+                layers.append(nn.Dropout(p=dropout))
+        self.linear = nn.Sequential(*layers)
+        for layer in self.linear:
+            if isinstance(layer, nn.Linear):
+                # AUTOMATIC1111's "Normal" initialisation: a near-zero branch, so training starts at the base model.
+                nn.init.normal_(layer.weight, mean=0.0, std=0.01)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class HyperLinear(nn.Module):
+    """A k or v projection whose input first goes through `x + mlp(x) * multiplier`.
+
+    `multiplier` is a float, or a per-sample tensor [B] for batched weight sweeps."""
+
+    def __init__(self, projection: nn.Linear, mlp: HypernetworkModule, multiplier: float | torch.Tensor = 1.0) -> None:
+        super().__init__()
+        self.projection, self.mlp, self.multiplier = projection, mlp, multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.multiplier
+        if isinstance(m, torch.Tensor):
+            m = m.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return self.projection(x + self.mlp(x.to(self.mlp_dtype)).to(x.dtype) * m)
+
+    @property
+    def in_features(self) -> int:
+        return self.projection.in_features
+
+    @property
+    def mlp_dtype(self) -> torch.dtype:
+        return next(self.mlp.parameters()).dtype
+
+
+class Hypernetwork(Method):
+    name = "hypernetwork"
+
+    def __init__(
+        self,
+        lr: float = 5e-4,
+        enable_sizes: list[int] | None = None,
+        layer_structure: list[float] | tuple[float, ...] = (1, 2, 1),
+        activation: str = "linear",
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+        activate_output: bool = False,
+        last_layer_dropout: bool = False,
+    ) -> None:
+        super().__init__(lr)
+        ls = [float(x) for x in layer_structure]
+        if len(ls) < 2 or ls[0] != 1 or ls[-1] != 1 or any(x <= 0 for x in ls):
+            raise MethodConfigError(f"method.layer_structure: must start and end with 1 and be positive, got {list(layer_structure)}")
+        if activation not in ACTIVATIONS:
+            raise MethodConfigError(f"method.activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if not 0 <= dropout < 1:
+            raise MethodConfigError(f"method.dropout: must be in [0, 1), got {dropout}")
+        self.enable_sizes = list(enable_sizes) if enable_sizes else None  # None: every size the model has
+        self.options = dict(layer_structure=ls, activation=activation, layer_norm=bool(layer_norm), dropout=float(dropout), activate_output=bool(activate_output), last_layer_dropout=bool(last_layer_dropout))
+        self.modules: nn.ModuleDict | None = None
+
+    # ---- building and installing
+
+    @staticmethod
+    def attention_inputs(pipe) -> dict[str, int]:
+        """Each attention layer of the UNet and the input size of its k/v projections."""
+        from diffusers.models.attention_processor import Attention
+
+        return {name: m.to_k.in_features for name, m in pipe.unet.named_modules() if isinstance(m, Attention)}
+
+    def build(self, sizes: list[int], options: dict | None = None) -> nn.ModuleDict:
+        o = options or self.options
+        mods = {}
+        for size in sizes:
+            for kv in ("k", "v"):
+                mods[f"{size}_{kv}"] = HypernetworkModule(size, o["layer_structure"], o["activation"], o["layer_norm"], o["dropout"], o["activate_output"], o["last_layer_dropout"])
+        return nn.ModuleDict(mods)
+
+    def install(self, pipe, modules: nn.ModuleDict, multiplier: float | torch.Tensor) -> None:
+        sizes = {int(k.split("_")[0]) for k in modules.keys()}
+        for name, size in self.attention_inputs(pipe).items():
+            if size not in sizes:
+                continue
+            attn = pipe.unet.get_submodule(name)
+            for kv in ("k", "v"):
+                proj = getattr(attn, f"to_{kv}")
+                base = proj.projection if isinstance(proj, HyperLinear) else proj
+                setattr(attn, f"to_{kv}", HyperLinear(base, modules[f"{size}_{kv}"], multiplier))
+
+    def uninstall(self, pipe) -> None:
+        for name in self.attention_inputs(pipe):
+            attn = pipe.unet.get_submodule(name)
+            for kv in ("k", "v"):
+                proj = getattr(attn, f"to_{kv}")
+                if isinstance(proj, HyperLinear):
+                    setattr(attn, f"to_{kv}", proj.projection)
+
+    def set_multiplier(self, pipe, multiplier: float | torch.Tensor) -> None:
+        for m in pipe.unet.modules():
+            if isinstance(m, HyperLinear):
+                m.multiplier = multiplier
+
+    # ---- the Method interface
+
+    def prepare(self, pipe, data: ConceptData) -> list[nn.Parameter]:
+        available = sorted(set(self.attention_inputs(pipe).values()))
+        sizes = self.enable_sizes or available
+        missing = [s for s in sizes if s not in available]
+        if missing:
+            raise MethodConfigError(f"method.enable_sizes: {missing} match no attention input of this model (it has {available})")
+        self.modules = self.build(sizes).to(pipe.unet.device)
+        self.modules.train()
+        self.install(pipe, self.modules, 1.0)
+        return list(self.modules.parameters())
+
+    def finish(self, pipe, data: ConceptData) -> Artifact:
+        self.uninstall(pipe)
+        if self.modules is None:
+            return Artifact(self.name, {}, {})
+        tensors = {k: v.detach().float().cpu().clone() for k, v in self.modules.state_dict().items()}
+        sizes = sorted({int(k.split("_")[0]) for k in self.modules.keys()})
+        return Artifact(self.name, tensors, {"sizes": sizes, **self.options, "name": data.name})
+
+    def modules_from(self, artifact: Artifact) -> nn.ModuleDict:
+        modules = self.build(artifact.meta["sizes"], {k: artifact.meta[k] for k in self.options})
+        modules.load_state_dict(artifact.tensors)
+        return modules.eval()
+
+    def apply(self, pipe, artifact: Artifact, weight: float | torch.Tensor) -> None:
+        self.install(pipe, self.modules_from(artifact).to(pipe.unet.device), weight)
+
+    def remove(self, pipe) -> None:
+        self.uninstall(pipe)
+
+    def save(self, artifact: Artifact, out_dir: Path) -> Path:
+        """safetensors (the reported file) and AUTOMATIC1111's `.pt` layout:
+        `{size: [k_state_dict, v_state_dict], 'layer_structure': ..., ...}`."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        main = out_dir / SAFETENSORS_FILE
+        with atomic_path(main) as tmp:
+            save_file({k: v.contiguous() for k, v in artifact.tensors.items()}, str(tmp), metadata={"adapterbench": json.dumps({"method": self.name, **artifact.meta})})
+        m = artifact.meta
+        a1111: dict = {}
+        for size in m["sizes"]:
+            a1111[size] = [
+                {k.split(".", 1)[1]: v for k, v in artifact.tensors.items() if k.startswith(f"{size}_{kv}.")} for kv in ("k", "v")
+            ]
+        a1111.update(
+            layer_structure=m["layer_structure"],
+            activation_func=m["activation"],
+            is_layer_norm=m["layer_norm"],
+            weight_initialization="Normal",
+            use_dropout=m["dropout"] > 0,
+            dropout_structure=None,
+            activate_output=m["activate_output"],
+            last_layer_dropout=m["last_layer_dropout"],
+            step=m.get("steps", 0),
+            name=m.get("name", "adapterbench"),
+            sd_checkpoint=None,
+            sd_checkpoint_name=None,
+        )
+        with atomic_path(out_dir / A1111_FILE) as tmp:
+            torch.save(a1111, tmp)
+        return main
+
+    def load(self, path: Path) -> Artifact:
+        path = Path(path)
+        file = path / SAFETENSORS_FILE if path.is_dir() else path
+        if file.suffix == ".pt":
+            return self.load_a1111(file)
+        with safe_open(str(file), "pt") as f:
+            meta = json.loads(f.metadata()["adapterbench"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta.pop("method", None)
+        return Artifact(self.name, tensors, meta)
+
+    def load_a1111(self, file: Path) -> Artifact:
+        """An AUTOMATIC1111 hypernetwork `.pt` (untrusted: tensors and plain containers only)."""
+        d = torch.load(file, map_location="cpu", weights_only=True)
+        sizes = sorted(k for k in d if isinstance(k, int))
+        tensors = {f"{size}_{kv}.{name}": t for size in sizes for kv, sd in zip(("k", "v"), d[size]) for name, t in sd.items()}
+        meta = {
+            "sizes": sizes,
+            "layer_structure": [float(x) for x in d.get("layer_structure", [1, 2, 1])],
+            "activation": d.get("activation_func", "linear"),
+            "layer_norm": bool(d.get("is_layer_norm", False)),
+            "dropout": 0.0,
+            "activate_output": bool(d.get("activate_output", False)),
+            "last_layer_dropout": bool(d.get("last_layer_dropout", False)),
+            "name": d.get("name", file.stem),
+        }
+        return Artifact(self.name, tensors, meta)

@@ -1,0 +1,121 @@
+"""LoRA through peft: low-rank `B @ A` beside frozen attention projections, scaled by `weight`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bench.data import ConceptData
+from bench.io import atomic_path
+from methods.base import Artifact, Method, MethodConfigError, check_positive
+
+ADAPTER = "adapterbench"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FILE = "lora_kohya.safetensors"
+PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
+
+
+class LoRA(Method):
+    name = "lora"
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        rank: int = 4,
+        alpha: float | None = None,
+        target_modules: list[str] | tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+        text_encoder: bool = False,
+        text_target_modules: list[str] | tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj"),
+    ) -> None:
+        super().__init__(lr)
+        if not isinstance(rank, int) or rank <= 0:
+            raise MethodConfigError(f"method.rank: must be a positive integer, got {rank!r}")
+        self.rank = rank
+        self.alpha = float(alpha if alpha is not None else rank)
+        check_positive("method.alpha", self.alpha)
+        if not target_modules:
+            raise MethodConfigError("method.target_modules: empty; name at least one module, e.g. to_q")
+        self.target_modules = list(target_modules)
+        self.text_encoder = bool(text_encoder)
+        self.text_target_modules = list(text_target_modules)
+        self.trains_text = self.text_encoder
+
+    def _config(self, targets: list[str], alpha: float):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=alpha, target_modules=targets, init_lora_weights="gaussian")
+
+    def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        pipe.unet.add_adapter(self._config(self.target_modules, self.alpha), adapter_name=ADAPTER)
+        if self.text_encoder:
+            pipe.text_encoder.add_adapter(self._config(self.text_target_modules, self.alpha), adapter_name=ADAPTER)
+        params = []
+        for module in self._components(pipe).values():
+            for pname, p in module.named_parameters():
+                if "lora_" in pname:
+                    p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
+                    p.requires_grad_(True)
+                    params.append(p)
+        if not params:
+            raise MethodConfigError(f"method.target_modules: {self.target_modules} matched no module of the UNet")
+        return params
+
+    def _components(self, pipe) -> dict[str, torch.nn.Module]:
+        return {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if self.text_encoder else {})}
+
+    def finish(self, pipe, data: ConceptData) -> Artifact:
+        from peft.utils import get_peft_model_state_dict
+
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, module in self._components(pipe).items():
+            if not getattr(module, "peft_config", None) or ADAPTER not in module.peft_config:
+                continue
+            for key, value in get_peft_model_state_dict(module, adapter_name=ADAPTER).items():
+                value = value.detach().float().cpu().clone()
+                # Fold alpha/rank into B: the file then means the same to every loader, including those
+                # that assume alpha == rank when a file carries no alpha.
+                if "lora_B" in key:
+                    value *= self.alpha / self.rank
+                tensors[f"{prefix}.{key}"] = value
+            module.delete_adapters(ADAPTER) if prefix == "text_encoder" else module.delete_adapters([ADAPTER])
+        return Artifact(self.name, tensors, {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
+
+    def apply(self, pipe, artifact: Artifact, weight: float) -> None:
+        pipe.load_lora_weights(dict(artifact.tensors), adapter_name=ADAPTER)
+        pipe.set_adapters([ADAPTER], adapter_weights=[float(weight)])
+
+    def remove(self, pipe) -> None:
+        pipe.unload_lora_weights()
+
+    def save(self, artifact: Artifact, out_dir: Path) -> Path:
+        """diffusers/peft format (the reported file) plus the kohya format AUTOMATIC1111 and ComfyUI read."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"adapterbench": json.dumps({"method": self.name, **artifact.meta})}
+        main = out_dir / DIFFUSERS_FILE
+        with atomic_path(main) as tmp:
+            save_file({k: v.contiguous() for k, v in artifact.tensors.items()}, str(tmp), metadata=meta)
+        with atomic_path(out_dir / KOHYA_FILE) as tmp:
+            kohya_meta = {"ss_network_dim": str(self.rank), "ss_network_alpha": str(self.rank), "ss_network_module": "networks.lora"}
+            save_file(to_kohya(artifact.tensors, self.rank), str(tmp), metadata=kohya_meta)
+        return main
+
+    def load(self, path: Path) -> Artifact:
+        path = Path(path)
+        file = path / DIFFUSERS_FILE if path.is_dir() else path
+        return Artifact(self.name, load_file(str(file)), {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
+
+
+def to_kohya(tensors: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """diffusers keys (`unet.<module path>.lora_A.weight`) -> kohya keys
+    (`lora_unet_<module path with _>.lora_down.weight`, `.lora_up.weight`, `.alpha`)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        component, rest = key.split(".", 1)
+        module, kind = rest.rsplit(".lora_", 1)  # kind: 'A.weight' or 'B.weight'
+        name = f"{PREFIXES[component]}_{module.replace('.', '_')}"
+        out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out

@@ -1,0 +1,125 @@
+"""Textual Inversion: learn new token vectors only; the whole model stays frozen.
+
+Weight `w` interpolates each vector from its initializer word (w=0) to the learned one (w=1).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from bench.data import ConceptData
+from bench.io import atomic_path
+from methods.base import Artifact, Method, MethodConfigError
+
+SAFETENSORS_FILE = "learned_embeds.safetensors"
+A1111_FILE = "embedding_a1111.pt"
+
+
+class TextualInversion(Method):
+    name = "textual_inversion"
+    trains_text = True
+    weight_decay = 0.0
+
+    def __init__(self, lr: float = 5e-3, num_vectors: int = 1, initializer: str | None = None) -> None:
+        super().__init__(lr)
+        if not isinstance(num_vectors, int) or not 1 <= num_vectors <= 75:
+            raise MethodConfigError(f"method.num_vectors: must be an integer in 1..75, got {num_vectors!r}")
+        self.num_vectors = num_vectors
+        self.initializer = initializer  # None: the concept's own initializer word
+        self._hook = None
+        self._placeholder: str | None = None
+
+    @staticmethod
+    def placeholder(data: ConceptData) -> str:
+        return f"<{data.token}>"
+
+    def prompt(self, text: str, data: ConceptData) -> str:
+        """'a sks shape' -> 'a <sks> shape' (the pipeline expands a multi-vector token itself)."""
+        return " ".join(self.placeholder(data) if w == data.token else w for w in text.split())
+
+    def init_vectors(self, pipe, word: str) -> torch.Tensor:
+        """The initializer word's input embedding, repeated for each vector (averaged over its sub-tokens)."""
+        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise MethodConfigError(f"method.initializer: {word!r} tokenizes to nothing")
+        table = pipe.text_encoder.get_input_embeddings().weight
+        return table[torch.tensor(ids, device=table.device)].detach().float().mean(0, keepdim=True).repeat(self.num_vectors, 1).cpu()
+
+    def _tokens(self, placeholder: str) -> list[str]:
+        return [placeholder] + [f"{placeholder}_{i}" for i in range(1, self.num_vectors)]
+
+    def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        self._placeholder = self.placeholder(data)
+        self._init = self.init_vectors(pipe, self.initializer or data.initializer)
+        pipe.load_textual_inversion(self._init.clone(), token=self._placeholder)
+        first = pipe.tokenizer.convert_tokens_to_ids(self._tokens(self._placeholder)[0])
+        self.vectors = torch.nn.Parameter(self._init.clone().to(pipe.text_encoder.device))
+
+        # Only the new vectors train: the embedding table's output is patched at their positions, so the
+        # optimizer never touches (or keeps moments for) the rest of the table.
+        def patch(module, inputs, output):
+            ids = inputs[0]
+            mask = (ids >= first) & (ids < first + self.num_vectors)
+            if not mask.any():
+                return output
+            picked = self.vectors[(ids - first).clamp(0, self.num_vectors - 1)].to(output.dtype)
+            return torch.where(mask[..., None], picked, output)
+
+        self._hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(patch)
+        return [self.vectors]
+
+    def finish(self, pipe, data: ConceptData) -> Artifact:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._placeholder is not None:
+            pipe.unload_textual_inversion(self._tokens(self._placeholder))
+        meta = {"placeholder": self._placeholder, "initializer": self.initializer or data.initializer, "num_vectors": self.num_vectors}
+        return Artifact(self.name, {"emb_params": self.vectors.detach().float().cpu().clone()}, meta)
+
+    def apply(self, pipe, artifact: Artifact, weight: float) -> None:
+        learned = artifact.tensors["emb_params"]
+        init = self.init_vectors(pipe, artifact.meta["initializer"]) if learned.shape[0] == self.num_vectors else None
+        if init is None:
+            raise MethodConfigError(f"method.num_vectors: artifact has {learned.shape[0]} vectors, config says {self.num_vectors}")
+        # lerp is exact at both ends: w=0 gives the initializer, w=1 the learned vectors bit for bit.
+        pipe.load_textual_inversion(torch.lerp(init, learned.float(), float(weight)), token=artifact.meta["placeholder"])
+        self._placeholder = artifact.meta["placeholder"]
+
+    def remove(self, pipe) -> None:
+        if self._placeholder is not None:
+            pipe.unload_textual_inversion(self._tokens(self._placeholder))
+
+    def save(self, artifact: Artifact, out_dir: Path) -> Path:
+        """A one-tensor safetensors (`emb_params`, as AUTOMATIC1111 writes it; the reported file) and an
+        AUTOMATIC1111 `.pt`; diffusers' `load_textual_inversion` reads both."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        emb = artifact.tensors["emb_params"].contiguous()
+        main = out_dir / SAFETENSORS_FILE
+        with atomic_path(main) as tmp:
+            save_file({"emb_params": emb}, str(tmp), metadata={"adapterbench": json.dumps({"method": self.name, **artifact.meta})})
+        a1111 = {
+            "string_to_token": {"*": 265},
+            "string_to_param": {"*": emb.clone()},
+            "name": artifact.meta["placeholder"],
+            "step": artifact.meta.get("steps", 0),
+            "sd_checkpoint": None,
+            "sd_checkpoint_name": None,
+        }
+        with atomic_path(out_dir / A1111_FILE) as tmp:
+            torch.save(a1111, tmp)
+        return main
+
+    def load(self, path: Path) -> Artifact:
+        path = Path(path)
+        file = path / SAFETENSORS_FILE if path.is_dir() else path
+        with safe_open(str(file), "pt") as f:
+            meta = json.loads(f.metadata()["adapterbench"])
+            emb = f.get_tensor("emb_params")
+        meta.pop("method", None)
+        return Artifact(self.name, {"emb_params": emb}, meta)
