@@ -32,12 +32,22 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8
+
+
+@dataclass
 class BenchConfig:
     defaults: list[Any] = field(default_factory=lambda: ["_self_"])
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
+    method: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: methods..., hyper-parameters}
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     device: str = "auto"
+    threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    progress: bool = True
     results_dir: str = "results/default"
 
 
@@ -47,3 +57,4 @@ def register() -> None:
     cs.store(name="bench_schema", node=BenchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="train", name="train_schema", node=TrainConfig)

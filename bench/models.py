@@ -58,10 +58,22 @@ def model_path(cfg) -> Path:
     return path
 
 
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers chatter (per-load progress bars, advisory warnings) out of the logs."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_pipeline(cfg, device: str = "auto"):
     """A `StableDiffusionPipeline` on the configured device and dtype, with progress bars off."""
     from diffusers import StableDiffusionPipeline
 
+    quiet_libraries()
     path = model_path(cfg)
     dev = resolve_device(device)
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), dev)

@@ -1,7 +1,12 @@
-"""The pipeline, stage by stage: config -> model -> concept data -> images -> results directory."""
+"""The pipeline, stage by stage: config -> model -> training (measured) -> rows -> results directory.
+
+Every stage writes its output atomically and is skipped when that output exists, so a rerun with the
+same config reuses finished work and an interrupted run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -11,34 +16,75 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bench import records
+from bench.cost import TrainJobFailed, train_in_subprocess
 from bench.data import load_concept
-from bench.images import generate, grid
-from bench.io import atomic_path, atomic_write_text
-from bench.models import load_pipeline
+from bench.io import atomic_write_text
+from bench.models import model_path
+from methods import build_method
 
 log = logging.getLogger(__name__)
 
 
+def run_id(cfg: DictConfig, method: str) -> str:
+    """A short hash of everything that determines a method's training result."""
+    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")}
+    keys.update(seed=cfg.seed, method=OmegaConf.to_container(cfg.method[method], resolve=True))
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def run(cfg: DictConfig) -> int:
-    """Run every stage; returns the process exit code."""
+    """Run every stage; returns the process exit code (1 when any method failed)."""
     results = Path(cfg.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    write_metadata(cfg, results / "run.json")
+    # Check everything a user can get wrong before any heavy work starts.
+    methods = {name: build_method(cfg, name) for name in cfg.method}
+    if not methods:
+        raise ValueError("method: no method selected (e.g. method=[lora,hypernetwork])")
+    model_path(cfg.model)
     concept = load_concept(cfg.data, cfg.model.resolution)
-    pipe = load_pipeline(cfg.model, cfg.device)
-    out = results / "preview" / f"{concept.name}_base.png"
-    if out.exists():
-        log.info("reusing %s", out)
-    else:
-        seeds = [cfg.seed + i for i in range(4)]
-        prompts = [concept.class_prompt] * 4 + [concept.instance_prompt] * 4
-        images = concept.images[:4] + generate(pipe, prompts, seeds * 2)
-        with atomic_path(out) as tmp:
-            grid(images, cols=4, labels=["instance"] * 4 + prompts, scale=2).save(tmp, format="PNG")
-    log.info("preview written to %s", out)
-    print(f"adapterbench: base-model preview of concept {concept.name!r}: {out}")
-    return 0
+    write_metadata(cfg, results / "run.json")
+    config_file = results / "config.yaml"
+    atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
+
+    failed = []
+    for name in methods:
+        if not train_stage(cfg, name, concept.name, config_file, results):
+            failed.append(name)
+    table = records.publish(results)
+    print_summary(table, results, failed)
+    return 1 if failed else 0
+
+
+def train_stage(cfg: DictConfig, name: str, concept: str, config_file: Path, results: Path) -> bool:
+    """Train one method (in its own process) unless its rows exist; True when it succeeded."""
+    rid = run_id(cfg, name)
+    stage = f"train_{name}_{rid}"
+    failed_stage = f"failed_{stage}"
+    if records.stage_file(results, stage).exists():
+        log.info("reusing %s", stage)
+        return True
+    ident = {"run_id": rid, "model": cfg.model.name, "method": name, "concept": concept, "seed": cfg.seed}
+    out = results / "train" / f"{name}_{rid}"
+    try:
+        cost = train_in_subprocess(config_file, name, out, results / "logs" / f"{stage}.log")
+    except TrainJobFailed as e:
+        log.error("method %s failed: %s", name, e)
+        records.write_stage(results, failed_stage, [{**ident, "metric": "train_failed", "value": 1.0, "unit": "flag", "status": f"failed: {e}"}])
+        return False
+    records.write_stage(results, stage, [{**ident, **row, "status": "ok"} for row in cost.rows()])
+    records.stage_file(results, failed_stage).unlink(missing_ok=True)
+    return True
+
+
+def print_summary(table, results: Path, failed: list[str]) -> None:
+    cost = table[table.metric.isin(["peak_mem", "train_time", "steps_per_s", "trainable_params", "artifact_bytes"]) & (table.status == "ok")]
+    if len(cost):
+        wide = cost.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
+        print(wide.to_string(float_format=lambda v: f"{v:,.3g}"))
+    for name in failed:
+        print(f"FAILED: {name} (see {results / 'rows'})")
+    print(f"adapterbench: results table {results / 'results.csv'}")
 
 
 def write_metadata(cfg: DictConfig, path: Path) -> None:
@@ -56,6 +102,6 @@ def write_metadata(cfg: DictConfig, path: Path) -> None:
         "git_commit": commit,
         "python": platform.python_version(),
         "packages": {m.__name__: m.__version__ for m in (torch, diffusers, transformers, peft)},
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or platform.machine()),
     }
     atomic_write_text(path, json.dumps(meta, indent=2))

@@ -1,0 +1,28 @@
+"""Personalization methods, one module each, all behind `methods.base.Method`.
+
+`conf/method/<name>.yaml` names the class in `_target_`; Hydra's `instantiate` is the registry.
+"""
+
+from __future__ import annotations
+
+
+def build_method(cfg, name: str):
+    """The method `name` configured under `cfg.method`, with a clear error for unknown names or keys."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from methods.base import Method, MethodConfigError
+
+    available = list(cfg.get("method") or {})
+    if name not in available:
+        raise MethodConfigError(f"method: unknown method {name!r}; configured: {', '.join(available) or 'none'}")
+    try:
+        method = instantiate(cfg.method[name])
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, MethodConfigError):
+            raise cause from None
+        raise MethodConfigError(f"method.{name}: {cause}") from None
+    if not isinstance(method, Method):
+        raise MethodConfigError(f"method.{name}._target_: {type(method).__name__} is not a methods.base.Method")
+    return method
