@@ -189,6 +189,21 @@ def dataset(n: int, seed: int = 0, resolution: int = 64) -> list[WorldSample]:
     return [sample(i, seed, resolution) for i in range(n)]
 
 
+def generic_sample(index: int, seed: int = 0, resolution: int = 64) -> Image.Image:
+    """A world shape in arbitrary colours (solid or two-colour stripes) on an arbitrary background.
+
+    Only for training the VAE: an image codec should reproduce any colour, including those of concepts
+    a user brings later, not just the palette the diffusion model is taught to name.
+    """
+    rng = random.Random(f"generic:{seed}:{index}")
+    colour = lambda: tuple(rng.randrange(256) for _ in range(3))  # noqa: E731
+    if rng.random() < 0.5:
+        fill: RGB | Image.Image = colour()
+    else:
+        fill = _stripes(resolution * SUPERSAMPLE, colour(), colour(), period=SUPERSAMPLE * rng.randint(3, 8), angle_deg=rng.uniform(0, 180))
+    return render(rng.choice(SHAPES), fill, colour(), Layout.sample(rng), resolution)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Held-out personalization concepts: never drawn in pretraining.
 

@@ -1,0 +1,160 @@
+"""Contract tests every method passes; methods are found by globbing conf/method/*.yaml."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bench.data import load_world_concept
+from bench.images import generate
+from methods import build_method
+from methods.base import MethodConfigError, TrainingDiverged, TrainSettings
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+METHODS = sorted(p.stem for p in CONF.glob("*.yaml"))
+PROMPT = "a sks shape"
+STEPS = 3  # inference steps: enough to compare images exactly, cheap on 2 cores
+
+
+def method_cfg(name: str, **overrides):
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg.update(overrides)
+    return cfg
+
+
+def make(name: str, **overrides):
+    return instantiate(method_cfg(name, **overrides))
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def concept():
+    return load_world_concept("sks_crescent", 4, 64)
+
+
+@pytest.fixture(scope="module")
+def trained(micro_pipe, concept, tmp_path_factory):
+    """Each method trained a few steps with a large learning rate, so its change is visible."""
+    out = {}
+    for name in METHODS:
+        lr = {"textual_inversion": 0.5, "dreambooth": 1e-3}.get(name, 5e-2)
+        extra = {"num_class_images": 2, "class_image_steps": 2} if name == "dreambooth" else {}
+        method = make(name, lr=lr, **extra)
+        settings = TrainSettings(steps=6, batch_size=2, progress=False, cache_dir=tmp_path_factory.mktemp(name))
+        out[name] = (method, method.train(micro_pipe, concept, settings))
+    return out
+
+
+def generate_with(pipe, method, artifact, weight, prompt, seed=0):
+    method.apply(pipe, artifact, weight)
+    try:
+        return generate(pipe, [prompt], [seed], steps=STEPS)[0]
+    finally:
+        method.remove(pipe)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_training_yields_an_artifact_and_leaves_the_base_model(name, trained, micro_pipe, concept):
+    method, result = trained[name]
+    assert result.artifact.tensors and result.trainable_params > 0
+    assert len(result.losses) == 6 and all(np.isfinite(result.losses))
+    base = generate(micro_pipe, [PROMPT], [0], steps=STEPS)[0]
+    fresh = generate(micro_pipe, [PROMPT], [0], steps=STEPS)[0]
+    assert np.array_equal(pixels(base), pixels(fresh))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_weight_zero_is_the_base_model_and_weight_one_is_not(name, trained, micro_pipe, concept):
+    method, result = trained[name]
+    prompt = method.prompt(PROMPT, concept)
+    # Textual Inversion at weight 0 is its initializer word, so the base image is that prompt's.
+    base_prompt = PROMPT.replace(concept.token, concept.initializer) if name == "textual_inversion" else PROMPT
+    base = pixels(generate(micro_pipe, [base_prompt], [0], steps=STEPS)[0])
+    assert np.array_equal(pixels(generate_with(micro_pipe, method, result.artifact, 0.0, prompt)), base)
+    assert not np.array_equal(pixels(generate_with(micro_pipe, method, result.artifact, 1.0, prompt)), base)
+    # remove() restored the pipe: the base image again, bit for bit.
+    assert np.array_equal(pixels(generate(micro_pipe, [base_prompt], [0], steps=STEPS)[0]), base)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_save_load_round_trip_gives_the_same_images(name, trained, micro_pipe, concept, tmp_path):
+    method, result = trained[name]
+    path = method.save(result.artifact, tmp_path)
+    assert path.exists()
+    reloaded = method.load(path)
+    prompt = method.prompt(PROMPT, concept)
+    for w in (1.0, -0.5):
+        a = generate_with(micro_pipe, method, result.artifact, w, prompt)
+        b = generate_with(micro_pipe, method, reloaded, w, prompt)
+        assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_lora_exports_load_in_stock_diffusers(trained, micro_pipe, tmp_path):
+    method, result = trained["lora"]
+    method.save(result.artifact, tmp_path)
+    ours = pixels(generate_with(micro_pipe, method, result.artifact, 1.0, PROMPT))
+    for weight_name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        micro_pipe.load_lora_weights(str(tmp_path), weight_name=weight_name, adapter_name="stock")
+        try:
+            stock = pixels(generate(micro_pipe, [PROMPT], [0], steps=STEPS)[0])
+        finally:
+            micro_pipe.unload_lora_weights()
+        assert np.array_equal(stock, ours), weight_name
+
+
+def test_textual_inversion_exports_load_in_stock_diffusers(trained, micro_pipe, concept, tmp_path):
+    method, result = trained["textual_inversion"]
+    method.save(result.artifact, tmp_path)
+    prompt = method.prompt(PROMPT, concept)
+    ours = pixels(generate_with(micro_pipe, method, result.artifact, 1.0, prompt))
+    for file in ("learned_embeds.safetensors", "embedding_a1111.pt"):
+        micro_pipe.load_textual_inversion(str(tmp_path / file), token="<sks>")
+        try:
+            stock = pixels(generate(micro_pipe, [prompt], [0], steps=STEPS)[0])
+        finally:
+            micro_pipe.unload_textual_inversion("<sks>")
+        assert np.array_equal(stock, ours), file
+
+
+def test_hypernetwork_a1111_file_has_a1111_layout_and_reloads(trained, micro_pipe, tmp_path):
+    method, result = trained["hypernetwork"]
+    method.save(result.artifact, tmp_path)
+    d = torch.load(tmp_path / "hypernetwork_a1111.pt", weights_only=True)
+    sizes = [k for k in d if isinstance(k, int)]
+    assert sizes and all(len(d[s]) == 2 and "linear.0.weight" in d[s][0] for s in sizes)
+    assert d["layer_structure"] == [1.0, 2.0, 1.0] and d["activation_func"] == "linear"
+    a = generate_with(micro_pipe, method, result.artifact, 1.0, PROMPT)
+    b = generate_with(micro_pipe, method, method.load(tmp_path / "hypernetwork_a1111.pt"), 1.0, PROMPT)
+    assert np.array_equal(pixels(a), pixels(b))
+
+
+@pytest.mark.parametrize("name,key,value", [(m, "lr", bad) for m in METHODS for bad in (0, -1e-3)] + [("lora", "rank", 0), ("lora", "rank", -4), ("hypernetwork", "layer_structure", [2, 1]), ("hypernetwork", "activation", "nope"), ("textual_inversion", "num_vectors", 0)])
+def test_nonsense_hyper_parameters_fail_naming_the_key(name, key, value):
+    cfg = OmegaConf.create({"method": {name: method_cfg(name, **{key: value})}})
+    with pytest.raises(MethodConfigError, match=f"method.{key}"):
+        build_method(cfg, name)
+
+
+def test_unknown_method_is_named():
+    cfg = OmegaConf.create({"method": {"lora": method_cfg("lora")}})
+    with pytest.raises(MethodConfigError, match="unknown method 'lorra'"):
+        build_method(cfg, "lorra")
+
+
+def test_nan_loss_stops_training_and_leaves_the_base_model(micro_pipe, concept):
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    handle = micro_pipe.unet.register_forward_hook(lambda m, i, o: UNet2DConditionOutput(sample=o.sample * float("nan")))
+    method = make("lora")
+    try:
+        with pytest.raises(TrainingDiverged, match="loss became nan at step 0"):
+            method.train(micro_pipe, concept, TrainSettings(steps=3, batch_size=2, progress=False))
+    finally:
+        handle.remove()
+    assert not getattr(micro_pipe.unet, "peft_config", None) or "adapterbench" not in micro_pipe.unet.peft_config
