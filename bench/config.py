@@ -38,12 +38,31 @@ class TrainConfig:
 
 
 @dataclass
+class SweepConfig:
+    weights: list[float] = field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    steps: int = 20
+    guidance: float = 5.0
+    batch: int = 32
+    instance: list[str] = field(default_factory=lambda: ["{instance}"])
+    recontext: list[str] = field(default_factory=list)
+    unrelated: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MetricsConfig:
+    clip: str = "micro"  # the CLIP feature space: 'micro' or an open_clip spec such as 'local-dir:/models/clip'
+
+
+@dataclass
 class BenchConfig:
     defaults: list[Any] = field(default_factory=lambda: ["_self_"])
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     method: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: methods..., hyper-parameters}
     train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 0
     device: str = "auto"
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
@@ -58,3 +77,4 @@ def register() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(group="sweep", name="sweep_schema", node=SweepConfig)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import records
 from bench.cost import TrainJobFailed, train_in_subprocess
 from bench.data import load_concept
-from bench.io import atomic_write_text
+from bench.io import atomic_path, atomic_write_text
 from bench.models import model_path
 from methods import build_method
 
@@ -51,6 +51,10 @@ def run(cfg: DictConfig) -> int:
     for name in methods:
         if not train_stage(cfg, name, concept.name, config_file, results):
             failed.append(name)
+    trained = [n for n in methods if n not in failed]
+    pending = [n for n in trained if not records.stage_file(results, sweep_stage_name(cfg, n)).exists()]
+    if pending:
+        failed += sweep_stages(cfg, {n: methods[n] for n in pending}, concept, results)
     table = records.publish(results)
     print_summary(table, results, failed)
     return 1 if failed else 0
@@ -75,6 +79,53 @@ def train_stage(cfg: DictConfig, name: str, concept: str, config_file: Path, res
     records.write_stage(results, stage, [{**ident, **row, "status": "ok"} for row in cost.rows()])
     records.stage_file(results, failed_stage).unlink(missing_ok=True)
     return True
+
+
+def sweep_stage_name(cfg: DictConfig, name: str) -> str:
+    sweep = hashlib.sha256(json.dumps(OmegaConf.to_container(cfg.sweep, resolve=True), sort_keys=True).encode()).hexdigest()[:8]
+    return f"sweep_{name}_{run_id(cfg, name)}_{sweep}"
+
+
+def sweep_stages(cfg: DictConfig, methods: dict, concept, results: Path) -> list[str]:
+    """Sweep and score each trained method; returns the names of methods whose sweep failed."""
+    from bench.clip import load_encoder
+    from bench.models import load_pipeline
+    from bench.score import sweep_rows
+    from bench.sweep import SweepError, base_images, image_path, sweep_method, sweep_prompts
+
+    prompts = sweep_prompts(cfg.sweep, concept)
+    pipe = load_pipeline(cfg.model, cfg.device)
+    encoder = load_encoder(cfg.metrics.clip)
+    images_dir = results / "images"
+    seeds = [int(s) for s in cfg.sweep.seeds]
+    # Every base-model image any method needs: unrelated prompts (drift) and weight-0 equivalents.
+    needed = sorted({(m.base_prompt(p.text, concept), s) for m in methods.values() for p in prompts for s in seeds} | {(p.text, s) for p in prompts for s in seeds})
+    base = dict(zip(needed, base_images(pipe, needed, cfg.sweep)))
+    for i, ((text, seed), im) in enumerate(base.items()):
+        with atomic_path(images_dir / "base" / f"{i:03d}_seed{seed}_{'_'.join(text.split())[:60]}.png") as tmp:
+            im.save(tmp, format="PNG")
+    failed = []
+    for name, method in methods.items():
+        rid = run_id(cfg, name)
+        ident = {"run_id": rid, "model": cfg.model.name, "method": name, "concept": concept.name}
+        cost = json.loads((results / "train" / f"{name}_{rid}" / "cost.json").read_text())
+        try:
+            artifact = method.load(Path(cost["artifact_path"]))
+            images = sweep_method(pipe, method, artifact, concept, prompts, cfg.sweep, bool(cfg.progress))
+        except (SweepError, ValueError, RuntimeError) as e:
+            log.error("sweep of %s failed: %s", name, e)
+            records.write_stage(results, f"failed_{sweep_stage_name(cfg, name)}", [{**ident, "metric": "sweep_failed", "value": 1.0, "unit": "flag", "status": f"failed: {e}"}])
+            failed.append(name)
+            continue
+        for (pid, seed, weight), im in images.items():
+            path = image_path(images_dir, name, pid, seed, weight)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                im.save(tmp, format="PNG")
+        rows = sweep_rows(encoder, concept, prompts, images, base, lambda text, m=method: m.base_prompt(text, concept))
+        records.write_stage(results, sweep_stage_name(cfg, name), [{**ident, **r, "status": "ok"} for r in rows])
+        records.stage_file(results, f"failed_{sweep_stage_name(cfg, name)}").unlink(missing_ok=True)
+    return failed
 
 
 def print_summary(table, results: Path, failed: list[str]) -> None:

@@ -119,6 +119,10 @@ class Method(ABC):
         """The prompt as this method's artifact expects it (Textual Inversion swaps in its placeholder)."""
         return text
 
+    def base_prompt(self, text: str, data: ConceptData) -> str:
+        """The base-model prompt whose image weight 0 must reproduce exactly."""
+        return text
+
     def extra_images(self, pipe, data: ConceptData, settings: TrainSettings) -> tuple[TrainingSet, float] | None:
         """An optional second image set and its loss weight (DreamBooth's prior preservation)."""
         return None

@@ -42,6 +42,11 @@ class TextualInversion(Method):
         """'a sks shape' -> 'a <sks> shape' (the pipeline expands a multi-vector token itself)."""
         return " ".join(self.placeholder(data) if w == data.token else w for w in text.split())
 
+    def base_prompt(self, text: str, data: ConceptData) -> str:
+        """At weight 0 every vector is the initializer word's embedding: 'a sks shape' -> 'a circle shape'."""
+        init = " ".join([self.initializer or data.initializer] * self.num_vectors)
+        return " ".join(init if w == data.token else w for w in text.split())
+
     def init_vectors(self, pipe, word: str) -> torch.Tensor:
         """The initializer word's input embedding, repeated for each vector (averaged over its sub-tokens)."""
         ids = pipe.tokenizer(word, add_special_tokens=False).input_ids

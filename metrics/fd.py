@@ -1,0 +1,51 @@
+"""Fréchet distance between two image sets in a named feature space.
+
+Computed by torchmetrics' `FrechetInceptionDistance` with a custom `feature=` module, so no Inception
+weights are needed: `fd_microclip` uses micro CLIP image features (the default). `fid_inception` is the
+classic FID, available when torchmetrics' Inception weights are present locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.clip import ClipEncoder
+from metrics.base import MetricInfo
+
+
+def info(space: str) -> MetricInfo:
+    name = "fid_inception" if space == "inception" else f"fd_{space}"
+    return MetricInfo(name, "fd", False, f"Fréchet distance between generated and instance images in {space} features")
+
+
+class ClipFeatures(torch.nn.Module):
+    """torchmetrics feature extractor: uint8 image batch [N, 3, H, W] -> CLIP image features [N, D]."""
+
+    def __init__(self, encoder: ClipEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_features = int(encoder.model.visual.output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in x]
+        return self.encoder.images(images).double()
+
+
+def to_uint8(images: Sequence[Image.Image]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
+
+
+def frechet_distance(encoder: ClipEncoder, generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:
+    """FD between the two sets (each needs at least 2 images; few images give a noisy estimate)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if len(generated) < 2 or len(reference) < 2:
+        raise ValueError(f"Fréchet distance needs at least 2 images per set, got {len(generated)} and {len(reference)}")
+    fid = FrechetInceptionDistance(feature=ClipFeatures(encoder), normalize=False)
+    fid.update(to_uint8(reference), real=True)
+    fid.update(to_uint8(generated), real=False)
+    return float(fid.compute())

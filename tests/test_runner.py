@@ -1,0 +1,53 @@
+"""The runner trains every configured method in its own process, records cost rows, reuses finished
+stages, and records a failing method as failed while the others complete."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from bench import records
+from bench.config import register
+from bench.runner import run
+from methods.base import MethodConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register()
+
+
+def config(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["train=smoke", f"results_dir={tmp_path}", "progress=false", "threads=1", *overrides])
+
+
+def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
+    cfg = config(tmp_path)
+    assert run(cfg) == 0
+    table = records.read_table(tmp_path)
+    assert set(table.method) == {"dreambooth", "textual_inversion", "lora", "hypernetwork"}
+    cost = table[table.step.isna()].pivot_table(index="method", columns="metric", values="value", aggfunc="first")
+    assert (cost[["peak_mem", "train_time", "steps_per_s", "trainable_params", "artifact_bytes"]] > 0).all().all()
+    # Textual Inversion counts its learned vector only: one row of the embedding table.
+    assert cost.loc["textual_inversion", "trainable_params"] == 128
+    assert cost.loc["dreambooth", "artifact_bytes"] > cost.loc["lora", "artifact_bytes"] > cost.loc["textual_inversion", "artifact_bytes"]
+    assert (table[table.metric == "train_loss"].groupby("method").size() == 4).all()
+    assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "results.parquet").exists() and (tmp_path / "run.json").exists()
+
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")}
+    assert run(cfg) == 0
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")} == stamps
+
+
+def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
+    cfg = config(tmp_path, "method=[hypernetwork,lora]", "method.hypernetwork.enable_sizes=[999]")
+    assert run(cfg) == 1
+    table = records.read_table(tmp_path)
+    failed = table[table.metric == "train_failed"]
+    assert list(failed.method) == ["hypernetwork"] and "method.enable_sizes" in failed.status.iloc[0]
+    assert (table[table.method == "lora"].status == "ok").all() and len(table[table.method == "lora"]) > 0
+
+
+def test_nonsense_config_fails_before_any_training(tmp_path):
+    with pytest.raises(MethodConfigError, match="method.rank"):
+        run(config(tmp_path, "method.lora.rank=0"))
+    assert not (tmp_path / "rows").exists()
