@@ -17,7 +17,7 @@ register()
 
 def config(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["train=smoke", f"results_dir={tmp_path}", "progress=false", "threads=1", *overrides])
+        return compose("config", overrides=["train=smoke", "sweep=smoke", f"results_dir={tmp_path}", "progress=false", "threads=1", *overrides])
 
 
 def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
@@ -32,6 +32,13 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
     assert cost.loc["dreambooth", "artifact_bytes"] > cost.loc["lora", "artifact_bytes"] > cost.loc["textual_inversion", "artifact_bytes"]
     assert (table[table.metric == "train_loss"].groupby("method").size() == 4).all()
     assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "results.parquet").exists() and (tmp_path / "run.json").exists()
+
+    # Sweeps: every method at every weight, and weight 0 reproduces the base model exactly.
+    sweep = table[table.metric == "clip_i"]
+    assert set(sweep.method) == set(cost.index) and set(sweep.weight) == {0.0, 1.0}
+    assert (table[table.metric == "matches_base"].value == 1.0).all()
+    assert {"clip_t", "clip_i", "drift", "diversity", "fd_microclip", "cmmd"} <= set(table.metric)
+    assert len(list((tmp_path / "images" / "lora").glob("instance_0_seed*_w+1.00.png"))) == 2
 
     stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")}
     assert run(cfg) == 0
