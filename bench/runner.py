@@ -56,7 +56,11 @@ def run(cfg: DictConfig) -> int:
     if pending:
         failed += sweep_stages(cfg, {n: methods[n] for n in pending}, concept, results)
     table = records.publish(results)
+    from bench.report import build_report
+
+    report = build_report([results])
     print_summary(table, results, failed)
+    print(f"adapterbench: report {report.resolve()}")
     return 1 if failed else 0
 
 
