@@ -55,6 +55,14 @@ class MetricsConfig:
 
 
 @dataclass
+class CheckConfig:
+    # metric -> {abs: ..., rel: ...}; the larger allowance wins. 'fd' covers every Fréchet distance,
+    # 'default' any metric not named.
+    tolerances: dict[str, Any] = field(default_factory=dict)
+    junit: Optional[str] = None  # default: RESULTS_DIR/regression_junit.xml
+
+
+@dataclass
 class BenchConfig:
     defaults: list[Any] = field(default_factory=lambda: ["_self_"])
     model: ModelConfig = MISSING
@@ -68,6 +76,10 @@ class BenchConfig:
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
     progress: bool = True
     results_dir: str = "results/default"
+    mode: str = "run"  # run | baseline | check | report
+    baseline: Optional[str] = None  # baseline JSON for mode=baseline / mode=check
+    merge: list[str] = field(default_factory=list)  # mode=report: more results dirs to merge
+    check: CheckConfig = field(default_factory=CheckConfig)
 
 
 def register() -> None:
@@ -78,3 +90,4 @@ def register() -> None:
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(group="sweep", name="sweep_schema", node=SweepConfig)
+    cs.store(group="check", name="check_schema", node=CheckConfig)

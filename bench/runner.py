@@ -33,6 +33,43 @@ def run_id(cfg: DictConfig, method: str) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def main(cfg: DictConfig) -> int:
+    """Dispatch on `mode`: run (default), baseline, check or report; returns the exit code."""
+    from bench import regression
+
+    results = Path(cfg.results_dir)
+    mode = cfg.get("mode", "run")
+    if mode == "run":
+        return run(cfg)
+    if mode == "report":
+        from bench.report import build_report
+
+        dirs = [results, *[Path(d) for d in cfg.get("merge") or []]]
+        print(f"adapterbench: report {build_report(dirs).resolve()}")
+        return 0
+    if mode not in ("baseline", "check"):
+        raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report")
+    if not cfg.get("baseline"):
+        raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
+    doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
+    status = 0
+    if records.read_table(results).empty:
+        print(f"adapterbench: {results} holds no results yet; running the comparison first")
+        status = run(cfg)
+    table = records.read_table(results)
+    if mode == "baseline":
+        regression.write_baseline(table, Path(cfg.baseline))
+        print(f"adapterbench: baseline written to {cfg.baseline}")
+        return status
+    comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check.tolerances, resolve=True))
+    print(regression.format_comparisons(comparisons))
+    junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
+    regression.write_junit(comparisons, junit)
+    regressed = [c for c in comparisons if c.regressed]
+    print(f"adapterbench: {len(regressed)} of {len(comparisons)} checks regressed; JUnit XML {junit}")
+    return 1 if regressed or status else 0
+
+
 def run(cfg: DictConfig) -> int:
     """Run every stage; returns the process exit code (1 when any method failed)."""
     results = Path(cfg.results_dir)
