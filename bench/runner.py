@@ -81,12 +81,10 @@ def run(cfg: DictConfig) -> int:
     model_path(cfg.model)
     concept = load_concept(cfg.data, cfg.model.resolution)
     write_metadata(cfg, results / "run.json")
-    config_file = results / "config.yaml"
-    atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
 
     failed = []
     for name in methods:
-        if not train_stage(cfg, name, concept.name, config_file, results):
+        if not train_stage(cfg, name, concept.name, results):
             failed.append(name)
     trained = [n for n in methods if n not in failed]
     pending = [n for n in trained if not records.stage_file(results, sweep_stage_name(cfg, n)).exists()]
@@ -101,7 +99,7 @@ def run(cfg: DictConfig) -> int:
     return 1 if failed else 0
 
 
-def train_stage(cfg: DictConfig, name: str, concept: str, config_file: Path, results: Path) -> bool:
+def train_stage(cfg: DictConfig, name: str, concept: str, results: Path) -> bool:
     """Train one method (in its own process) unless its rows exist; True when it succeeded."""
     rid = run_id(cfg, name)
     stage = f"train_{name}_{rid}"
@@ -111,6 +109,9 @@ def train_stage(cfg: DictConfig, name: str, concept: str, config_file: Path, res
         return True
     ident = {"run_id": rid, "model": cfg.model.name, "method": name, "concept": concept, "seed": cfg.seed}
     out = results / "train" / f"{name}_{rid}"
+    # The job's own copy of the config: parallel jobs (Hydra launchers) share the results directory.
+    config_file = out / "config.yaml"
+    atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
     try:
         cost = train_in_subprocess(config_file, name, out, results / "logs" / f"{stage}.log")
     except TrainJobFailed as e:
