@@ -44,6 +44,7 @@ class SweepConfig:
     steps: int = 20
     guidance: float = 5.0
     batch: int = 32
+    batched: bool = True  # several weights per denoising batch where the method allows it
     instance: list[str] = field(default_factory=lambda: ["{instance}"])
     recontext: list[str] = field(default_factory=list)
     unrelated: list[str] = field(default_factory=list)

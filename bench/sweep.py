@@ -61,9 +61,14 @@ def image_path(images_dir: Path, method: str, prompt_id: str, seed: int, weight:
 def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepPrompt], cfg, progress: bool = True) -> dict[tuple[str, int, float], Image.Image]:
     """Images for every (prompt, seed, weight), one weight applied at a time."""
     seeds = [int(s) for s in cfg.seeds]
+    weights = [float(w) for w in cfg.weights]
+    if method.batched_weights and cfg.get("batched", True):
+        out = sweep_batched(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress)
+        check_weight_changes_images(method.name, out, weights)
+        return out
     pairs = [(p, s) for p in prompts for s in seeds]
     out: dict[tuple[str, int, float], Image.Image] = {}
-    for weight in tqdm([float(w) for w in cfg.weights], desc=f"sweep {method.name}", disable=not progress, leave=False):
+    for weight in tqdm(weights, desc=f"sweep {method.name}", disable=not progress, leave=False):
         method.apply(pipe, artifact, weight)
         try:
             images = generate(pipe, [method.prompt(p.text, data) for p, _ in pairs], [s for _, s in pairs], int(cfg.steps), float(cfg.guidance), int(cfg.batch))
@@ -72,6 +77,25 @@ def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepP
         for (p, s), im in zip(pairs, images):
             out[(p.prompt_id, s, weight)] = im
     check_weight_changes_images(method.name, out, [float(w) for w in cfg.weights])
+    return out
+
+
+def sweep_batched(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress) -> dict[tuple[str, int, float], Image.Image]:
+    """All weights at once: each denoising batch mixes weights, one per sample."""
+    triples = [(w, p, s) for w in weights for p in prompts for s in seeds]
+    batch = int(cfg.batch)
+    out = {}
+    method.apply_many(pipe, artifact, weights)
+    try:
+        for i in tqdm(range(0, len(triples), batch), desc=f"sweep {method.name} (batched)", disable=not progress, leave=False):
+            chunk = triples[i : i + batch]
+            method.set_sample_weights(pipe, [w for w, _, _ in chunk])
+            texts = [method.prompt_at(p.text, data, w) for w, p, _ in chunk]
+            images = generate(pipe, texts, [s for _, _, s in chunk], int(cfg.steps), float(cfg.guidance), batch)
+            for (w, p, s), im in zip(chunk, images):
+                out[(p.prompt_id, s, w)] = im
+    finally:
+        method.remove(pipe)
     return out
 
 

@@ -84,6 +84,8 @@ class Method(ABC):
     name: ClassVar[str]
     trains_text: ClassVar[bool] = False  # the text encoder's output changes during training
     weight_decay: ClassVar[float] = 1e-2
+    # Several weights in one denoising batch (apply_many / prompt_at / set_sample_weights).
+    batched_weights: ClassVar[bool] = False
 
     def __init__(self, lr: float) -> None:
         check_positive("method.lr", lr)
@@ -118,6 +120,17 @@ class Method(ABC):
     def prompt(self, text: str, data: ConceptData) -> str:
         """The prompt as this method's artifact expects it (Textual Inversion swaps in its placeholder)."""
         return text
+
+    def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
+        """Make every weight in `weights` available at once (methods with `batched_weights`)."""
+        raise NotImplementedError(f"{self.name} cannot put several weights in one batch")
+
+    def prompt_at(self, text: str, data: ConceptData, weight: float) -> str:
+        """The prompt for one sample at `weight` while `apply_many` is in force."""
+        return self.prompt(text, data)
+
+    def set_sample_weights(self, pipe, weights: list[float]) -> None:
+        """The weight of each sample of the next batch while `apply_many` is in force."""
 
     def base_prompt(self, text: str, data: ConceptData) -> str:
         """The base-model prompt whose image weight 0 must reproduce exactly."""

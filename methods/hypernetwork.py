@@ -64,6 +64,9 @@ class HyperLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.multiplier
         if isinstance(m, torch.Tensor):
+            # Classifier-free guidance runs [uncond; cond] as one batch: the per-sample weights repeat.
+            if m.numel() != x.shape[0] and x.shape[0] % m.numel() == 0:
+                m = m.repeat(x.shape[0] // m.numel())
             m = m.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
         return self.projection(x + self.mlp(x.to(self.mlp_dtype)).to(x.dtype) * m)
 
@@ -78,6 +81,7 @@ class HyperLinear(nn.Module):
 
 class Hypernetwork(Method):
     name = "hypernetwork"
+    batched_weights = True
 
     def __init__(
         self,
@@ -171,6 +175,12 @@ class Hypernetwork(Method):
 
     def apply(self, pipe, artifact: Artifact, weight: float | torch.Tensor) -> None:
         self.install(pipe, self.modules_from(artifact).to(pipe.unet.device), weight)
+
+    def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
+        self.apply(pipe, artifact, 1.0)
+
+    def set_sample_weights(self, pipe, weights: list[float]) -> None:
+        self.set_multiplier(pipe, torch.tensor(weights, dtype=torch.float32))
 
     def remove(self, pipe) -> None:
         self.uninstall(pipe)

@@ -24,6 +24,7 @@ class TextualInversion(Method):
     name = "textual_inversion"
     trains_text = True
     weight_decay = 0.0
+    batched_weights = True
 
     def __init__(self, lr: float = 5e-3, num_vectors: int = 1, initializer: str | None = None) -> None:
         super().__init__(lr)
@@ -33,6 +34,7 @@ class TextualInversion(Method):
         self.initializer = initializer  # None: the concept's own initializer word
         self._hook = None
         self._placeholder: str | None = None
+        self._many: dict[float, str] = {}  # weight -> its placeholder, while apply_many is in force
 
     @staticmethod
     def placeholder(data: ConceptData) -> str:
@@ -96,8 +98,25 @@ class TextualInversion(Method):
         pipe.load_textual_inversion(torch.lerp(init, learned.float(), float(weight)), token=artifact.meta["placeholder"])
         self._placeholder = artifact.meta["placeholder"]
 
+    def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
+        """One placeholder per weight ('<sks>', '<sks>@1', ...), each holding its interpolated vectors."""
+        learned = artifact.tensors["emb_params"].float()
+        init = self.init_vectors(pipe, artifact.meta["initializer"])
+        base = artifact.meta["placeholder"]
+        self._many = {}
+        for k, w in enumerate(dict.fromkeys(float(w) for w in weights)):
+            token = base if k == 0 else f"{base[:-1]}@{k}>"
+            pipe.load_textual_inversion(torch.lerp(init, learned, w), token=token)
+            self._many[w] = token
+
+    def prompt_at(self, text: str, data: ConceptData, weight: float) -> str:
+        return " ".join(self._many[float(weight)] if w == data.token else w for w in text.split())
+
     def remove(self, pipe) -> None:
-        if self._placeholder is not None:
+        if self._many:
+            pipe.unload_textual_inversion([t for token in self._many.values() for t in self._tokens(token)])
+            self._many = {}
+        elif self._placeholder is not None:
             pipe.unload_textual_inversion(self._tokens(self._placeholder))
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
