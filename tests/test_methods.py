@@ -158,3 +158,18 @@ def test_nan_loss_stops_training_and_leaves_the_base_model(micro_pipe, concept):
     finally:
         handle.remove()
     assert not getattr(micro_pipe.unet, "peft_config", None) or "adapterbench" not in micro_pipe.unet.peft_config
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork")])
+def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, micro_pipe, concept):
+    from bench.sweep import sweep_method, sweep_prompts
+
+    method, result = trained[name]
+    assert method.batched_weights
+    prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
+    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 16}
+    one_by_one = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
+    batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
+    assert one_by_one.keys() == batched.keys()
+    for key in one_by_one:
+        assert np.array_equal(pixels(one_by_one[key]), pixels(batched[key])), key
