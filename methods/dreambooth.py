@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,9 +20,21 @@ from safetensors.torch import save_file
 from bench.data import ConceptData
 from bench.images import generate
 from bench.io import atomic_dir
+from bench.single_file import save_single_file
 from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, check_positive, encode_set
 
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+SINGLE_FILE = "dreambooth.safetensors"
+log = logging.getLogger(__name__)
+
+
+def _read_component(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A diffusers/transformers component folder: its weights (all shards) and its config."""
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            state.update({k: f.get_tensor(k) for k in f.keys()})
+    return state, json.loads((folder / "config.json").read_text())
 
 
 class DreamBooth(Method):
@@ -136,9 +149,18 @@ class DreamBooth(Method):
     # ---- files
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
-        """A diffusers pipeline folder (the base model's, with the tuned components); returns it.
+        """A diffusers pipeline folder (the base model's, with the tuned components) and the same model as
+        one original-layout checkpoint, `dreambooth.safetensors`: the file people share (its size is
+        reported), loadable by AUTOMATIC1111, ComfyUI and `from_single_file`."""
+        folder = self.save_folder(artifact, out_dir)
+        if not (folder / "model_index.json").is_file():
+            log.warning("base model %s is not a diffusers folder: wrote the tuned components only, no single file", artifact.meta.get("base_model"))
+            return folder
+        unet, vae = (_read_component(folder / n) for n in ("unet", "vae"))
+        text_encoder, _ = _read_component(folder / "text_encoder")
+        return save_single_file({"unet": unet, "vae": vae, "text_encoder": text_encoder}, out_dir / SINGLE_FILE)
 
-        The reported size is the whole folder: what a user shares for a DreamBooth model."""
+    def save_folder(self, artifact: Artifact, out_dir: Path) -> Path:
         base = Path(artifact.meta.get("base_model", ""))
         target = out_dir / "pipeline"
         with atomic_dir(target) as tmp:
@@ -169,8 +191,10 @@ class DreamBooth(Method):
         return full
 
     def load(self, path: Path) -> Artifact:
-        """The tuned tensors of a folder written by `save` (every weight of each tuned component)."""
+        """The tuned tensors of what `save` wrote (every weight of each tuned component)."""
         path = Path(path)
+        if path.is_file():
+            path = path.parent / "pipeline"
         info = json.loads((path / "adapterbench.json").read_text())
         tensors, configs = {}, {}
         for name in info["components"]:

@@ -173,3 +173,20 @@ def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, 
     assert one_by_one.keys() == batched.keys()
     for key in one_by_one:
         assert np.array_equal(pixels(one_by_one[key]), pixels(batched[key])), key
+
+
+def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from bench import zoo
+
+    method, result = trained["dreambooth"]
+    single = method.save(result.artifact, tmp_path)
+    assert single.name == "dreambooth.safetensors" and (tmp_path / "pipeline" / "model_index.json").is_file()
+    ours = pixels(generate_with(micro_pipe, method, result.artifact, 1.0, PROMPT))
+    stock = StableDiffusionPipeline.from_single_file(str(single), config=str(zoo.micro_sd_dir()), local_files_only=True, safety_checker=None)
+    stock.set_progress_bar_config(disable=True)
+    assert np.array_equal(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]), ours)
+    folder = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True, safety_checker=None)
+    folder.set_progress_bar_config(disable=True)
+    assert np.array_equal(pixels(generate(folder, [PROMPT], [0], steps=STEPS)[0]), ours)

@@ -1,0 +1,114 @@
+"""Write a diffusers Stable Diffusion pipeline as one original-layout (LDM) `.safetensors` checkpoint,
+the single file AUTOMATIC1111, ComfyUI and diffusers' `from_single_file` load.
+
+The key mapping is the inverse of the one diffusers applies when it reads such files, written for any
+depth and layers-per-block of a UNet2DConditionModel / AutoencoderKL (SD 1.x layout; the text encoder
+is stored as a Hugging Face CLIP text model under `cond_stage_model.transformer.`, as SD 1.x does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from bench.io import atomic_path
+
+RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
+VAE_ATTENTION = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
+
+
+def unet_prefix_map(config: dict) -> list[tuple[str, str]]:
+    """(LDM prefix, diffusers prefix) pairs for a UNet2DConditionModel config."""
+    lpb = int(config["layers_per_block"])
+    levels = len(config["block_out_channels"])
+    down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
+    up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    pairs = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."), ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")]
+    for i in range(levels):
+        for j in range(lpb):
+            n = i * (lpb + 1) + j + 1
+            pairs.append((f"input_blocks.{n}.0.", f"down_blocks.{i}.resnets.{j}."))
+            if down_attn[i]:
+                pairs.append((f"input_blocks.{n}.1.", f"down_blocks.{i}.attentions.{j}."))
+        if i < levels - 1:
+            pairs.append((f"input_blocks.{(i + 1) * (lpb + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+        for j in range(lpb + 1):
+            n = i * (lpb + 1) + j
+            pairs.append((f"output_blocks.{n}.0.", f"up_blocks.{i}.resnets.{j}."))
+            if up_attn[i]:
+                pairs.append((f"output_blocks.{n}.1.", f"up_blocks.{i}.attentions.{j}."))
+        if i < levels - 1:
+            pairs.append((f"output_blocks.{i * (lpb + 1) + lpb}.{2 if up_attn[i] else 1}.conv.", f"up_blocks.{i}.upsamplers.0.conv."))
+    pairs += [("middle_block.0.", "mid_block.resnets.0."), ("middle_block.1.", "mid_block.attentions.0."), ("middle_block.2.", "mid_block.resnets.1.")]
+    return pairs
+
+
+def vae_prefix_map(config: dict) -> list[tuple[str, str]]:
+    """(LDM prefix, diffusers prefix) pairs for an AutoencoderKL config."""
+    levels = len(config["block_out_channels"])
+    lpb = int(config["layers_per_block"])
+    pairs = []
+    for i in range(levels):
+        for j in range(lpb):
+            pairs.append((f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}."))
+        if i < levels - 1:
+            pairs.append((f"encoder.down.{i}.downsample.", f"encoder.down_blocks.{i}.downsamplers.0."))
+        for j in range(lpb + 1):
+            pairs.append((f"decoder.up.{levels - 1 - i}.block.{j}.", f"decoder.up_blocks.{i}.resnets.{j}."))
+        if i < levels - 1:
+            pairs.append((f"decoder.up.{levels - 1 - i}.upsample.", f"decoder.up_blocks.{i}.upsamplers.0."))
+    for part in ("encoder", "decoder"):
+        pairs += [(f"{part}.mid.block_{k + 1}.", f"{part}.mid_block.resnets.{k}.") for k in range(2)]
+        pairs += [(f"{part}.mid.attn_1.", f"{part}.mid_block.attentions.0."), (f"{part}.norm_out.", f"{part}.conv_norm_out.")]
+    return pairs
+
+
+def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
+    # The longest diffusers prefix wins, so 'down_blocks.1.resnets.0.' is not caught by a shorter one.
+    for ldm, hf in sorted(pairs, key=lambda p: -len(p[1])):
+        if key.startswith(hf):
+            return ldm + key[len(hf) :]
+    return key
+
+
+def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    pairs = unet_prefix_map(config)
+    out = {}
+    for key, value in state.items():
+        new = _rename(key, pairs)
+        if "resnets" in key:
+            for ldm, hf in RESNET:
+                new = new.replace(f".{hf}.", f".{ldm}.")
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def vae_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    pairs = vae_prefix_map(config)
+    out = {}
+    for key, value in state.items():
+        new = _rename(key, pairs).replace("conv_shortcut.", "nin_shortcut.")
+        if "mid.attn_1." in new:
+            for ldm, hf in VAE_ATTENTION:
+                new = new.replace(f"attn_1.{hf}", f"attn_1.{ldm}")
+            if value.dim() == 2:  # LDM's VAE attention uses 1x1 convolutions
+                value = value[:, :, None, None]
+        out["first_stage_model." + new] = value
+    return out
+
+
+def save_single_file(pipe_components: dict, path: Path, dtype: torch.dtype | None = None) -> Path:
+    """`pipe_components`: {'unet': (state, config), 'vae': (state, config), 'text_encoder': state}."""
+    unet_state, unet_config = pipe_components["unet"]
+    vae_state, vae_config = pipe_components["vae"]
+    tensors = {**unet_to_ldm(unet_state, unet_config), **vae_to_ldm(vae_state, vae_config)}
+    # SD 1.x files hold the text encoder as transformers' CLIPTextModel with its `text_model.` level
+    # (newer transformers flatten it away in memory).
+    tensors.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in pipe_components["text_encoder"].items()})
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    with atomic_path(Path(path)) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    return Path(path)
