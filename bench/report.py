@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
 import logging
 from pathlib import Path
 

@@ -202,6 +202,32 @@ class Method(ABC):
         return pipe.text_encoder(input_ids)[0]
 
 
+def save_tensors(path: Path, method: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """An artifact as safetensors (atomically), its facts as JSON metadata under 'adapterbench'."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from bench.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"adapterbench": json.dumps({"method": method, **meta})})
+    return path
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """What `save_tensors` wrote: (tensors, meta)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("adapterbench", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta.pop("method", None)
+    return tensors, meta
+
+
 @torch.no_grad()
 def encode_images(pipe, images) -> torch.Tensor:
     """VAE latents (the posterior mean, scaled), computed once per image set: the VAE is frozen."""

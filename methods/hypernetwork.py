@@ -8,17 +8,14 @@ enabled input size, picked by the tensor's last dimension. `weight` is that mult
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
 A1111_FILE = "hypernetwork_a1111.pt"
@@ -189,9 +186,7 @@ class Hypernetwork(Method):
         """safetensors (the reported file) and AUTOMATIC1111's `.pt` layout:
         `{size: [k_state_dict, v_state_dict], 'layer_structure': ..., ...}`."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        main = out_dir / SAFETENSORS_FILE
-        with atomic_path(main) as tmp:
-            save_file({k: v.contiguous() for k, v in artifact.tensors.items()}, str(tmp), metadata={"adapterbench": json.dumps({"method": self.name, **artifact.meta})})
+        main = save_tensors(out_dir / SAFETENSORS_FILE, self.name, artifact.tensors, artifact.meta)
         m = artifact.meta
         a1111: dict = {}
         for size in m["sizes"]:
@@ -221,10 +216,7 @@ class Hypernetwork(Method):
         file = path / SAFETENSORS_FILE if path.is_dir() else path
         if file.suffix == ".pt":
             return self.load_a1111(file)
-        with safe_open(str(file), "pt") as f:
-            meta = json.loads(f.metadata()["adapterbench"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta.pop("method", None)
+        tensors, meta = load_tensors(file)
         return Artifact(self.name, tensors, meta)
 
     def load_a1111(self, file: Path) -> Artifact:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, check_positive
+from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, save_tensors
 
 ADAPTER = "adapterbench"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -93,10 +92,7 @@ class LoRA(Method):
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
         """diffusers/peft format (the reported file) plus the kohya format AUTOMATIC1111 and ComfyUI read."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"adapterbench": json.dumps({"method": self.name, **artifact.meta})}
-        main = out_dir / DIFFUSERS_FILE
-        with atomic_path(main) as tmp:
-            save_file({k: v.contiguous() for k, v in artifact.tensors.items()}, str(tmp), metadata=meta)
+        main = save_tensors(out_dir / DIFFUSERS_FILE, self.name, artifact.tensors, artifact.meta)
         with atomic_path(out_dir / KOHYA_FILE) as tmp:
             kohya_meta = {"ss_network_dim": str(self.rank), "ss_network_alpha": str(self.rank), "ss_network_module": "networks.lora"}
             save_file(to_kohya(artifact.tensors, self.rank), str(tmp), metadata=kohya_meta)
@@ -105,7 +101,8 @@ class LoRA(Method):
     def load(self, path: Path) -> Artifact:
         path = Path(path)
         file = path / DIFFUSERS_FILE if path.is_dir() else path
-        return Artifact(self.name, load_file(str(file)), {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
+        tensors, meta = load_tensors(file)
+        return Artifact(self.name, tensors, meta or {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
 
 
 def to_kohya(tensors: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

@@ -5,16 +5,13 @@ Weight `w` interpolates each vector from its initializer word (w=0) to the learn
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
 A1111_FILE = "embedding_a1111.pt"
@@ -124,9 +121,7 @@ class TextualInversion(Method):
         AUTOMATIC1111 `.pt`; diffusers' `load_textual_inversion` reads both."""
         out_dir.mkdir(parents=True, exist_ok=True)
         emb = artifact.tensors["emb_params"].contiguous()
-        main = out_dir / SAFETENSORS_FILE
-        with atomic_path(main) as tmp:
-            save_file({"emb_params": emb}, str(tmp), metadata={"adapterbench": json.dumps({"method": self.name, **artifact.meta})})
+        main = save_tensors(out_dir / SAFETENSORS_FILE, self.name, {"emb_params": emb}, artifact.meta)
         a1111 = {
             "string_to_token": {"*": 265},
             "string_to_param": {"*": emb.clone()},
@@ -142,8 +137,5 @@ class TextualInversion(Method):
     def load(self, path: Path) -> Artifact:
         path = Path(path)
         file = path / SAFETENSORS_FILE if path.is_dir() else path
-        with safe_open(str(file), "pt") as f:
-            meta = json.loads(f.metadata()["adapterbench"])
-            emb = f.get_tensor("emb_params")
-        meta.pop("method", None)
-        return Artifact(self.name, {"emb_params": emb}, meta)
+        tensors, meta = load_tensors(file)
+        return Artifact(self.name, {"emb_params": tensors["emb_params"]}, meta)

@@ -1,7 +1,6 @@
 """Report code on small hand-made tables."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bench import records
