@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -14,14 +15,27 @@ class ClipEncoder:
 
     def __init__(self, model, preprocess, tokenizer, name: str, batch: int = 128) -> None:
         self.model, self.preprocess, self.tokenizer, self.name, self.batch = model.eval(), preprocess, tokenizer, name, batch
+        self._cache: dict[str, torch.Tensor] = {}  # image content hash -> unit feature
+
+    @staticmethod
+    def content_hash(image: Image.Image) -> str:
+        rgb = image.convert("RGB")
+        return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
 
     @torch.no_grad()
     def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        feats = []
-        for i in range(0, len(images), self.batch):
-            x = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch]])
-            feats.append(self.model.encode_image(x).float())
-        return torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+        """Unit features; each distinct image (by content hash) is encoded once per encoder, so reference
+        sets such as the instance images cost nothing after their first use."""
+        keys = [self.content_hash(im) for im in images]
+        todo = [(k, im) for k, im in dict(zip(keys, images)).items() if k not in self._cache]
+        for i in range(0, len(todo), self.batch):
+            chunk = todo[i : i + self.batch]
+            x = torch.stack([self.preprocess(im.convert("RGB")) for _, im in chunk])
+            feats = torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
+            self._cache.update({k: f for (k, _), f in zip(chunk, feats)})
+        if not keys:
+            return torch.empty(0, self.model.visual.output_dim)
+        return torch.stack([self._cache[k] for k in keys])
 
     @torch.no_grad()
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
