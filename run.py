@@ -38,10 +38,11 @@ def job(cfg: DictConfig) -> int:
     from bench.runner import main as run_main
     from bench.sweep import SweepError
     from methods.base import MethodConfigError
+    from metrics.fd import InceptionUnavailable
 
     try:
         return run_main(cfg)
-    except (BaselineError, ConceptDataError, ModelConfigError, MethodConfigError, SweepError) as e:
+    except (BaselineError, ConceptDataError, ModelConfigError, MethodConfigError, SweepError, InceptionUnavailable) as e:
         print(f"adapterbench: error: {e}", file=sys.stderr)
         return USAGE_ERROR
 

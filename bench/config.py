@@ -53,6 +53,7 @@ class SweepConfig:
 @dataclass
 class MetricsConfig:
     clip: str = "micro"  # the CLIP feature space: 'micro' or an open_clip spec such as 'local-dir:/models/clip'
+    inception: bool = False  # also classic Inception FID (needs torch-fidelity's weights available locally)
 
 
 @dataclass

@@ -80,6 +80,10 @@ def run(cfg: DictConfig) -> int:
         raise ValueError("method: no method selected (e.g. method=[lora,hypernetwork])")
     model_path(cfg.model)
     concept = load_concept(cfg.data, cfg.model.resolution)
+    if cfg.metrics.inception:
+        from metrics.fd import inception_metric
+
+        inception_metric()
     write_metadata(cfg, results / "run.json")
 
     failed = []
@@ -164,7 +168,7 @@ def sweep_stages(cfg: DictConfig, methods: dict, concept, results: Path) -> list
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 im.save(tmp, format="PNG")
-        rows = sweep_rows(encoder, concept, prompts, images, base, lambda text, m=method: m.base_prompt(text, concept))
+        rows = sweep_rows(encoder, concept, prompts, images, base, lambda text, m=method: m.base_prompt(text, concept), inception=bool(cfg.metrics.inception))
         records.write_stage(results, sweep_stage_name(cfg, name), [{**ident, **r, "status": "ok"} for r in rows])
         records.stage_file(results, f"failed_{sweep_stage_name(cfg, name)}").unlink(missing_ok=True)
     return failed

@@ -24,6 +24,7 @@ def sweep_rows(
     images: Images,
     base: dict[tuple[str, int], Image.Image],
     base_equivalent: Callable[[str], str],
+    inception: bool = False,
 ) -> list[dict]:
     """Rows for one method's sweep. `base` holds the base model's images by (prompt text, seed);
     `base_equivalent(text)` is the base-model prompt that weight 0 must reproduce."""
@@ -65,4 +66,7 @@ def sweep_rows(
             value = fd.frechet_distance(encoder, [images[k] for k in subject], data.images)
             rows.append({"weight": weight, "metric": fd_info.name, "value": value, "unit": fd_info.unit})
             rows.append({"weight": weight, "metric": cmmd.INFO.name, "value": cmmd.cmmd(torch.stack([feats[k] for k in subject]), instance_feats), "unit": cmmd.INFO.unit})
+            if inception:
+                value = fd.inception_fid([images[k] for k in subject], data.images)
+                rows.append({"weight": weight, "metric": "fid_inception", "value": value, "unit": "fd"})
     return rows

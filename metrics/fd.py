@@ -49,3 +49,25 @@ def frechet_distance(encoder: ClipEncoder, generated: Sequence[Image.Image], ref
     fid.update(to_uint8(reference), real=True)
     fid.update(to_uint8(generated), real=False)
     return float(fid.compute())
+
+
+class InceptionUnavailable(RuntimeError):
+    """Inception weights (torchmetrics / torch-fidelity) are not available on this machine."""
+
+
+def inception_metric():
+    """torchmetrics' Inception FID, or InceptionUnavailable naming the config key."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    try:
+        return FrechetInceptionDistance(feature=2048)
+    except Exception as e:  # missing package, or weights that would have to be downloaded
+        raise InceptionUnavailable(f"metrics.inception: Inception weights are not available locally ({type(e).__name__}: {e})") from None
+
+
+def inception_fid(generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:
+    """Classic FID in Inception-v3 pool features; needs torch-fidelity's weights in the local torch cache."""
+    fid = inception_metric()
+    fid.update(to_uint8(reference), real=True)
+    fid.update(to_uint8(generated), real=False)
+    return float(fid.compute())
