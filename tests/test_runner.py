@@ -58,3 +58,18 @@ def test_nonsense_config_fails_before_any_training(tmp_path):
     with pytest.raises(MethodConfigError, match="method.rank"):
         run(config(tmp_path, "method.lora.rank=0"))
     assert not (tmp_path / "rows").exists()
+
+
+def test_inception_fid_without_local_weights_fails_before_any_training(tmp_path):
+    pytest.importorskip("torchmetrics")
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed here; the unavailable case cannot be shown")
+    except ImportError:
+        pass
+    from metrics.fd import InceptionUnavailable
+
+    with pytest.raises(InceptionUnavailable, match="metrics.inception"):
+        run(config(tmp_path, "metrics.inception=true"))
+    assert not (tmp_path / "rows").exists()
