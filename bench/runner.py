@@ -22,6 +22,7 @@ from bench.data import load_concept
 from bench.io import atomic_path, atomic_write_text
 from bench.models import model_path
 from methods import build_method
+from methods.base import MethodConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def run(cfg: DictConfig) -> int:
     # Check everything a user can get wrong before any heavy work starts.
     methods = {name: build_method(cfg, name) for name in cfg.method}
     if not methods:
-        raise ValueError("method: no method selected (e.g. method=[lora,hypernetwork])")
+        raise MethodConfigError("method: no method selected (e.g. method=[lora,hypernetwork])")
     model_path(cfg.model)
     concept = load_concept(cfg.data, cfg.model.resolution)
     if cfg.metrics.inception:
@@ -95,12 +96,26 @@ def run(cfg: DictConfig) -> int:
     if pending:
         failed += sweep_stages(cfg, {n: methods[n] for n in pending}, concept, results)
     table = records.publish(results)
-    from bench.report import build_report
-
-    report = build_report([results])
+    report = report_stage(results)
     print_summary(table, results, failed)
     print(f"adapterbench: report {report.resolve()}")
     return 1 if failed else 0
+
+
+def report_stage(results: Path) -> Path:
+    """Rebuild the report unless it was built from exactly the rows files there are now."""
+    from bench.report import build_report
+
+    stamp_file = results / "report" / ".rows_stamp"
+    files = sorted((results / "rows").glob("*.parquet"))
+    stamp = hashlib.sha256(json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()
+    html = results / "report" / "report.html"
+    if html.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        log.info("reusing %s", html)
+        return html
+    html = build_report([results])
+    atomic_write_text(stamp_file, stamp)
+    return html
 
 
 def train_stage(cfg: DictConfig, name: str, concept: str, results: Path) -> bool:
