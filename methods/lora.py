@@ -19,6 +19,7 @@ PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
 
 class LoRA(Method):
     name = "lora"
+    batched_weights = True
 
     def __init__(
         self,
@@ -86,7 +87,31 @@ class LoRA(Method):
         pipe.load_lora_weights(dict(artifact.tensors), adapter_name=ADAPTER)
         pipe.set_adapters([ADAPTER], adapter_weights=[float(weight)])
 
+    def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
+        """Per-sample strengths: before each LoRA layer runs, its scale becomes a [batch, 1, ...] tensor
+        (repeated over the [uncond; cond] halves of a classifier-free-guidance batch)."""
+        self.apply(pipe, artifact, 1.0)
+        self._sample_weights = torch.ones(1)
+        self._hooks = []
+        for module in pipe.unet.modules():
+            scaling = getattr(module, "scaling", None)
+            if isinstance(scaling, dict) and ADAPTER in scaling and hasattr(module, "lora_A"):
+                base = float(scaling[ADAPTER])
+
+                def per_sample(mod, args, base=base):
+                    x, w = args[0], self._sample_weights
+                    reps = x.shape[0] // w.numel() if x.shape[0] % w.numel() == 0 else 1
+                    mod.scaling[ADAPTER] = (w.repeat(reps) * base).to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+                self._hooks.append(module.register_forward_pre_hook(per_sample))
+
+    def set_sample_weights(self, pipe, weights: list[float]) -> None:
+        self._sample_weights = torch.tensor(weights, dtype=torch.float32)
+
     def remove(self, pipe) -> None:
+        for hook in getattr(self, "_hooks", []):
+            hook.remove()
+        self._hooks = []
         pipe.unload_lora_weights()
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:

@@ -160,7 +160,7 @@ def test_nan_loss_stops_training_and_leaves_the_base_model(micro_pipe, concept):
     assert not getattr(micro_pipe.unet, "peft_config", None) or "adapterbench" not in micro_pipe.unet.peft_config
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork")])
+@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora")])
 def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, micro_pipe, concept):
     from bench.sweep import sweep_method, sweep_prompts
 
@@ -172,7 +172,8 @@ def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, 
     batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
     assert one_by_one.keys() == batched.keys()
     for key in one_by_one:
-        assert np.array_equal(pixels(one_by_one[key]), pixels(batched[key])), key
+        # Other batch layouts may round one pixel level differently (CPU matrix kernels vary with batch size).
+        assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
 
 
 def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tmp_path):
