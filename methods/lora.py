@@ -67,6 +67,7 @@ class LoRA(Method):
         return {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if self.text_encoder else {})}
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
         from peft.utils import get_peft_model_state_dict
 
         tensors: dict[str, torch.Tensor] = {}
@@ -80,7 +81,12 @@ class LoRA(Method):
                 if "lora_B" in key:
                     value *= self.alpha / self.rank
                 tensors[f"{prefix}.{key}"] = value
-            module.delete_adapters(ADAPTER) if prefix == "text_encoder" else module.delete_adapters([ADAPTER])
+            # Remove the peft wrappers themselves, not just the adapter: the UNet's module tree (and so
+            # its state-dict keys) must be exactly the base model's again.
+            recurse_remove_peft_layers(module)
+            if hasattr(module, "peft_config"):
+                del module.peft_config
+            module._hf_peft_config_loaded = False
         return Artifact(self.name, tensors, {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
 
     def apply(self, pipe, artifact: Artifact, weight: float) -> None:

@@ -60,6 +60,14 @@ def generate_with(pipe, method, artifact, weight, prompt, seed=0):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_training_restores_the_module_tree(name, micro_pipe, concept, tmp_path):
+    keys = {c: set(getattr(micro_pipe, c).state_dict()) for c in ("unet", "text_encoder")}
+    extra = {"num_class_images": 2, "class_image_steps": 2} if name == "dreambooth" else {}
+    make(name, **extra).train(micro_pipe, concept, TrainSettings(steps=1, batch_size=1, progress=False, cache_dir=tmp_path))
+    assert {c: set(getattr(micro_pipe, c).state_dict()) for c in ("unet", "text_encoder")} == keys
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_training_yields_an_artifact_and_leaves_the_base_model(name, trained, micro_pipe, concept):
     method, result = trained[name]
     assert result.artifact.tensors and result.trainable_params > 0
