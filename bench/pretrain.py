@@ -135,18 +135,37 @@ def micro_clip_config(vocab_size: int) -> dict:
     }
 
 
-def train_micro_clip(out: Path, tokenizer, images: torch.Tensor, texts: list[str], steps: int, batch: int, seed: int) -> None:
+def clip_caption_variants(label: tuple[str, str, str]) -> list[str]:
+    """Every way a world image may be described: full, partial and single-attribute captions.
+
+    Micro CLIP sees all of them, so it can score the short prompts (e.g. 'a star', 'a red shape') that
+    zero-shot classification and personalization prompts use, not just full captions."""
+    shape, colour, background = label
+    return [
+        world.caption(shape, colour, background),
+        f"a {colour} {shape}",
+        f"a {shape}",
+        f"a {colour} shape",
+        f"a {shape} on a {background} background",
+        f"a {colour} shape on a {background} background",
+    ]
+
+
+def train_micro_clip(out: Path, tokenizer, images: torch.Tensor, labels: list[tuple[str, str, str]], steps: int, batch: int, seed: int) -> None:
     import open_clip
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     config = micro_clip_config(len(tokenizer))
     model = open_clip.CLIP(**config["model_cfg"])
-    ids = tokenizer(texts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    variants = [clip_caption_variants(label) for label in labels]
+    n_variants = len(variants[0])
+    flat = [t for vs in variants for t in vs]
+    ids = tokenizer(flat, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids.view(len(labels), n_variants, -1)
     # Same caption = positive pair: the world repeats captions, and plain CLIP targets would push
     # identical captions apart as false negatives.
-    index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-    caption_ids = torch.tensor([index[t] for t in texts])
+    index = {t: i for i, t in enumerate(dict.fromkeys(flat))}
+    caption_ids = torch.tensor([index[t] for t in flat]).view(len(labels), n_variants)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -154,16 +173,22 @@ def train_micro_clip(out: Path, tokenizer, images: torch.Tensor, texts: list[str
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = 1e-3 * cosine_lr(step, steps, 100)
-        idx = torch.randint(0, len(texts), (batch,), generator=gen)
+        idx = torch.randint(0, len(labels), (batch,), generator=gen)
+        which = torch.randint(0, n_variants, (batch,), generator=gen)
         x = to_unit(images[idx])
         # Light augmentation: a random flip keeps shapes recognisable under any orientation.
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(-1)
-        img_f, txt_f, scale = model(x, ids[idx])
+        img_f, txt_f, scale = model(x, ids[idx, which])
         logits = scale * img_f @ txt_f.T
-        same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean() + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+        # A caption is a positive for every image it truly describes (partial captions match many).
+        cap = caption_ids[idx, which]
+        same = (caption_ids[idx][:, :, None] == cap[None, None, :]).any(1).float()
+        # `same` is not symmetric (a partial caption matches many images), so each direction gets its
+        # own normalised targets.
+        to_text = same / same.sum(1, keepdim=True)
+        to_image = same.T / same.T.sum(1, keepdim=True)
+        loss = 0.5 * (torch.sum(-to_text * F.log_softmax(logits, 1), 1).mean() + torch.sum(-to_image * F.log_softmax(logits.T, 1), 1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -361,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("results/pretrain_work"), help="intermediate stages")
     p.add_argument("--n-images", type=int, default=24000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-steps", type=int, default=700)
+    p.add_argument("--clip-steps", type=int, default=1500)
     p.add_argument("--vae-steps", type=int, default=2500)
     p.add_argument("--sd-steps", type=int, default=5000)
     p.add_argument("--sd-batch", type=int, default=32)
@@ -375,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(world.vocabulary())
     log.info("tokenizer: %d tokens", len(tokenizer))
-    images, texts, _ = world_tensors(args.n_images, args.seed, 64)
+    images, texts, labels = world_tensors(args.n_images, args.seed, 64)
 
     vae_dir = work / "vae"
     if not vae_dir.exists():
@@ -395,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         train_sd(sd_dir, vae_dir, tokenizer, latents, texts, args.sd_steps, args.sd_batch, args.seed, args.sd_lr)
     clip_dir = args.out / "micro_clip"
     if not clip_dir.exists():
-        train_micro_clip(clip_dir, tokenizer, images, texts, args.clip_steps, 128, args.seed)
+        train_micro_clip(clip_dir, tokenizer, images, labels, args.clip_steps, 128, args.seed)
     log.info("micro models in %s", args.out)
 
 
