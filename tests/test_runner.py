@@ -20,6 +20,7 @@ def config(tmp_path, *overrides):
         return compose("config", overrides=["train=smoke", "sweep=smoke", f"results_dir={tmp_path}", "progress=false", "threads=1", *overrides])
 
 
+@pytest.mark.slow
 def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
     cfg = config(tmp_path)
     assert run(cfg) == 0
@@ -40,9 +41,18 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
     assert {"clip_t", "clip_i", "drift", "diversity", "fd_microclip", "cmmd"} <= set(table.metric)
     assert len(list((tmp_path / "images" / "lora").glob("instance_0_seed*_w+1.00.png"))) == 2
 
+    # The published outputs: every file exists and is non-empty.
+    report = tmp_path / "report"
+    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in ("cost", "quality") for e in ("md", "csv", "tex"))]
+    outputs += [report / "figures" / f"{f}.{e}" for f in ("infographic", "cost", "curves", "tradeoff", "grid_instance_0") for e in ("png", "svg")]
+    assert all(f.is_file() and f.stat().st_size > 0 for f in outputs), [str(f) for f in outputs if not f.is_file()]
+    assert "data:image/png;base64," in (report / "report.html").read_text()
+
     stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")}
+    html_stamp = (report / "report.html").stat().st_mtime_ns
     assert run(cfg) == 0
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")} == stamps
+    assert (report / "report.html").stat().st_mtime_ns == html_stamp  # nothing changed, nothing rebuilt
 
 
 def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
