@@ -215,6 +215,15 @@ def save_tensors(path: Path, method: str, tensors: dict[str, torch.Tensor], meta
     return path
 
 
+def save_a1111_pt(path: Path, body: dict, name: str, step: int = 0) -> Path:
+    """An AUTOMATIC1111 `.pt` (embedding or hypernetwork): `body` plus the fields both carry."""
+    from bench.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({**body, "name": name, "step": step, "sd_checkpoint": None, "sd_checkpoint_name": None}, tmp)
+    return path
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """What `save_tensors` wrote: (tensors, meta)."""
     import json

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from bench.data import ConceptData
-from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
 A1111_FILE = "hypernetwork_a1111.pt"
@@ -202,13 +201,8 @@ class Hypernetwork(Method):
             dropout_structure=None,
             activate_output=m["activate_output"],
             last_layer_dropout=m["last_layer_dropout"],
-            step=m.get("steps", 0),
-            name=m.get("name", "adapterbench"),
-            sd_checkpoint=None,
-            sd_checkpoint_name=None,
         )
-        with atomic_path(out_dir / A1111_FILE) as tmp:
-            torch.save(a1111, tmp)
+        save_a1111_pt(out_dir / A1111_FILE, a1111, m.get("name", "adapterbench"), m.get("steps", 0))
         return main
 
     def load(self, path: Path) -> Artifact:

@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 
 from bench.data import ConceptData
-from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
 A1111_FILE = "embedding_a1111.pt"
@@ -122,16 +121,8 @@ class TextualInversion(Method):
         out_dir.mkdir(parents=True, exist_ok=True)
         emb = artifact.tensors["emb_params"].contiguous()
         main = save_tensors(out_dir / SAFETENSORS_FILE, self.name, {"emb_params": emb}, artifact.meta)
-        a1111 = {
-            "string_to_token": {"*": 265},
-            "string_to_param": {"*": emb.clone()},
-            "name": artifact.meta["placeholder"],
-            "step": artifact.meta.get("steps", 0),
-            "sd_checkpoint": None,
-            "sd_checkpoint_name": None,
-        }
-        with atomic_path(out_dir / A1111_FILE) as tmp:
-            torch.save(a1111, tmp)
+        body = {"string_to_token": {"*": 265}, "string_to_param": {"*": emb.clone()}}
+        save_a1111_pt(out_dir / A1111_FILE, body, artifact.meta["placeholder"], artifact.meta.get("steps", 0))
         return main
 
     def load(self, path: Path) -> Artifact:
