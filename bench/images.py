@@ -1,11 +1,11 @@
-"""Generation with fixed seeds, and image grids."""
+"""Generation with fixed seeds."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 
 @torch.no_grad()
@@ -35,21 +35,3 @@ def initial_latents(pipe, generators: Sequence[torch.Generator], device) -> torc
     side = unet.config.sample_size
     noise = [torch.randn((1, unet.config.in_channels, side, side), generator=g) for g in generators]
     return torch.cat(noise).to(device=device, dtype=unet.dtype)
-
-
-def grid(images: Sequence[Image.Image], cols: int, labels: Sequence[str] | None = None, scale: int = 1) -> Image.Image:
-    """Images in rows of `cols`, optionally with a caption strip under each."""
-    if not images:
-        raise ValueError("grid of no images")
-    w, h = images[0].size
-    w, h = w * scale, h * scale
-    strip = 12 if labels else 0
-    rows = (len(images) + cols - 1) // cols
-    canvas = Image.new("RGB", (cols * w, rows * (h + strip)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for k, im in enumerate(images):
-        x, y = (k % cols) * w, (k // cols) * (h + strip)
-        canvas.paste(im.resize((w, h), Image.NEAREST), (x, y))
-        if labels:
-            draw.text((x + 2, y + h), labels[k][: max(4, w // 6)], fill="black")
-    return canvas

@@ -184,11 +184,6 @@ def sample(index: int, seed: int = 0, resolution: int = 64) -> WorldSample:
     return WorldSample(image, shape, colour, background, _caption_variant(rng, shape, colour, background))
 
 
-def dataset(n: int, seed: int = 0, resolution: int = 64) -> list[WorldSample]:
-    """`n` pretraining examples."""
-    return [sample(i, seed, resolution) for i in range(n)]
-
-
 def generic_sample(index: int, seed: int = 0, resolution: int = 64) -> Image.Image:
     """A world shape in arbitrary colours (solid or two-colour stripes) on an arbitrary background.
 

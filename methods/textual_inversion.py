@@ -58,10 +58,10 @@ class TextualInversion(Method):
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
         self._placeholder = self.placeholder(data)
-        self._init = self.init_vectors(pipe, self.initializer or data.initializer)
-        pipe.load_textual_inversion(self._init.clone(), token=self._placeholder)
+        init = self.init_vectors(pipe, self.initializer or data.initializer)
+        pipe.load_textual_inversion(init.clone(), token=self._placeholder)
         first = pipe.tokenizer.convert_tokens_to_ids(self._tokens(self._placeholder)[0])
-        self.vectors = torch.nn.Parameter(self._init.clone().to(pipe.text_encoder.device))
+        self.vectors = torch.nn.Parameter(init.clone().to(pipe.text_encoder.device))
 
         # Only the new vectors train: the embedding table's output is patched at their positions, so the
         # optimizer never touches (or keeps moments for) the rest of the table.
@@ -85,19 +85,22 @@ class TextualInversion(Method):
         meta = {"placeholder": self._placeholder, "initializer": self.initializer or data.initializer, "num_vectors": self.num_vectors}
         return Artifact(self.name, {"emb_params": self.vectors.detach().float().cpu().clone()}, meta)
 
-    def apply(self, pipe, artifact: Artifact, weight: float) -> None:
-        learned = artifact.tensors["emb_params"]
-        init = self.init_vectors(pipe, artifact.meta["initializer"]) if learned.shape[0] == self.num_vectors else None
-        if init is None:
+    def interpolation_ends(self, pipe, artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
+        """(initializer vectors, learned vectors): weight 0 and weight 1 of this artifact."""
+        learned = artifact.tensors["emb_params"].float()
+        if learned.shape[0] != self.num_vectors:
             raise MethodConfigError(f"method.num_vectors: artifact has {learned.shape[0]} vectors, config says {self.num_vectors}")
+        return self.init_vectors(pipe, artifact.meta["initializer"]), learned
+
+    def apply(self, pipe, artifact: Artifact, weight: float) -> None:
+        init, learned = self.interpolation_ends(pipe, artifact)
         # lerp is exact at both ends: w=0 gives the initializer, w=1 the learned vectors bit for bit.
-        pipe.load_textual_inversion(torch.lerp(init, learned.float(), float(weight)), token=artifact.meta["placeholder"])
+        pipe.load_textual_inversion(torch.lerp(init, learned, float(weight)), token=artifact.meta["placeholder"])
         self._placeholder = artifact.meta["placeholder"]
 
     def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
         """One placeholder per weight ('<sks>', '<sks>@1', ...), each holding its interpolated vectors."""
-        learned = artifact.tensors["emb_params"].float()
-        init = self.init_vectors(pipe, artifact.meta["initializer"])
+        init, learned = self.interpolation_ends(pipe, artifact)
         base = artifact.meta["placeholder"]
         self._many = {}
         for k, w in enumerate(dict.fromkeys(float(w) for w in weights)):
