@@ -2,6 +2,7 @@
 
     python benchmarks/base_quality.py            # print
     python benchmarks/base_quality.py --write    # also update results/benchmarks/base_quality.md
+    python benchmarks/base_quality.py --model results/pretrain_work/sd_phase2_snapshots/step3000
 
 Colour and background are judged by pixels (no learned model), shape by micro CLIP zero-shot.
 Targets (issue 2): colour >= 90 %, shape >= 80 %; micro CLIP zero-shot shape >= 95 %, colour >= 98 %.
@@ -28,15 +29,18 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "base_qua
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--model", type=Path, help="a micro SD folder other than the shipped one (e.g. a pretraining snapshot)")
     p.add_argument("--write", action="store_true", help=f"write the table to {OUT}")
     args = p.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.time()
     encoder = load_encoder("micro")
-    pipe = load_pipeline({"name": "micro", "embedded": True, "dtype": "float32"}, "cpu")
+    if args.write and args.model:
+        p.error("--write records the shipped model only; drop --model")
+    pipe = load_pipeline({"name": "micro", "embedded": args.model is None, "path": args.model, "dtype": "float32"}, "cpu")
     df = base_model_quality(pipe, encoder, args.seeds, args.steps, args.guidance)
     figures = {
         "colour": df.colour_ok.mean(),

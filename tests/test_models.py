@@ -21,8 +21,13 @@ def test_committed_weights_fit_the_size_budget():
 def test_generates_deterministic_images_of_the_model_resolution(micro_pipe):
     a = generate(micro_pipe, ["a red star on a white background"] * 2, [0, 1], steps=4)
     b = generate(micro_pipe, ["a red star on a white background"], [0], steps=4)
+    again = generate(micro_pipe, ["a red star on a white background"], [0], steps=4)
     assert a[0].size == (64, 64)
-    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))  # same seed, same image, even in another batch
+    assert np.array_equal(np.asarray(b[0]), np.asarray(again[0]))  # same call, same image, bit for bit
+    # Same seed in another batch: the same image up to one pixel level, since CPU matrix kernels round
+    # differently at different batch sizes (the sweep records this as base_pixel_diff).
+    diff = np.abs(np.asarray(a[0], dtype=np.int16) - np.asarray(b[0], dtype=np.int16))
+    assert diff.max() <= 1, diff.max()
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
 
 
