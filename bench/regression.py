@@ -19,19 +19,11 @@ import pandas as pd
 
 from bench.io import atomic_write_text
 from bench.report import bootstrap_ci
+from metrics import higher_is_better, is_frechet
 
 FORMAT = "adapterbench-baseline/1"
-# Direction of every metric a baseline may hold; cost metrics that depend on the machine (time,
-# memory) are left out by default because CI machines differ.
-DIRECTIONS = {
-    "clip_t": True,
-    "clip_i": True,
-    "diversity": True,
-    "drift": False,
-    "cmmd": False,
-    "artifact_bytes": False,
-    "trainable_params": False,
-}
+# The cost metrics a baseline holds (smaller is better): those that do not depend on the machine.
+# Time and memory are left out because CI machines differ.
 COST_METRICS = {"artifact_bytes", "trainable_params"}
 
 
@@ -68,11 +60,8 @@ class Comparison:
 
 
 def direction_of(metric: str) -> bool | None:
-    if metric in DIRECTIONS:
-        return DIRECTIONS[metric]
-    if metric.startswith(("fd_", "fid_")):
-        return False
-    return None
+    """Higher is better? None: not a metric a baseline holds."""
+    return False if metric in COST_METRICS else higher_is_better(metric)
 
 
 def summarize(df: pd.DataFrame, weight: float = 1.0) -> dict[str, dict[str, dict]]:
@@ -125,7 +114,7 @@ def read_baseline(path: Path) -> dict:
 
 def allowed_move(metric: str, baseline: float, tolerances: dict) -> float:
     """The larger of the metric's absolute and relative tolerance (config `check.tolerances`)."""
-    tol = tolerances.get(metric) or (tolerances.get("fd") if metric.startswith(("fd_", "fid_")) else None) or tolerances.get("default") or {}
+    tol = tolerances.get(metric) or (tolerances.get("fd") if is_frechet(metric) else None) or tolerances.get("default") or {}
     return max(float(tol.get("abs", 0.0)), float(tol.get("rel", 0.0)) * abs(baseline))
 
 

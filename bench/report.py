@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 from bench import records  # noqa: E402
 from bench.io import atomic_path, atomic_write_text  # noqa: E402
 from bench.sweep import image_path  # noqa: E402
+from metrics import higher_is_better, is_frechet  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,15 @@ COST_METRICS = {  # metric -> (column title, scale, format)
     "trainable_params": ("trainable params", 1.0, "{:,.0f}"),
     "artifact_bytes": ("file size (MB)", 1e-6, "{:,.3f}"),
 }
-QUALITY_METRICS = {  # metric -> (title, higher is better); Fréchet distances are added per feature space
-    "clip_t": ("CLIP-T", True),
-    "clip_i": ("CLIP-I", True),
-    "cmmd": ("CMMD", False),
-    "drift": ("drift", False),
-    "diversity": ("diversity", True),
-}
+QUALITY_TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity"}
 
 
 def quality_metrics(df: pd.DataFrame) -> dict[str, tuple[str, bool]]:
-    """The quality metrics present, with every Fréchet distance (fd_<space>, fid_inception) found."""
-    fds = sorted(m for m in df.metric.dropna().unique() if m.startswith(("fd_", "fid_")))
-    found = {m: v for m, v in QUALITY_METRICS.items() if (df.metric == m).any()}
-    return {**found, **{m: (m.replace("_", " "), False) for m in fds}}
+    """The quality metrics present, as metric -> (title, higher is better), with every Fréchet distance
+    (fd_<space>, fid_inception) found."""
+    fds = sorted(m for m in df.metric.dropna().unique() if is_frechet(m))
+    found = [m for m in QUALITY_TITLES if (df.metric == m).any()]
+    return {m: (QUALITY_TITLES.get(m, m.replace("_", " ")), higher_is_better(m)) for m in found + fds}
 
 
 # ------------------------------------------------------------------------------------------- numbers
@@ -75,9 +71,14 @@ def ordered(methods) -> list[str]:
     return known + sorted(set(methods) - set(known))
 
 
+def cost_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The successful training runs' cost rows (one number per run and cost metric)."""
+    return df[df.metric.isin(COST_METRICS) & df.step.isna() & (df.status == "ok")]
+
+
 def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     """Method x cost, the mean over training runs (seeds) with a 95 % interval where there are several."""
-    cost = df[df.metric.isin(COST_METRICS) & df.step.isna() & (df.status == "ok")]
+    cost = cost_rows(df)
     rows = []
     for method in ordered(cost.method.unique()):
         row = {"method": method}
@@ -148,7 +149,7 @@ def colours(methods: list[str]) -> dict[str, str]:
 
 
 def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
-    cost = df[df.metric.isin(COST_METRICS) & df.step.isna() & (df.status == "ok")]
+    cost = cost_rows(df)
     if cost.empty:
         return None
     methods = ordered(cost.method.unique())

@@ -179,9 +179,7 @@ def sweep_stages(cfg: DictConfig, methods: dict, concept, results: Path) -> list
             failed.append(name)
             continue
         for (pid, seed, weight), im in images.items():
-            path = image_path(images_dir, name, pid, seed, weight)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
+            with atomic_path(image_path(images_dir, name, pid, seed, weight)) as tmp:
                 im.save(tmp, format="PNG")
         rows = sweep_rows(encoder, concept, prompts, images, base, lambda text, m=method: m.base_prompt(text, concept), inception=bool(cfg.metrics.inception))
         records.write_stage(results, sweep_stage_name(cfg, name), [{**ident, **r, "status": "ok"} for r in rows])
@@ -190,7 +188,9 @@ def sweep_stages(cfg: DictConfig, methods: dict, concept, results: Path) -> list
 
 
 def print_summary(table, results: Path, failed: list[str]) -> None:
-    cost = table[table.metric.isin(["peak_mem", "train_time", "steps_per_s", "trainable_params", "artifact_bytes"]) & (table.status == "ok")]
+    from bench.report import cost_rows
+
+    cost = cost_rows(table)
     if len(cost):
         wide = cost.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
         print(wide.to_string(float_format=lambda v: f"{v:,.3g}"))
