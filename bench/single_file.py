@@ -65,16 +65,21 @@ def vae_prefix_map(config: dict) -> list[tuple[str, str]]:
     return pairs
 
 
+def _longest_first(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # The longest diffusers prefix must win, so 'down_blocks.1.resnets.0.' is not caught by a shorter one.
+    return sorted(pairs, key=lambda p: -len(p[1]))
+
+
 def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
-    # The longest diffusers prefix wins, so 'down_blocks.1.resnets.0.' is not caught by a shorter one.
-    for ldm, hf in sorted(pairs, key=lambda p: -len(p[1])):
+    """`key` with its diffusers prefix swapped for the LDM one; `pairs` ordered by `_longest_first`."""
+    for ldm, hf in pairs:
         if key.startswith(hf):
             return ldm + key[len(hf) :]
     return key
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    pairs = unet_prefix_map(config)
+    pairs = _longest_first(unet_prefix_map(config))
     out = {}
     for key, value in state.items():
         new = _rename(key, pairs)
@@ -86,7 +91,7 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch
 
 
 def vae_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    pairs = vae_prefix_map(config)
+    pairs = _longest_first(vae_prefix_map(config))
     out = {}
     for key, value in state.items():
         new = _rename(key, pairs).replace("conv_shortcut.", "nin_shortcut.")

@@ -59,13 +59,19 @@ def image_path(images_dir: Path, method: str, prompt_id: str, seed: int, weight:
 
 
 def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepPrompt], cfg, progress: bool = True) -> dict[tuple[str, int, float], Image.Image]:
-    """Images for every (prompt, seed, weight), one weight applied at a time."""
+    """Images for every (prompt, seed, weight): several weights per denoising batch where the method
+    allows it (and `sweep.batched`), else one weight applied at a time."""
     seeds = [int(s) for s in cfg.seeds]
     weights = [float(w) for w in cfg.weights]
     if method.batched_weights and cfg.get("batched", True):
         out = sweep_batched(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress)
-        check_weight_changes_images(method.name, out, weights)
-        return out
+    else:
+        out = sweep_one_weight_at_a_time(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress)
+    check_weight_changes_images(method.name, out, weights)
+    return out
+
+
+def sweep_one_weight_at_a_time(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress) -> dict[tuple[str, int, float], Image.Image]:
     pairs = [(p, s) for p in prompts for s in seeds]
     out: dict[tuple[str, int, float], Image.Image] = {}
     for weight in tqdm(weights, desc=f"sweep {method.name}", disable=not progress, leave=False):
@@ -76,7 +82,6 @@ def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepP
             method.remove(pipe)
         for (p, s), im in zip(pairs, images):
             out[(p.prompt_id, s, weight)] = im
-    check_weight_changes_images(method.name, out, [float(w) for w in cfg.weights])
     return out
 
 

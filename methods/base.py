@@ -202,6 +202,14 @@ class Method(ABC):
         return pipe.text_encoder(input_ids)[0]
 
 
+def per_sample_scale(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights [n] shaped to scale a batch x [B, ...] sample by sample. Classifier-free
+    guidance runs [uncond; cond] as one batch, so n weights repeat B // n times."""
+    if weights.numel() != x.shape[0] and x.shape[0] % weights.numel() == 0:
+        weights = weights.repeat(x.shape[0] // weights.numel())
+    return weights.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
 def save_tensors(path: Path, method: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """An artifact as safetensors (atomically), its facts as JSON metadata under 'adapterbench'."""
     import json

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bench.data import ConceptData
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, per_sample_scale, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
 A1111_FILE = "hypernetwork_a1111.pt"
@@ -60,10 +60,7 @@ class HyperLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.multiplier
         if isinstance(m, torch.Tensor):
-            # Classifier-free guidance runs [uncond; cond] as one batch: the per-sample weights repeat.
-            if m.numel() != x.shape[0] and x.shape[0] % m.numel() == 0:
-                m = m.repeat(x.shape[0] // m.numel())
-            m = m.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            m = per_sample_scale(m, x)
         return self.projection(x + self.mlp(x.to(self.mlp_dtype)).to(x.dtype) * m)
 
     @property

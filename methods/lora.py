@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, per_sample_scale, save_tensors
 
 ADAPTER = "adapterbench"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -105,9 +105,7 @@ class LoRA(Method):
                 base = float(scaling[ADAPTER])
 
                 def per_sample(mod, args, base=base):
-                    x, w = args[0], self._sample_weights
-                    reps = x.shape[0] // w.numel() if x.shape[0] % w.numel() == 0 else 1
-                    mod.scaling[ADAPTER] = (w.repeat(reps) * base).to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+                    mod.scaling[ADAPTER] = per_sample_scale(self._sample_weights * base, args[0])
 
                 self._hooks.append(module.register_forward_pre_hook(per_sample))
 

@@ -16,6 +16,11 @@ SAFETENSORS_FILE = "learned_embeds.safetensors"
 A1111_FILE = "embedding_a1111.pt"
 
 
+def replace_word(text: str, word: str, by: str) -> str:
+    """`text` with every whole-word occurrence of `word` replaced (the concept token, never a substring)."""
+    return " ".join(by if w == word else w for w in text.split())
+
+
 class TextualInversion(Method):
     name = "textual_inversion"
     trains_text = True
@@ -38,12 +43,12 @@ class TextualInversion(Method):
 
     def prompt(self, text: str, data: ConceptData) -> str:
         """'a sks shape' -> 'a <sks> shape' (the pipeline expands a multi-vector token itself)."""
-        return " ".join(self.placeholder(data) if w == data.token else w for w in text.split())
+        return replace_word(text, data.token, self.placeholder(data))
 
     def base_prompt(self, text: str, data: ConceptData) -> str:
         """At weight 0 every vector is the initializer word's embedding: 'a sks shape' -> 'a circle shape'."""
         init = " ".join([self.initializer or data.initializer] * self.num_vectors)
-        return " ".join(init if w == data.token else w for w in text.split())
+        return replace_word(text, data.token, init)
 
     def init_vectors(self, pipe, word: str) -> torch.Tensor:
         """The initializer word's input embedding, repeated for each vector (averaged over its sub-tokens)."""
@@ -109,7 +114,7 @@ class TextualInversion(Method):
             self._many[w] = token
 
     def prompt_at(self, text: str, data: ConceptData, weight: float) -> str:
-        return " ".join(self._many[float(weight)] if w == data.token else w for w in text.split())
+        return replace_word(text, data.token, self._many[float(weight)])
 
     def remove(self, pipe) -> None:
         if self._many:

@@ -43,12 +43,16 @@ def frechet_distance(encoder: ClipEncoder, generated: Sequence[Image.Image], ref
     """FD between the two sets (each needs at least 2 images; few images give a noisy estimate)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
+    return _compute(FrechetInceptionDistance(feature=ClipFeatures(encoder), normalize=False), generated, reference)
+
+
+def _compute(metric, generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:
+    """Feed both sets to a torchmetrics Fréchet metric (reference as 'real') and read the distance."""
     if len(generated) < 2 or len(reference) < 2:
         raise ValueError(f"Fréchet distance needs at least 2 images per set, got {len(generated)} and {len(reference)}")
-    fid = FrechetInceptionDistance(feature=ClipFeatures(encoder), normalize=False)
-    fid.update(to_uint8(reference), real=True)
-    fid.update(to_uint8(generated), real=False)
-    return float(fid.compute())
+    metric.update(to_uint8(reference), real=True)
+    metric.update(to_uint8(generated), real=False)
+    return float(metric.compute())
 
 
 class InceptionUnavailable(RuntimeError):
@@ -67,7 +71,4 @@ def inception_metric():
 
 def inception_fid(generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:
     """Classic FID in Inception-v3 pool features; needs torch-fidelity's weights in the local torch cache."""
-    fid = inception_metric()
-    fid.update(to_uint8(reference), real=True)
-    fid.update(to_uint8(generated), real=False)
-    return float(fid.compute())
+    return _compute(inception_metric(), generated, reference)
