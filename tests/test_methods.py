@@ -68,6 +68,19 @@ def test_training_restores_the_module_tree(name, micro_pipe, concept, tmp_path):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_same_seed_same_training(name, micro_pipe, concept, tmp_path):
+    """Identical settings give identical losses and artifacts, whatever ran before (global RNG drawn in between)."""
+    extra = {"num_class_images": 2, "class_image_steps": 2} if name == "dreambooth" else {}
+    runs = []
+    for _ in range(2):
+        torch.rand(7)  # other work between the runs moves torch's global generator
+        runs.append(make(name, **extra).train(micro_pipe, concept, TrainSettings(steps=2, batch_size=1, progress=False, cache_dir=tmp_path)))
+    assert runs[0].losses == runs[1].losses
+    a, b = runs[0].artifact.tensors, runs[1].artifact.tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_training_yields_an_artifact_and_leaves_the_base_model(name, trained, micro_pipe, concept):
     method, result = trained[name]
     assert result.artifact.tensors and result.trainable_params > 0
