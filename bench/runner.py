@@ -22,7 +22,7 @@ from bench.data import load_concept
 from bench.io import atomic_path, atomic_write_text
 from bench.models import model_path
 from methods import build_method
-from methods.base import MethodConfigError
+from methods.base import MethodConfigError, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def run(cfg: DictConfig) -> int:
     methods = {name: build_method(cfg, name) for name in cfg.method}
     if not methods:
         raise MethodConfigError("method: no method selected (e.g. method=[lora,hypernetwork])")
+    TrainSettings.from_config(cfg)  # train.steps, train.batch_size: checked here, not in each training job
     model_path(cfg.model)
     concept = load_concept(cfg.data, cfg.model.resolution)
     if cfg.metrics.inception:

@@ -55,7 +55,7 @@ def run_job(cfg, method_name: str, out: Path):
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     method = build_method(cfg, method_name)
-    settings = TrainSettings(steps=int(cfg.train.steps), batch_size=int(cfg.train.batch_size), seed=int(cfg.seed), progress=bool(cfg.get("progress", True)), cache_dir=Path(cfg.results_dir) / "cache")
+    settings = TrainSettings.from_config(cfg)
     data = load_concept(cfg.data, int(cfg.model.resolution))
     pipe = load_pipeline(cfg.model, cfg.device)
     _, cost = measure(lambda: method.train(pipe, data, settings), lambda artifact: method.save(artifact, out / "artifact"), pipe.unet.device)

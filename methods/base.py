@@ -62,6 +62,17 @@ class TrainSettings:
         check_positive("train.steps", self.steps)
         check_positive("train.batch_size", self.batch_size)
 
+    @classmethod
+    def from_config(cls, cfg) -> "TrainSettings":
+        """The settings a run's config gives every method (checked on construction)."""
+        return cls(
+            steps=int(cfg.train.steps),
+            batch_size=int(cfg.train.batch_size),
+            seed=int(cfg.seed),
+            progress=bool(cfg.get("progress", True)),
+            cache_dir=Path(cfg.results_dir) / "cache",
+        )
+
 
 def check_positive(key: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

@@ -64,9 +64,10 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
     assert (table[table.method == "lora"].status == "ok").all() and len(table[table.method == "lora"]) > 0
 
 
-def test_nonsense_config_fails_before_any_training(tmp_path):
-    with pytest.raises(MethodConfigError, match="method.rank"):
-        run(config(tmp_path, "method.lora.rank=0"))
+@pytest.mark.parametrize(("override", "key"), [("method.lora.rank=0", "method.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size")])
+def test_nonsense_config_fails_before_any_training(tmp_path, override, key):
+    with pytest.raises(MethodConfigError, match=key):
+        run(config(tmp_path, override))
     assert not (tmp_path / "rows").exists()
 
 
