@@ -22,26 +22,29 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    concept: Optional[str] = None  # a held-out micro-world concept ...
-    path: Optional[str] = None  # ... or a folder of images (+ .txt captions; kohya '10_sks dog' naming)
+    # Held-out micro-world concepts by name (bench.world.CONCEPTS) and/or kohya-named folders ('10_sks dog').
+    concepts: list[str] = field(default_factory=list)
+    path: Optional[str] = None  # one more folder of images (+ .txt captions), with the overrides below
     n_images: int = 8  # world concepts only
     seed: int = 0  # world concepts only: which instance images are drawn
     instance_prompt: Optional[str] = None
     class_word: Optional[str] = None
     initializer: Optional[str] = None
+    kind: str = "object"  # folders: "object" or "style"
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
-    batch_size: int = 8
+    steps: int = 150
+    batch_size: int = 4
 
 
 @dataclass
 class SweepConfig:
-    weights: list[float] = field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 20
+    weights: list[float] = field(default_factory=lambda: [-0.5, 0.0, 0.5, 1.0, 1.5])
+    # Generation seeds. Even positions choose each method's best weight, odd positions report it.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    steps: int = 10
     guidance: float = 5.0
     batch: int = 32
     batched: bool = True  # several weights per denoising batch where the method allows it
@@ -54,6 +57,13 @@ class SweepConfig:
 class MetricsConfig:
     clip: str = "micro"  # the CLIP feature space: 'micro' or an open_clip spec such as 'local-dir:/models/clip'
     inception: bool = False  # also classic Inception FID (needs torch-fidelity's weights available locally)
+
+
+@dataclass
+class StatsConfig:
+    confidence: float = 0.95  # of every interval
+    n_boot: int = 2000  # bootstrap resamples (hierarchical: concepts, then training seeds)
+    fidelity: str = "clip_i"  # the metric that picks each method's best weight (on held-out seeds)
 
 
 @dataclass
@@ -73,9 +83,14 @@ class BenchConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    seed: int = 0
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    # Training seeds: every (method, concept) trains once per seed; a training run is the unit of analysis.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     device: str = "auto"
-    threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    # Parallel worker processes and torch threads in each; null: fit the cores this process may use
+    # (CPU: up to 4 workers, the cores shared out among them; CUDA: one worker with every core).
+    workers: Optional[int] = None
+    threads: Optional[int] = None
     progress: bool = True
     results_dir: str = "results/default"
     mode: str = "run"  # run | baseline | check | report

@@ -1,64 +1,59 @@
 """Cost of training, measured by the same code for every method.
 
-`train_in_subprocess` runs one method's training in a fresh Python process (`bench.train_job`), so the
-CPU peak RSS it reports belongs to that training alone, not to whatever ran before it in the parent.
-On CUDA, the peak is `max_memory_allocated` after a reset.
+Memory is the run's own: on CUDA `max_memory_allocated` after a reset; on the CPU the peak of live tensor
+bytes (`bench.memory.TensorPeak`, model weights included, like the CUDA number). The process's peak RSS is
+recorded beside it. Time is wall-clock time of `Method.train` (setup and every step); steps/s is the
+steady rate after the memory probe's steps, which run slower under the probe.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-MIB = 2**20
+from bench.memory import MIB, TensorPeak, module_bytes, process_peak_rss_mib, reset_process_peak_rss
+
+PROBE_STEPS = 2  # steps watched by the CPU memory probe (see bench.memory)
 
 
 @dataclass
 class TrainCost:
     peak_mem_mib: float
-    mem_kind: str  # "cuda_max_allocated" or "cpu_peak_rss"
-    baseline_mem_mib: float  # the same measure just before training started (model loaded)
+    mem_kind: str  # "cpu_tensor_peak" or "cuda_max_allocated"
+    model_mem_mib: float  # the model weights already in memory when training started (inside peak_mem_mib)
+    process_rss_peak_mib: float
     train_time_s: float
     steps_per_s: float
     trainable_params: int
     artifact_bytes: int
-    artifact_path: str
+    artifact_file: str  # relative to the run's folder, so a results directory can move
+    threads: int
     losses: list[float] = field(default_factory=list)
 
     def rows(self) -> list[dict]:
         """Tidy rows (without the run's identifying columns)."""
         out = [
-            {"metric": "peak_mem", "value": self.peak_mem_mib, "unit": "MiB"},
-            {"metric": "train_mem_increase", "value": self.peak_mem_mib - self.baseline_mem_mib, "unit": "MiB"},
-            {"metric": "train_time", "value": self.train_time_s, "unit": "s"},
-            {"metric": "steps_per_s", "value": self.steps_per_s, "unit": "1/s"},
-            {"metric": "trainable_params", "value": float(self.trainable_params), "unit": "count"},
-            {"metric": "artifact_bytes", "value": float(self.artifact_bytes), "unit": "B"},
+            {"metric": "peak_mem", "value": self.peak_mem_mib, "unit": "MiB", "scorer": self.mem_kind},
+            {"metric": "process_rss_peak", "value": self.process_rss_peak_mib, "unit": "MiB", "scorer": "process_vmhwm"},
+            {"metric": "train_time", "value": self.train_time_s, "unit": "s", "scorer": "wall_clock"},
+            {"metric": "steps_per_s", "value": self.steps_per_s, "unit": "1/s", "scorer": "wall_clock"},
+            {"metric": "trainable_params", "value": float(self.trainable_params), "unit": "count", "scorer": "parameters"},
+            {"metric": "artifact_bytes", "value": float(self.artifact_bytes), "unit": "B", "scorer": "file_size"},
+            {"metric": "threads", "value": float(self.threads), "unit": "count", "scorer": "torch"},
         ]
-        out += [{"metric": "train_loss", "step": i, "value": v, "unit": "mse"} for i, v in enumerate(self.losses)]
+        out += [{"metric": "train_loss", "step": i, "value": v, "unit": "mse", "scorer": "training"} for i, v in enumerate(self.losses)]
         return out
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
 
-def peak_memory_mib(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_allocated"
-    # ru_maxrss is KiB on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MIB, "cpu_peak_rss"
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    @classmethod
+    def from_json(cls, text: str) -> "TrainCost":
+        return cls(**json.loads(text))
 
 
 def size_on_disk(path: Path) -> int:
@@ -67,52 +62,54 @@ def size_on_disk(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def measure(train_fn, save_fn, device: torch.device) -> tuple[object, TrainCost]:
-    """Run `train_fn()` (returns a TrainResult) and `save_fn(artifact) -> Path`; measure both ends."""
-    reset_peak(device)
-    baseline, kind = peak_memory_mib(device)
+def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[object, TrainCost]:
+    """Train `method` on `data`, save its artifact under `out_dir`, and measure both."""
+    device = pipe.unet.device
+    reset_process_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        model_bytes = torch.cuda.memory_allocated(device)
+        probe = None
+    else:
+        model_bytes = module_bytes(pipe.unet, pipe.text_encoder, pipe.vae)
+        probe = TensorPeak(model_bytes)
+    step_ends: list[float] = []
+
+    def on_step(step: int) -> None:
+        if probe is not None and step + 1 >= PROBE_STEPS:
+            probe.stop()
+        step_ends.append(time.perf_counter())
+
+    if probe is not None:
+        probe.start()
     start = time.perf_counter()
-    result = train_fn()
+    try:
+        result = method.train(pipe, data, replace(settings, on_step=on_step))
+    finally:
+        if probe is not None:
+            probe.stop()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    peak, _ = peak_memory_mib(device)
-    path = save_fn(result.artifact)
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    else:
+        peak, kind = probe.peak_bytes, "cpu_tensor_peak"
+    steady = step_ends[PROBE_STEPS - 1 :] if len(step_ends) > PROBE_STEPS else step_ends
+    rate = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 and steady[-1] > steady[0] else result.steps / elapsed
+    path = method.save(result.artifact, Path(out_dir) / "artifact")
     cost = TrainCost(
-        peak_mem_mib=peak,
+        peak_mem_mib=peak / MIB,
         mem_kind=kind,
-        baseline_mem_mib=baseline,
+        model_mem_mib=model_bytes / MIB,
+        process_rss_peak_mib=process_peak_rss_mib(),
         train_time_s=elapsed,
-        steps_per_s=result.steps / elapsed if elapsed > 0 else float("nan"),
+        steps_per_s=rate,
         trainable_params=result.trainable_params,
         artifact_bytes=size_on_disk(path),
-        artifact_path=str(path),
+        artifact_file=str(Path(path).relative_to(out_dir)),
+        threads=torch.get_num_threads(),
         losses=list(result.losses),
     )
     return result, cost
-
-
-class TrainJobFailed(RuntimeError):
-    """The training subprocess failed; the message is its error."""
-
-
-def train_in_subprocess(config_file: Path, method: str, out_dir: Path, log_file: Path) -> TrainCost:
-    """Run `python -m bench.train_job` for one method; returns its measured cost."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    (out_dir / "error.json").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.train_job", "--config", str(config_file), "--method", method, "--out", str(out_dir)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log_file, "w") as log:
-        # stderr goes to the terminal so the child's progress bar stays visible.
-        proc = subprocess.run(cmd, stdout=log, env=env, cwd=Path(__file__).resolve().parents[1])
-    error_file = out_dir / "error.json"
-    if proc.returncode != 0:
-        message = json.loads(error_file.read_text())["error"] if error_file.is_file() else f"exit code {proc.returncode}, see {log_file}"
-        raise TrainJobFailed(message)
-    data = json.loads((out_dir / "cost.json").read_text())
-    return TrainCost(**data)
-
-
-def cost_to_json(cost: TrainCost) -> str:
-    return json.dumps(asdict(cost))

@@ -6,6 +6,7 @@ images (optional `.txt` caption beside each image; kohya's `10_sks dog` folder n
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from bench import world
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+KINDS = ("object", "style")
 KOHYA_FOLDER = re.compile(r"^(?P<repeats>\d+)_(?P<prompt>.+)$")
 MIN_SIDE_PX = 8
 
@@ -38,6 +40,7 @@ class ConceptData:
     token: str  # the rare token bound to the concept
     class_word: str
     initializer: str  # Textual Inversion's starting word
+    kind: str = "object"  # "object" or "style": the statistics report each kind apart as well as overall
     repeats: int = 1
     source: str = field(default="")
 
@@ -50,6 +53,18 @@ class ConceptData:
             raise ConceptDataError(
                 f"concept {self.name!r}: instance prompt {self.instance_prompt!r} does not contain its token {self.token!r}"
             )
+        if self.kind not in KINDS:
+            raise ConceptDataError(f"data.kind: concept {self.name!r} has kind {self.kind!r}; use one of {', '.join(KINDS)}")
+
+    def fingerprint(self) -> str:
+        """A hash of exactly what a method trains on (pixels, captions, words), so a training stage's key
+        changes when the data does, whatever config or folder it came from."""
+        h = hashlib.sha256()
+        for part in (self.name, self.kind, self.instance_prompt, self.class_prompt, self.token, self.class_word, self.initializer, str(self.repeats), *self.captions):
+            h.update(part.encode() + b"\0")
+        for im in self.images:
+            h.update(f"{im.size}{im.mode}".encode() + im.tobytes())
+        return h.hexdigest()[:16]
 
 
 def to_model_image(image: Image.Image, resolution: int) -> Image.Image:
@@ -83,6 +98,7 @@ def load_folder(
     instance_prompt: str | None = None,
     class_word: str | None = None,
     initializer: str | None = None,
+    kind: str = "object",
 ) -> ConceptData:
     """A user's concept folder: images, `.txt` captions beside them, kohya `N_token class` naming."""
     folder = Path(folder)
@@ -122,6 +138,7 @@ def load_folder(
         token=token,
         class_word=class_word,
         initializer=initializer or class_word,
+        kind=kind,
         repeats=repeats,
         source=str(folder),
     )
@@ -151,14 +168,28 @@ def load_world_concept(name: str, n_images: int, resolution: int, seed: int = 0)
         token=c.token,
         class_word=c.class_word,
         initializer=c.initializer,
+        kind=c.kind,
         source=f"micro world concept {name}",
     )
 
 
-def load_concept(cfg, resolution: int) -> ConceptData:
-    """The concept a `data` config names: `data.path` (a folder) or `data.concept` (a world concept)."""
+def load_concepts(cfg, resolution: int) -> list[ConceptData]:
+    """Every concept a `data` config selects: `data.concepts` (micro-world concept names or kohya-named
+    folders) and `data.path` (one folder, with optional prompt overrides), in that order."""
+    concepts = []
+    for i, entry in enumerate(cfg.get("concepts") or []):
+        entry = str(entry)
+        if entry in world.CONCEPTS:
+            concepts.append(load_world_concept(entry, int(cfg.get("n_images", 8)), resolution, int(cfg.get("seed", 0))))
+        elif "/" in entry or Path(entry).is_dir():
+            concepts.append(load_folder(Path(entry), resolution, kind=str(cfg.get("kind") or "object")))
+        else:
+            raise ConceptDataError(f"data.concepts[{i}]: {entry!r} is neither a micro-world concept ({', '.join(world.CONCEPTS)}) nor a folder")
     if cfg.get("path"):
-        return load_folder(Path(cfg["path"]), resolution, cfg.get("instance_prompt"), cfg.get("class_word"), cfg.get("initializer"))
-    if cfg.get("concept"):
-        return load_world_concept(cfg["concept"], int(cfg.get("n_images", 8)), resolution, int(cfg.get("seed", 0)))
-    raise ConceptDataError("data: set either data.path (a concept folder) or data.concept (a micro-world concept)")
+        concepts.append(load_folder(Path(cfg["path"]), resolution, cfg.get("instance_prompt"), cfg.get("class_word"), cfg.get("initializer"), str(cfg.get("kind") or "object")))
+    if not concepts:
+        raise ConceptDataError("data.concepts: no concept selected; name micro-world concepts (e.g. data=suite) or set data.path to a folder")
+    names = [c.name for c in concepts]
+    if len(set(names)) != len(names):
+        raise ConceptDataError(f"data.concepts: a concept is selected twice ({', '.join(names)})")
+    return concepts

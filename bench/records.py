@@ -13,7 +13,15 @@ import pandas as pd
 
 from bench.io import atomic_path
 
-COLUMNS = ["run_id", "model", "method", "concept", "seed", "prompt_id", "weight", "step", "metric", "value", "unit", "status"]
+# run_id: the training run (the unit of analysis); config: hash of the method's config; kind: the concept's
+# kind (object/style); train_seed: the training seed; sweep: hash of the sweep config that made the images;
+# seed: the generation seed; scorer: what measured the value (a feature space such as 'microclip', or the
+# instrument: 'cpu_tensor_peak', 'cuda_max_allocated', 'wall_clock', ...).
+COLUMNS = [
+    "run_id", "model", "method", "config", "concept", "kind", "train_seed", "sweep",
+    "prompt_id", "seed", "weight", "step", "metric", "value", "unit", "scorer", "status",
+]
+STRINGS = ("run_id", "model", "method", "config", "concept", "kind", "sweep", "prompt_id", "metric", "unit", "scorer", "status")
 
 
 def frame(rows: Iterable[dict]) -> pd.DataFrame:
@@ -28,9 +36,9 @@ def frame(rows: Iterable[dict]) -> pd.DataFrame:
     df = df[COLUMNS]
     for col in ("weight", "value"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    for col in ("seed", "step"):
+    for col in ("train_seed", "seed", "step"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("run_id", "model", "method", "concept", "prompt_id", "metric", "unit", "status"):
+    for col in STRINGS:
         df[col] = df[col].astype("string")
     return df
 
@@ -48,8 +56,12 @@ def write_stage(results_dir: Path, stage: str, rows: Iterable[dict]) -> Path:
 
 def read_table(*results_dirs: Path) -> pd.DataFrame:
     """The union of every stage's rows, from one or several results directories."""
-    parts = [pd.read_parquet(f) for d in results_dirs for f in sorted(Path(d).glob("rows/*.parquet"))]
-    return frame([]) if not parts else pd.concat([frame(p.to_dict("records")) for p in parts], ignore_index=True)
+    return read_files([f for d in results_dirs for f in sorted(Path(d).glob("rows/*.parquet"))])
+
+
+def read_files(files: Iterable[Path]) -> pd.DataFrame:
+    parts = [frame(pd.read_parquet(f).to_dict("records")) for f in files]
+    return frame([]) if not parts else pd.concat(parts, ignore_index=True)
 
 
 def publish(results_dir: Path) -> pd.DataFrame:

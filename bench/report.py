@@ -21,9 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench import records  # noqa: E402
+from bench import records, stages, stats  # noqa: E402
 from bench.io import atomic_path, atomic_write_text  # noqa: E402
-from bench.sweep import image_path  # noqa: E402
 from metrics import higher_is_better, is_frechet  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -32,11 +31,13 @@ log = logging.getLogger(__name__)
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 METHOD_ORDER = ["dreambooth", "textual_inversion", "lora", "hypernetwork"]
 COST_METRICS = {  # metric -> (column title, scale, format)
-    "peak_mem": ("peak memory (MiB)", 1.0, "{:,.0f}"),
+    "peak_mem": ("training memory (MiB)", 1.0, "{:,.1f}"),
+    "process_rss_peak": ("process peak RSS (MiB)", 1.0, "{:,.0f}"),
     "train_time": ("train time (s)", 1.0, "{:,.1f}"),
     "steps_per_s": ("steps/s", 1.0, "{:,.2f}"),
     "trainable_params": ("trainable params", 1.0, "{:,.0f}"),
     "artifact_bytes": ("file size (MB)", 1e-6, "{:,.3f}"),
+    "input_gen_time": ("class images (s)", 1.0, "{:,.1f}"),
 }
 QUALITY_TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity"}
 
@@ -53,17 +54,9 @@ def quality_metrics(df: pd.DataFrame) -> dict[str, tuple[str, bool]]:
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a 95 % percentile-bootstrap interval; the interval is NaN with fewer than 2 values."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    boots = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(axis=1)
-    return mean, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    """Mean and a 95 % percentile-bootstrap interval of independent values (one level: e.g. the training
+    runs of one arm on one concept); NaN interval with fewer than 2 values."""
+    return stats.hierarchical_bootstrap([np.asarray(values, dtype=float)], stats.Settings(n_boot=n_boot, seed=seed))
 
 
 def ordered(methods) -> list[str]:
@@ -71,22 +64,55 @@ def ordered(methods) -> list[str]:
     return known + sorted(set(methods) - set(known))
 
 
+def arm_labels(df: pd.DataFrame) -> dict[tuple, str]:
+    """A readable name per (model, method, config, sweep): the method, plus what tells arms apart."""
+    keys = {tuple(None if pd.isna(x) else x for x in r) for r in df[stats.ARM].dropna(subset=["method"]).itertuples(index=False)}
+    many_models = len({k[0] for k in keys}) > 1
+    configs = pd.Series([k[2] for k in keys]).groupby([k[1] for k in keys]).nunique() if keys else pd.Series(dtype=int)
+    many_sweeps = len({k[3] for k in keys if isinstance(k[3], str)}) > 1
+    out = {}
+    for model, method, config, sweep in keys:
+        label = method
+        if configs.get(method, 1) > 1:
+            label += f" [{config}]"
+        if many_models:
+            label = f"{model}: {label}"
+        if many_sweeps and isinstance(sweep, str):
+            label += f" (sweep {sweep})"
+        out[(model, method, config, sweep)] = label
+    return out
+
+
+def label_of(labels: dict, model, method, config, sweep=None) -> str:
+    sweep = None if sweep is None or pd.isna(sweep) else sweep
+    candidates = [(sw, text) for (mo, me, co, sw), text in labels.items() if (mo, me, co) == (model, method, config)]
+    for sw, text in candidates:
+        if sw == sweep:
+            return text
+    return candidates[0][1] if candidates else str(method)
+
+
 def cost_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The successful training runs' cost rows (one number per run and cost metric)."""
-    return df[df.metric.isin(COST_METRICS) & df.step.isna() & (df.status == "ok")]
+    """Run-level cost rows of successful runs (one number per run and cost metric; class-image time is
+    per concept, shared by every training seed)."""
+    return df[df.metric.isin(COST_METRICS) & df.step.isna() & df.weight.isna() & (df.status == "ok")]
 
 
-def cost_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Method x cost, the mean over training runs (seeds) with a 95 % interval where there are several."""
+def cost_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    """Arm x cost: the mean over training runs with a 95 % interval (concepts, then seeds)."""
     cost = cost_rows(df)
+    labels = arm_labels(df.assign(sweep=None))
     rows = []
-    for method in ordered(cost.method.unique()):
-        row = {"method": method}
+    for (model, method, config), g in sorted(cost.groupby(["model", "method", "config"], dropna=False), key=lambda kv: method_rank(kv[0][1])):
+        row = {"method": label_of(labels, model, method, config), "runs": int(g.run_id.nunique())}
         for metric, (title, scale, fmt) in COST_METRICS.items():
-            per_run = cost[(cost.method == method) & (cost.metric == metric)].groupby("seed", dropna=False).value.mean() * scale
-            row[title] = format_ci(*bootstrap_ci(per_run.to_numpy()), fmt)
+            m = g[g.metric == metric]
+            if m.empty:
+                continue
+            groups = [x.value.to_numpy() * scale for _, x in m.groupby("concept")]
+            row[title] = format_ci(*stats.hierarchical_bootstrap(groups, settings), fmt)
         rows.append(row)
-    return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+    return pd.DataFrame(rows).set_index("method").fillna("") if rows else pd.DataFrame()
 
 
 def format_ci(mean: float, lo: float, hi: float, fmt: str = "{:.3f}") -> str:
@@ -95,31 +121,83 @@ def format_ci(mean: float, lo: float, hi: float, fmt: str = "{:.3f}") -> str:
     return fmt.format(mean) if not np.isfinite(lo) else f"{fmt.format(mean)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
-def per_seed_means(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One value per (method, weight, training run, generation seed): the unit the intervals resample."""
-    m = df[(df.metric == metric) & df.weight.notna()]
-    return m.groupby(["method", "weight", "run_id", "seed"], dropna=False).value.mean().reset_index()
+def metric_title(metric: str) -> str:
+    title = QUALITY_TITLES.get(metric, metric.replace("_", " "))
+    return f"{title} {'↑' if higher_is_better(metric) else '↓'}"
 
 
-def best_weights(df: pd.DataFrame) -> dict[str, float]:
-    """Each method's best weight: the one with the highest mean CLIP-I (subject fidelity)."""
-    ci = df[df.metric == "clip_i"].groupby(["method", "weight"]).value.mean()
-    return {m: float(ci[m].idxmax()) for m in ci.index.get_level_values(0).unique()}
+def quality_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    """Arm x scope x metric at weight 1: mean [interval] over training runs, with n."""
+    labels = arm_labels(df)
+    parts = [stats.summarize(df, metric, 1.0, settings=settings) for metric in quality_metrics(df)]
+    s = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
+    if s.empty:
+        return s
+    rows = {}
+    for r in s.itertuples():
+        key = (label_of(labels, r.model, r.method, r.config, r.sweep), r.scope)
+        row = rows.setdefault(key, {"concepts": r.n_concepts, "runs": r.n_runs})
+        row[metric_title(r.metric)] = format_ci(r.mean, r.low, r.high)
+    order = sorted(rows, key=lambda k: (stats.SCOPES.index(k[1]), method_rank(k[0])))
+    return pd.DataFrame([rows[k] for k in order], index=pd.MultiIndex.from_tuples(order, names=["method", "scope"]))
 
 
-def quality_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Method x metric at weight 1 and at each method's best weight, mean [95 % interval over seeds]."""
-    best = best_weights(df)
+def method_rank(label: str) -> tuple:
+    base = label.split(" [")[0].split(": ")[-1]
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), label)
+
+
+def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    """Every two arms on the runs they share, at weight 1: difference a - b [interval], a's win rate, p."""
+    p = stats.paired(df, metric, 1.0, settings=settings)
+    if p.empty:
+        return p
+    labels = arm_labels(df)
     rows = []
-    for method in ordered(best):
-        for label, weight in (("1.0", 1.0), (f"best ({best[method]:g})", best[method])):
-            row = {"method": method, "weight": label}
-            for metric, (title, hib) in quality_metrics(df).items():
-                vals = per_seed_means(df, metric)
-                vals = vals[(vals.method == method) & np.isclose(vals.weight, weight)].value.to_numpy()
-                row[f"{title} {'↑' if hib else '↓'}"] = format_ci(*bootstrap_ci(vals))
-            rows.append(row)
-    return pd.DataFrame(rows).set_index(["method", "weight"]) if rows else pd.DataFrame()
+    for r in p.itertuples():
+        rows.append({
+            "scope": r.scope,
+            "a": label_of(labels, r.model, r.method_a, r.config_a, r.sweep),
+            "b": label_of(labels, r.model, r.method_b, r.config_b, r.sweep),
+            "pairs": r.n_pairs,
+            f"a − b ({QUALITY_TITLES.get(metric, metric)})": format_ci(r.diff, r.low, r.high),
+            "a wins": f"{100 * r.a_wins:.0f} %",
+            "Wilcoxon p": "" if not np.isfinite(r.p_wilcoxon) else f"{r.p_wilcoxon:.3f}",
+            "verdict": f"{r.better} better" if r.resolved else "not resolved",
+        })
+    return pd.DataFrame(rows).set_index(["scope", "a", "b"])
+
+
+def ranking_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    summary = stats.summarize(df, metric, 1.0, settings=settings)
+    if summary.empty:
+        return summary
+    r = stats.ranking(summary, stats.paired(df, metric, 1.0, settings=settings), metric)
+    labels = arm_labels(df)
+    r["method"] = [label_of(labels, x.model, x.method, x.config, x.sweep) for x in r.itertuples()]
+    r[metric_title(metric)] = [format_ci(x.mean, x.low, x.high) for x in r.itertuples()]
+    r = r.rename(columns={"vs_next": "vs. next rank", "beats_resolved": "resolved wins", "n_runs": "runs"})
+    return r.set_index(["scope", "rank"])[["method", metric_title(metric), "runs", "vs. next rank", "resolved wins"]]
+
+
+def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    """Each arm's best weight, chosen on the selection seeds, and its quality on the report seeds."""
+    best = stats.best_weights(df, fidelity)
+    if best.empty:
+        return best
+    labels = arm_labels(df)
+    rows = []
+    for b in best.itertuples():
+        row = {"method": label_of(labels, b.model, b.method, b.config, b.sweep), "best weight": f"{b.best_weight:g}",
+               "chosen on seeds": ", ".join(map(str, b.selected_on)), "reported on seeds": ", ".join(map(str, b.reported_on))}
+        sub = df[(df.model == b.model) & (df.method == b.method) & (df.config == b.config) & (df.sweep == b.sweep)]
+        for metric in ("clip_i", "clip_t", "drift"):
+            s = stats.summarize(sub, metric, b.best_weight, list(b.reported_on), settings)
+            s = s[s.scope == "overall"]
+            if len(s):
+                row[metric_title(metric)] = format_ci(s["mean"].iloc[0], s.low.iloc[0], s.high.iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
 
 
 def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict[str, Path]:
@@ -148,127 +226,154 @@ def colours(methods: list[str]) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
 
 
+def arm_means(df: pd.DataFrame, metric: str) -> dict[str, float]:
+    """Label -> mean over runs of a run-level metric (cost)."""
+    labels = arm_labels(df.assign(sweep=None))
+    rows = cost_rows(df)
+    rows = rows[rows.metric == metric]
+    out = {label_of(labels, *k): g.groupby("concept").value.mean().mean() for k, g in rows.groupby(["model", "method", "config"])}
+    return dict(sorted(out.items(), key=lambda kv: method_rank(kv[0])))
+
+
 def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
-    cost = cost_rows(df)
-    if cost.empty:
+    if cost_rows(df).empty:
         return None
-    methods = ordered(cost.method.unique())
-    col = colours(methods)
-    panels = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "peak memory (MiB)", False), ("train_time", "train time (s)", False), ("trainable_params", "trainable parameters (log)", True)]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+    panels = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB, tensors)", False), ("train_time", "train time (s)", False), ("trainable_params", "trainable parameters (log)", True)]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
     for ax, (metric, title, log_scale) in zip(axes, panels):
-        means = [cost[(cost.method == m) & (cost.metric == metric)].value.mean() for m in methods]
-        ax.bar(range(len(methods)), means, color=[col[m] for m in methods])
-        ax.set_xticks(range(len(methods)), [m.replace("_", "\n") for m in methods], fontsize=8)
+        means = arm_means(df, metric)
+        col = colours(list(means))
+        ax.bar(range(len(means)), list(means.values()), color=[col[m] for m in means])
+        ax.set_xticks(range(len(means)), [m.replace("_", "\n") for m in means], fontsize=8)
         ax.set_title(title, fontsize=10)
         if log_scale:
             ax.set_yscale("log")
-    fig.suptitle("Training cost per method (same data, steps, batch and seed)")
+    fig.suptitle("Training cost per method: mean over training runs (same data, steps, batch and seeds)")
     return save_figure(fig, out, "cost")
 
 
-def curves_figure(df: pd.DataFrame, out: Path) -> Path | None:
+def colours(labels: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(labels)}
+
+
+def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
     known = quality_metrics(df)
     metrics = [m for m in known if m != "diversity"]
     if not metrics:
         return None
-    methods = ordered(df[df.metric.isin(metrics)].method.unique())
-    col = colours(methods)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    labels = arm_labels(df)
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    weights = sorted(stats.quality_rows(df).weight.unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        vals = per_seed_means(df, metric)
-        for m in methods:
-            rows = []
-            for w, g in vals[vals.method == m].groupby("weight"):
-                rows.append((w, *bootstrap_ci(g.value.to_numpy())))
-            if not rows:
-                continue
-            w, mean, lo, hi = map(np.array, zip(*rows))
-            ax.plot(w, mean, "o-", color=col[m], label=m, ms=3)
+        curves: dict[str, list] = {}
+        for w in weights:
+            for r in stats.summarize(df, metric, float(w), settings=settings).itertuples():
+                if r.scope == "overall":
+                    curves.setdefault(label_of(labels, r.model, r.method, r.config, r.sweep), []).append((w, r.mean, r.low, r.high))
+        for label in sorted(curves, key=method_rank):
+            w, mean, lo, hi = map(np.array, zip(*curves[label]))
+            ax.plot(w, mean, "o-", color=col[label], label=label, ms=3)
             if np.isfinite(lo).all():
-                ax.fill_between(w, lo, hi, color=col[m], alpha=0.2)
-        title, hib = known[metric]
+                ax.fill_between(w, lo, hi, color=col[label], alpha=0.2)
         ax.axvline(0, color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{title} ({'higher' if hib else 'lower'} is better)", fontsize=10)
+        ax.set_title(metric_title(metric), fontsize=10)
         ax.set_xlabel("adapter weight")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Metrics against adapter weight (bands: 95 % bootstrap interval over seeds)")
+    fig.suptitle("Metrics against adapter weight: mean over training runs, bands 95 % hierarchical bootstrap")
     return save_figure(fig, out, "curves")
 
 
 def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
-    t, i = per_seed_means(df, "clip_t"), per_seed_means(df, "clip_i")
-    if t.empty or i.empty:
+    t, i = stats.unit_values, None
+    q = stats.quality_rows(df)
+    if not ((q.metric == "clip_t").any() and (q.metric == "clip_i").any()):
         return None
-    methods = ordered(t.method.unique())
-    col = colours(methods)
+    labels = arm_labels(df)
+    col = colours(sorted(set(labels.values()), key=method_rank))
     fig, ax = plt.subplots(figsize=(6, 4.6))
-    for m in methods:
-        tm = t[t.method == m].groupby("weight").value.mean()
-        im = i[i.method == m].groupby("weight").value.mean()
-        w = tm.index.intersection(im.index)
-        ax.plot(tm[w], im[w], "-", color=col[m], alpha=0.7, label=m)
-        ax.scatter(tm[w], im[w], color=col[m], s=14 + 30 * np.clip(np.abs(w.to_numpy()), 0, 1.5))
+    for arm, g in q.groupby(stats.ARM, dropna=False):
+        label = label_of(labels, *arm)
+        per = {m: g[g.metric == m].groupby(["weight", "concept", "train_seed"]).value.mean().groupby(["weight", "concept"]).mean().groupby("weight").mean() for m in ("clip_t", "clip_i")}
+        w = per["clip_t"].index.intersection(per["clip_i"].index)
+        tm, im = per["clip_t"][w], per["clip_i"][w]
+        ax.plot(tm, im, "-", color=col[label], alpha=0.7, label=label)
+        ax.scatter(tm, im, color=col[label], s=14 + 30 * np.clip(np.abs(w.to_numpy()), 0, 1.5))
         for weight in (w.min(), 1.0, w.max()):
             if weight in w:
                 ax.annotate(f"{weight:g}", (tm[weight], im[weight]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("CLIP-T: text alignment (higher is better)")
     ax.set_ylabel("CLIP-I: subject fidelity (higher is better)")
-    ax.set_title("Fidelity vs text alignment along each method's weight path")
+    ax.set_title("Fidelity vs text alignment along each method's weight path\n(numbers: weight; mean over training runs)", fontsize=10)
     ax.legend(fontsize=8)
     return save_figure(fig, out, "tradeoff")
 
 
-def xy_grids(df: pd.DataFrame, images_dirs: list[Path], out: Path) -> list[Path]:
-    """Per prompt: methods x weights, seed 0 (the first seed found), labelled."""
-    sweep = df[df.metric == "clip_i"]
+def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path) -> list[Path]:
+    """Per concept and prompt: methods x weights for the first training seed and generation seed."""
+    q = stats.quality_rows(df)
+    q = q[q.metric == "clip_i"]
+    labels = arm_labels(df)
     paths = []
-    for pid in sorted(sweep.prompt_id.dropna().unique()):
-        sub = sweep[sweep.prompt_id == pid]
-        methods, weights = ordered(sub.method.unique()), sorted(sub.weight.unique())
-        seed = int(sub.seed.min())
-        fig, axes = plt.subplots(len(methods), len(weights), figsize=(1.2 * len(weights) + 1.2, 1.25 * len(methods) + 0.6), squeeze=False)
-        for r, m in enumerate(methods):
+    for (concept, pid), sub in q.groupby(["concept", "prompt_id"], sort=True):
+        arms = sorted({tuple(a) for a in sub[stats.ARM].itertuples(index=False)}, key=lambda a: method_rank(label_of(labels, *a)))
+        weights = sorted(sub.weight.unique())
+        train_seed, seed = int(sub.train_seed.min()), int(sub.seed.min())
+        fig, axes = plt.subplots(len(arms), len(weights), figsize=(1.2 * len(weights) + 1.4, 1.25 * len(arms) + 0.7), squeeze=False)
+        for r, arm in enumerate(arms):
+            runs = sub[(sub[stats.ARM] == pd.Series(arm, index=stats.ARM)).all(axis=1) & (sub.train_seed == train_seed)].run_id.unique()
             for c, w in enumerate(weights):
                 ax = axes[r][c]
                 ax.set_xticks([])
                 ax.set_yticks([])
-                found = [image_path(d, m, pid, seed, w) for d in images_dirs]
-                found = [f for f in found if f.is_file()]
+                found = [f for d in results_dirs for rid in runs for f in [stages.image_file(d, rid, arm[3], pid, seed, w)] if f.is_file()]
                 if found:
                     ax.imshow(Image.open(found[0]), interpolation="nearest")
                 if r == 0:
                     ax.set_title(f"w={w:g}", fontsize=8)
                 if c == 0:
-                    ax.set_ylabel(m.replace("_", "\n"), fontsize=8)
-        fig.suptitle(f"{pid}, seed {seed}: methods x weights", fontsize=9)
-        paths.append(save_figure(fig, out, f"grid_{pid}"))
+                    ax.set_ylabel(label_of(labels, *arm).replace("_", "\n"), fontsize=8)
+        fig.suptitle(f"{concept}, {pid.replace('_', ' ')}: methods x weights (training seed {train_seed}, generation seed {seed})", fontsize=9)
+        paths.append(save_figure(fig, out, f"grid_{concept}_{pid}"))
     return paths
 
 
-def infographic(df: pd.DataFrame, cost: pd.DataFrame, grid: Path | None, out: Path) -> Path | None:
-    if cost.empty:
+def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    if cost_rows(df).empty:
         return None
     fig = plt.figure(figsize=(11, 8.5))
     fig.suptitle("adapterbench: DreamBooth vs Textual Inversion vs LoRA vs hypernetworks, measured", fontsize=13, weight="bold")
     ax = fig.add_axes([0.03, 0.62, 0.94, 0.28])
     ax.axis("off")
-    best = best_weights(df) if (df.metric == "clip_i").any() else {}
+    labels = arm_labels(df)
+    q = {m: stats.summarize(df, m, 1.0, settings=settings) for m in (fidelity, "clip_t", "drift")}
+    cost = {m: arm_means(df, m) for m in ("artifact_bytes", "peak_mem", "train_time")}
     headline = []
-    for m in cost.index:
-        ci1 = df[(df.method == m) & (df.metric == "clip_i") & np.isclose(df.weight, 1.0)].value.mean()
-        ct1 = df[(df.method == m) & (df.metric == "clip_t") & np.isclose(df.weight, 1.0)].value.mean()
-        dr1 = df[(df.method == m) & (df.metric == "drift") & np.isclose(df.weight, 1.0)].value.mean()
-        headline.append([m, *cost.loc[m, ["file size (MB)", "peak memory (MiB)", "train time (s)"]].tolist(), f"{ci1:.3f}", f"{ct1:.1f}", f"{dr1:.3f}", f"{best.get(m, float('nan')):g}"])
-    table = ax.table(cellText=headline, colLabels=["method", "file MB", "peak MiB", "train s", "CLIP-I@1", "CLIP-T@1", "drift@1", "best w"], loc="center", cellLoc="center")
+    for label in sorted(cost["train_time"], key=method_rank):
+        cells = [label, human_bytes(cost["artifact_bytes"].get(label, np.nan)), f"{cost['peak_mem'].get(label, np.nan):,.0f}", f"{cost['train_time'].get(label, np.nan):.1f}"]
+        for m, s in q.items():
+            s = s[(s.scope == "overall")] if len(s) else s
+            hit = [r for r in s.itertuples() if label_of(labels, r.model, r.method, r.config, r.sweep) == label]
+            cells.append(format_ci(hit[0].mean, hit[0].low, hit[0].high, "{:.2f}") if hit else "")
+        headline.append(cells)
+    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{QUALITY_TITLES.get(fidelity, fidelity)}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="center", cellLoc="center")
     table.auto_set_font_size(False)
-    table.set_fontsize(9)
+    table.set_fontsize(8)
     table.scale(1, 1.6)
     if grid is not None:
         ax2 = fig.add_axes([0.05, 0.02, 0.9, 0.6])
         ax2.imshow(Image.open(grid))
         ax2.axis("off")
     return save_figure(fig, out, "infographic")
+
+
+def human_bytes(n: float) -> str:
+    if not np.isfinite(n):
+        return ""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -278,23 +383,31 @@ def embed_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def html_report(title: str, tables: dict[str, tuple[str, pd.DataFrame]], figures: list[Path], out_file: Path) -> Path:
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    f = df[df.status.fillna("ok").str.startswith("failed")]
+    if f.empty:
+        return f
+    return f.assign(stage=f.metric.str.replace("_failed", ""), error=f.status.str.replace("failed: ", "", n=1))[["method", "concept", "train_seed", "stage", "error"]].drop_duplicates().set_index(["method", "concept", "train_seed"])
+
+
+def html_report(title: str, intro: str, tables: dict[str, tuple[str, pd.DataFrame]], figures: list[tuple[Path, str]], out_file: Path) -> Path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "th{background:#f0f0f0}img{max-width:100%;margin:1em 0}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+             "th{background:#f0f0f0}img{max-width:100%;margin:1em 0}.failed td{color:#a00}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
     for heading, (caption, table) in tables.items():
-        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>{table.to_html(escape=True)}")
+        cls = " class='failed'" if heading.startswith("Failed") else ""
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p><div{cls}>{table.to_html(escape=True)}</div>")
     parts.append("<h2>Figures</h2>")
-    for fig in figures:
-        parts.append(f"<figure><img alt='{html.escape(fig.stem)}' src='{embed_png(fig)}'><figcaption>{html.escape(fig.stem)}</figcaption></figure>")
+    for fig, caption in figures:
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='{embed_png(fig)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     atomic_write_text(out_file, "\n".join(parts))
     return out_file
 
 
-def build_report(results_dirs: list[Path], out: Path | None = None) -> Path:
+def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: str = "clip_i", settings: stats.Settings = stats.Settings()) -> Path:
     """Everything from the tables of one or more results directories; returns the HTML file."""
     results_dirs = [Path(d) for d in results_dirs]
     out = Path(out) if out else results_dirs[0] / "report"
@@ -303,23 +416,44 @@ def build_report(results_dirs: list[Path], out: Path | None = None) -> Path:
     df = records.read_table(*results_dirs)
     if df.empty:
         raise ValueError(f"no result rows under {', '.join(map(str, results_dirs))}")
-    cost = cost_table(df)
-    tables = {}
-    if not cost.empty:
-        caption = "Cost of training each method under identical conditions: mean [95 % bootstrap interval over training seeds]."
-        write_table(cost, out / "tables", "cost", caption)
-        tables["Cost"] = (caption, cost)
-    if (df.metric == "clip_i").any():
-        quality = quality_table(df)
-        caption = "Quality at weight 1 and at each method's best weight (highest CLIP-I): mean [95 % bootstrap interval over seeds]."
-        write_table(quality, out / "tables", "quality", caption)
-        tables["Quality"] = (caption, quality)
+    q = stats.quality_rows(df)
+    n_concepts, n_train = df.concept.nunique(), df.train_seed.nunique()
+    intro = (f"{n_concepts} concept(s) ({', '.join(sorted(df.concept.dropna().unique()))}), {n_train} training seed(s), "
+             f"{q.seed.nunique()} generation seed(s) per run. The unit of analysis is the training run (concept x training seed); "
+             "generation seeds are averaged inside a run. Intervals: 95 % hierarchical bootstrap (concepts, then training seeds). "
+             "Rows of different method configs (hash in brackets where a method has several) are never averaged together.")
+    tables: dict[str, tuple[str, pd.DataFrame]] = {}
+
+    def add(heading: str, name: str, caption: str, table: pd.DataFrame) -> None:
+        if len(table):
+            write_table(table, out / "tables", name, caption)
+            tables[heading] = (caption, table)
+
+    add("Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df))
+    add("Cost", "cost", "Cost of training under identical conditions: mean over training runs [95 % interval]. Training memory is the run's own peak "
+        "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it.", cost_table(df, settings))
+    if (q.metric == fidelity).any():
+        add("Quality at weight 1", "quality", "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind.", quality_table(df, settings))
+        add(f"Paired differences ({QUALITY_TITLES.get(fidelity, fidelity)} at weight 1)", "paired",
+            "Every two methods on the training runs they share (same concept and training seed): mean difference a − b [95 % interval], "
+            "the share of runs where a is better, the Wilcoxon signed-rank p-value; a verdict only where the interval excludes 0.", paired_table(df, fidelity, settings))
+        add("Ranking", "ranking", f"Methods ordered by {QUALITY_TITLES.get(fidelity, fidelity)} at weight 1; 'vs. next rank' says whether the paired difference "
+            "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference.", ranking_table(df, fidelity, settings))
+        add("Best weight (held out)", "best_weight", f"Each method's best weight by {QUALITY_TITLES.get(fidelity, fidelity)}, chosen on half of the generation seeds "
+            "and reported on the other half, so the choice and the number never come from the same images.", best_weight_table(df, fidelity, settings))
     fig_dir = out / "figures"
-    grids = xy_grids(df, [d / "images" for d in results_dirs], fig_dir)
-    figures = [f for f in (cost_figure(df, fig_dir), curves_figure(df, fig_dir), tradeoff_figure(df, fig_dir)) if f]
-    info = infographic(df, cost, grids[0] if grids else None, fig_dir)
-    figures = ([info] if info else []) + figures + grids
-    return html_report("adapterbench report", tables, figures, out / "report.html")
+    grids = xy_grids(df, results_dirs, fig_dir)
+    figures = []
+    info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, settings)
+    if info:
+        figures.append((info, "Summary: cost and quality at weight 1 per method, with the first image grid."))
+    for fig, caption in ((cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
+                         (curves_figure(df, fig_dir, settings), "Each metric against adapter weight; weight 0 is the base model."),
+                         (tradeoff_figure(df, fig_dir), "Subject fidelity against text alignment along each method's weight path.")):
+        if fig:
+            figures.append((fig, caption))
+    figures += [(g, f"Image grid {g.stem.removeprefix('grid_')}: rows are methods, columns adapter weights; the same noise in every cell.") for g in grids]
+    return html_report("adapterbench report", intro, tables, figures, out / "report.html")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,9 @@
-"""The pipeline, stage by stage: config -> model -> training (measured) -> rows -> results directory.
+"""The pipeline, run by run: config -> checks -> training runs (method x concept x training seed), each
+trained, swept and scored in worker processes -> the tidy table -> the report.
 
-Every stage writes its output atomically and is skipped when that output exists, so a rerun with the
-same config reuses finished work and an interrupted run resumes where it stopped.
+Every stage writes its output atomically and is skipped when that output exists (`bench.stages` says what
+each stage's key covers), so a rerun with the same config reuses finished work and an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -9,29 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
-import subprocess
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-from bench import records
-from bench.cost import TrainJobFailed, train_in_subprocess
-from bench.data import load_concept
-from bench.io import atomic_path, atomic_write_text
-from bench.models import model_path
+from bench import records, stages, stats, worker
+from bench.data import load_concepts
+from bench.io import atomic_write_text
+from bench.models import ModelConfigError, model_path, resolve_device
+from bench.provenance import usable_cores
 from methods import build_method
 from methods.base import MethodConfigError, TrainSettings
 
 log = logging.getLogger(__name__)
-
-
-def run_id(cfg: DictConfig, method: str) -> str:
-    """A short hash of everything that determines a method's training result."""
-    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")}
-    keys.update(seed=cfg.seed, method=OmegaConf.to_container(cfg.method[method], resolve=True))
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
+MAX_CPU_WORKERS = 4
 
 
 def main(cfg: DictConfig) -> int:
@@ -46,23 +45,24 @@ def main(cfg: DictConfig) -> int:
         from bench.report import build_report
 
         dirs = [results, *[Path(d) for d in cfg.get("merge") or []]]
-        print(f"adapterbench: report {build_report(dirs).resolve()}")
+        print(f"adapterbench: report {build_report(dirs, fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats)).resolve()}")
         return 0
     if mode not in ("baseline", "check"):
         raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report")
     if not cfg.get("baseline"):
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
-    status = 0
-    if records.read_table(results).empty:
-        print(f"adapterbench: {results} holds no results yet; running the comparison first")
-        status = run(cfg)
-    table = records.read_table(results)
+    # Exactly the stages this config needs: finished ones are reused, rows of other configs are not read.
+    status = run(cfg)
+    table = config_table(results, plan(cfg)[1])
     if mode == "baseline":
-        regression.write_baseline(table, Path(cfg.baseline))
+        regression.write_baseline(table, Path(cfg.baseline), cfg)
         print(f"adapterbench: baseline written to {cfg.baseline}")
         return status
-    comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check.tolerances, resolve=True))
+    if doc is not None:
+        for line in regression.config_differences(doc, cfg):
+            print(f"adapterbench: note: {line}")
+    comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check, resolve=True))
     print(regression.format_comparisons(comparisons))
     junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
     regression.write_junit(comparisons, junit)
@@ -71,39 +71,121 @@ def main(cfg: DictConfig) -> int:
     return 1 if regressed or status else 0
 
 
-def run(cfg: DictConfig) -> int:
-    """Run every stage; returns the process exit code (1 when any method failed)."""
-    results = Path(cfg.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    # Check everything a user can get wrong before any heavy work starts.
+def parallelism(cfg: DictConfig, n_jobs: int) -> tuple[int, int]:
+    """(workers, torch threads per worker). torch's threads spin while they wait, so workers x threads
+    never exceeds the cores this process may use: on these small models two 1-thread workers do about
+    twice the work of one 2-thread process. CUDA: one worker (one GPU), every core for it."""
+    cores = usable_cores()
+    device = resolve_device(str(cfg.device))
+    workers = cfg.get("workers")
+    if workers is None:
+        workers = 1 if device.type == "cuda" else max(1, min(MAX_CPU_WORKERS, cores, n_jobs))
+    if not isinstance(workers, int) or workers < 1:
+        raise MethodConfigError(f"workers: must be a positive whole number or null, got {workers!r}")
+    threads = cfg.get("threads")
+    if threads is None:
+        threads = max(1, cores // workers)
+    if not isinstance(threads, int) or threads < 1:
+        raise MethodConfigError(f"threads: must be a positive whole number or null, got {threads!r}")
+    return workers, threads
+
+
+def check_results_dir(results: Path) -> None:
+    if results.exists() and not results.is_dir():
+        raise ModelConfigError(f"results_dir: {results} is a file, not a folder")
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ModelConfigError(f"results_dir: cannot write to {results} ({e.strerror or e})") from None
+
+
+def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
+    """Check everything a user can get wrong, before any heavy work; returns (concepts, runs)."""
+    from bench.sweep import check_sweep_config, sweep_prompts
+
     methods = {name: build_method(cfg, name) for name in cfg.method}
     if not methods:
         raise MethodConfigError("method: no method selected (e.g. method=[lora,hypernetwork])")
-    TrainSettings.from_config(cfg)  # train.steps, train.batch_size: checked here, not in each training job
+    seeds = list(cfg.seeds or [])
+    if not seeds:
+        raise MethodConfigError("seeds: no training seed (e.g. seeds=[0,1,2])")
+    if len(set(seeds)) != len(seeds):
+        raise MethodConfigError(f"seeds: {seeds} lists a training seed twice")
+    TrainSettings.from_config(cfg)
     model_path(cfg.model)
-    concept = load_concept(cfg.data, cfg.model.resolution)
+    check_sweep_config(cfg.sweep)
+    concepts = load_concepts(cfg.data, int(cfg.model.resolution))
+    for concept in concepts:
+        sweep_prompts(cfg.sweep, concept)
     if cfg.metrics.inception:
         from metrics.fd import inception_metric
 
         inception_metric()
-    write_metadata(cfg, results / "run.json")
+    runs = [stages.run_spec(cfg, m, c, s) for c in concepts for s in seeds for m in methods]
+    return concepts, runs
 
-    failed = []
-    for name in methods:
-        if not train_stage(cfg, name, concept.name, results):
-            failed.append(name)
-    trained = [n for n in methods if n not in failed]
-    pending = [n for n in trained if not records.stage_file(results, sweep_stage_name(cfg, n)).exists()]
+
+def run(cfg: DictConfig) -> int:
+    """Run every stage of every training run; returns the process exit code (1 when any run failed)."""
+    results = Path(cfg.results_dir)
+    check_results_dir(results)
+    concepts, runs = plan(cfg)
+    pending = [r for r in runs if not records.stage_file(results, f"scores_{r.scores_key}").exists()]
+    workers, threads = parallelism(cfg, len(pending))
+    torch.set_num_threads(threads)
     if pending:
-        failed += sweep_stages(cfg, {n: methods[n] for n in pending}, concept, results)
-    table = records.publish(results)
-    report = report_stage(results)
-    print_summary(table, results, failed)
+        print(f"adapterbench: {len(runs)} training runs ({len(cfg.method)} methods x {len(concepts)} concepts x {len(cfg.seeds)} training seeds), "
+              f"{len(pending)} to do; {workers} worker(s) x {threads} thread(s)")
+        execute(cfg, results, pending, workers, threads)
+    records.publish(results)
+    failures = failed_runs(results, runs)
+    report = report_stage(results, cfg)
+    print_summary(config_table(results, runs), results, failures, cfg)
     print(f"adapterbench: report {report.resolve()}")
-    return 1 if failed else 0
+    return 1 if failures else 0
 
 
-def report_stage(results: Path) -> Path:
+def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> None:
+    """Prepare each concept, then run every pending run, in `workers` processes (or this one)."""
+    concept_names = list(dict.fromkeys(r.concept for r in pending))
+    job_cfg = cfg.copy()
+    if workers > 1:
+        job_cfg.progress = False  # one bar for the whole comparison, not one per worker
+    cfg_yaml = OmegaConf.to_yaml(job_cfg, resolve=True)
+    bar = tqdm(total=len(concept_names) + len(pending), desc="comparison", unit="job", disable=not cfg.progress)
+    if workers == 1:
+        worker.init(cfg_yaml, threads)
+        for name in concept_names:
+            worker.prepare_concept(name)
+            bar.update()
+        for spec in pending:
+            bar.set_postfix_str(f"{spec.method} {spec.concept} seed {spec.train_seed}")
+            worker.run(spec)
+            bar.update()
+        bar.close()
+        return
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads)) as pool:
+        try:
+            for phase, fn, items in (("prepare", worker.prepare_concept, concept_names), ("runs", worker.run, pending)):
+                futures = {pool.submit(fn, item): item for item in items}
+                while futures:
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        item = futures.pop(f)
+                        f.result()
+                        bar.update()
+                        if phase == "runs":
+                            bar.set_postfix_str(f"{item.method} {item.concept} seed {item.train_seed}")
+        except BrokenProcessPool as e:
+            log.error("a worker process died (%s); finished stages are kept, the rest is recorded as not run", e)
+    bar.close()
+
+
+def report_stage(results: Path, cfg: DictConfig) -> Path:
     """Rebuild the report unless it was built from exactly the rows files there are now."""
     from bench.report import build_report
 
@@ -114,107 +196,70 @@ def report_stage(results: Path) -> Path:
     if html.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
         log.info("reusing %s", html)
         return html
-    html = build_report([results])
+    html = build_report([results], fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats))
     atomic_write_text(stamp_file, stamp)
     return html
 
 
-def train_stage(cfg: DictConfig, name: str, concept: str, results: Path) -> bool:
-    """Train one method (in its own process) unless its rows exist; True when it succeeded."""
-    rid = run_id(cfg, name)
-    stage = f"train_{name}_{rid}"
-    failed_stage = f"failed_{stage}"
-    if records.stage_file(results, stage).exists():
-        log.info("reusing %s", stage)
-        return True
-    ident = {"run_id": rid, "model": cfg.model.name, "method": name, "concept": concept, "seed": cfg.seed}
-    out = results / "train" / f"{name}_{rid}"
-    # The job's own copy of the config: parallel jobs (Hydra launchers) share the results directory.
-    config_file = out / "config.yaml"
-    atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        cost = train_in_subprocess(config_file, name, out, results / "logs" / f"{stage}.log")
-    except TrainJobFailed as e:
-        log.error("method %s failed: %s", name, e)
-        records.write_stage(results, failed_stage, [{**ident, "metric": "train_failed", "value": 1.0, "unit": "flag", "status": f"failed: {e}"}])
-        return False
-    records.write_stage(results, stage, [{**ident, **row, "status": "ok"} for row in cost.rows()])
-    records.stage_file(results, failed_stage).unlink(missing_ok=True)
-    return True
+def failed_runs(results: Path, runs: list[stages.RunSpec]) -> list[tuple[stages.RunSpec, str]]:
+    """Runs of this config without a finished scores stage, with the error their failed stage recorded."""
+    import pandas as pd
 
-
-def sweep_stage_name(cfg: DictConfig, name: str) -> str:
-    sweep = hashlib.sha256(json.dumps(OmegaConf.to_container(cfg.sweep, resolve=True), sort_keys=True).encode()).hexdigest()[:8]
-    return f"sweep_{name}_{run_id(cfg, name)}_{sweep}"
-
-
-def sweep_stages(cfg: DictConfig, methods: dict, concept, results: Path) -> list[str]:
-    """Sweep and score each trained method; returns the names of methods whose sweep failed."""
-    from bench.clip import load_encoder
-    from bench.models import load_pipeline
-    from bench.score import sweep_rows
-    from bench.sweep import SweepError, base_images, image_path, sweep_method, sweep_prompts
-
-    prompts = sweep_prompts(cfg.sweep, concept)
-    pipe = load_pipeline(cfg.model, cfg.device)
-    encoder = load_encoder(cfg.metrics.clip)
-    images_dir = results / "images"
-    seeds = [int(s) for s in cfg.sweep.seeds]
-    # Every base-model image any method needs: unrelated prompts (drift) and weight-0 equivalents.
-    needed = sorted({(m.base_prompt(p.text, concept), s) for m in methods.values() for p in prompts for s in seeds} | {(p.text, s) for p in prompts for s in seeds})
-    base = dict(zip(needed, base_images(pipe, needed, cfg.sweep)))
-    for i, ((text, seed), im) in enumerate(base.items()):
-        with atomic_path(images_dir / "base" / f"{i:03d}_seed{seed}_{'_'.join(text.split())[:60]}.png") as tmp:
-            im.save(tmp, format="PNG")
-    failed = []
-    for name, method in methods.items():
-        rid = run_id(cfg, name)
-        ident = {"run_id": rid, "model": cfg.model.name, "method": name, "concept": concept.name}
-        cost = json.loads((results / "train" / f"{name}_{rid}" / "cost.json").read_text())
-        try:
-            artifact = method.load(Path(cost["artifact_path"]))
-            images = sweep_method(pipe, method, artifact, concept, prompts, cfg.sweep, bool(cfg.progress))
-        except (SweepError, ValueError, RuntimeError) as e:
-            log.error("sweep of %s failed: %s", name, e)
-            records.write_stage(results, f"failed_{sweep_stage_name(cfg, name)}", [{**ident, "metric": "sweep_failed", "value": 1.0, "unit": "flag", "status": f"failed: {e}"}])
-            failed.append(name)
+    out = []
+    for r in runs:
+        if records.stage_file(results, f"scores_{r.scores_key}").exists():
             continue
-        for (pid, seed, weight), im in images.items():
-            with atomic_path(image_path(images_dir, name, pid, seed, weight)) as tmp:
-                im.save(tmp, format="PNG")
-        rows = sweep_rows(encoder, concept, prompts, images, base, lambda text, m=method: m.base_prompt(text, concept), inception=bool(cfg.metrics.inception))
-        records.write_stage(results, sweep_stage_name(cfg, name), [{**ident, **r, "status": "ok"} for r in rows])
-        records.stage_file(results, f"failed_{sweep_stage_name(cfg, name)}").unlink(missing_ok=True)
-    return failed
+        reason = "not run (its worker stopped)"
+        for stage in (f"train_{r.run_id}", f"scores_{r.scores_key}"):
+            f = records.stage_file(results, f"failed_{stage}")
+            if f.exists():
+                reason = str(pd.read_parquet(f).status.iloc[0])
+                break
+        out.append((r, reason))
+    return out
 
 
-def print_summary(table, results: Path, failed: list[str]) -> None:
-    from bench.report import cost_rows
+def config_table(results: Path, runs: list[stages.RunSpec]):
+    """Exactly the rows of these runs under this config (training and scores stages)."""
+    files = [records.stage_file(results, f"train_{r.run_id}") for r in runs] + [records.stage_file(results, f"scores_{r.scores_key}") for r in runs]
+    return records.read_files([f for f in dict.fromkeys(files) if f.exists()])
 
-    cost = cost_rows(table)
-    if len(cost):
-        wide = cost.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
-        print(wide.to_string(float_format=lambda v: f"{v:,.3g}"))
-    for name in failed:
-        print(f"FAILED: {name} (see {results / 'rows'})")
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def human_seconds(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.1f} s"
+
+
+def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None:
+    """Per method: quality at weight 1 with its interval beside cost (mean over runs), in human units."""
+    import pandas as pd
+
+    settings = stats.Settings.from_config(cfg.stats)
+    lines = []
+    if len(table):
+        quality = {m: stats.summarize(table, m, 1.0, settings=settings) for m in (str(cfg.stats.fidelity), "clip_t", "drift")}
+        cost = table[table.step.isna() & table.weight.isna() & (table.status == "ok")]
+        for method in dict.fromkeys(table.method.dropna()):
+            c = cost[cost.method == method].groupby("metric").value.mean()
+            row = {"method": method}
+            for metric, q in quality.items():
+                q = q[(q.method == method) & (q.scope == "overall")] if len(q) else q
+                if len(q):
+                    r = q.iloc[0]
+                    row[f"{metric}@1 [95% CI]"] = f"{r['mean']:.3f} [{r.low:.3f}, {r.high:.3f}]" if np.isfinite(r.low) else f"{r['mean']:.3f}"
+            row["train time"] = human_seconds(c.get("train_time", float("nan")))
+            row["peak memory"] = f"{c.get('peak_mem', float('nan')):,.0f} MiB"
+            row["file"] = human_bytes(c.get("artifact_bytes", float("nan")))
+            row["runs"] = int(table[(table.method == method) & (table.metric == "train_time")].run_id.nunique())
+            lines.append(row)
+    if lines:
+        print(pd.DataFrame(lines).set_index("method").to_string())
+    for spec, reason in failures:
+        print(f"FAILED: {spec.method} on {spec.concept}, training seed {spec.train_seed}: {reason}")
     print(f"adapterbench: results table {results / 'results.csv'}")
-
-
-def write_metadata(cfg: DictConfig, path: Path) -> None:
-    """Resolved config, git commit, package versions and device: enough to rerun or compare a run."""
-    import diffusers
-    import peft
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    meta = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "git_commit": commit,
-        "python": platform.python_version(),
-        "packages": {m.__name__: m.__version__ for m in (torch, diffusers, transformers, peft)},
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or platform.machine()),
-    }
-    atomic_write_text(path, json.dumps(meta, indent=2))

@@ -52,10 +52,22 @@ def sweep_prompts(cfg, data: ConceptData) -> list[SweepPrompt]:
     return out
 
 
-def image_path(images_dir: Path, method: str, prompt_id: str, seed: int, weight: float | None) -> Path:
-    """Names say method, prompt, seed and weight, e.g. images/lora/instance_0_seed1_w+0.50.png."""
-    w = "base" if weight is None else f"w{weight:+.2f}"
-    return images_dir / method / f"{prompt_id}_seed{seed}_{w}.png"
+def check_sweep_config(cfg) -> None:
+    """Everything a sweep config can get wrong, before any work: one line naming the key."""
+    weights, seeds = list(cfg.weights or []), list(cfg.seeds or [])
+    if not weights:
+        raise SweepError("sweep.weights: empty; list the adapter strengths to generate at, e.g. [0.0, 1.0]")
+    if not any(float(w) == 1.0 for w in weights):
+        raise SweepError(f"sweep.weights: {weights} lacks 1.0, the strength the primary tables report")
+    if len(set(map(float, weights))) != len(weights):
+        raise SweepError(f"sweep.weights: {weights} lists a weight twice")
+    if not seeds:
+        raise SweepError("sweep.seeds: empty; list at least one generation seed (two or more for intervals and best weights)")
+    if len(set(map(int, seeds))) != len(seeds):
+        raise SweepError(f"sweep.seeds: {seeds} lists a seed twice")
+    for key in ("steps", "batch"):
+        if int(cfg[key]) <= 0:
+            raise SweepError(f"sweep.{key}: must be a positive whole number, got {cfg[key]}")
 
 
 def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepPrompt], cfg, progress: bool = True) -> dict[tuple[str, int, float], Image.Image]:
@@ -114,6 +126,30 @@ def check_weight_changes_images(method: str, images: dict[tuple[str, int, float]
         raise SweepError(f"method {method}: images at weight {lo} and {hi} are identical for every prompt and seed; the adapter had no effect")
 
 
-def base_images(pipe, texts_and_seeds: list[tuple[str, int]], cfg) -> list[Image.Image]:
-    """The base model's images for (prompt text, seed) pairs, with the sweep's sampler settings."""
-    return generate(pipe, [t for t, _ in texts_and_seeds], [s for _, s in texts_and_seeds], int(cfg.steps), float(cfg.guidance), int(cfg.batch))
+def base_images(pipe, texts: list[str], cfg) -> dict[tuple[str, int], Image.Image]:
+    """The base model's images of each text at every sweep seed. Each text's seeds are one batch of their
+    own, so an image never depends on which other texts are generated with it (a resumed run and a fresh
+    one give the same pixels)."""
+    seeds = [int(s) for s in cfg.seeds]
+    out = {}
+    for text in texts:
+        for seed, im in zip(seeds, generate(pipe, [text] * len(seeds), seeds, int(cfg.steps), float(cfg.guidance), int(cfg.batch))):
+            out[(text, seed)] = im
+    return out
+
+
+def check_weight_zero(method: str, images: dict[tuple[str, int, float], Image.Image], base: dict[tuple[str, int], Image.Image], base_text: dict[str, str], max_levels: int = 1) -> dict[tuple[str, int], int]:
+    """Weight 0 must be the base model: each weight-0 image within `max_levels` pixel levels of the base
+    model's image of the same prompt and seed (CPU matrix kernels may round one level differently for
+    another batch layout). Returns the largest difference per (prompt, seed); raises SweepError past it."""
+    diffs = {}
+    for (pid, seed, weight), im in images.items():
+        if weight != 0:
+            continue
+        reference = base[(base_text[pid], seed)]
+        diffs[(pid, seed)] = int(np.abs(np.asarray(im, dtype=np.int16) - np.asarray(reference, dtype=np.int16)).max())
+    worst = max(diffs.items(), key=lambda kv: kv[1], default=None)
+    if worst is not None and worst[1] > max_levels:
+        (pid, seed), diff = worst
+        raise SweepError(f"method {method}: at weight 0 the image of {pid} (seed {seed}) differs from the base model's by {diff} pixel levels (allowed: {max_levels}); weight 0 must reproduce the base model")
+    return diffs

@@ -112,9 +112,45 @@ def _shape_mask(shape: str, layout: Layout, size: int) -> Image.Image:
         a = math.radians(layout.rotation_deg)
         ox, oy = cx + 0.5 * r * math.cos(a), cy + 0.5 * r * math.sin(a)
         draw.ellipse((ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r), fill=0)
+    elif shape == "ring":
+        r = layout.radius * size * 0.95
+        cx, cy = layout.cx * size, layout.cy * size
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        draw.ellipse((cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r), fill=0)
+    elif shape in OUTLINES:
+        draw.polygon(_outline(OUTLINES[shape], layout, size), fill=255)
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return mask
+
+
+# Held-out shapes as polygons in a unit frame (x right, y down, radius 1), rotated and placed by a Layout.
+OUTLINES: dict[str, list[tuple[float, float]]] = {
+    "cross": [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
+    "arrow": [(-1, -0.3), (0.1, -0.3), (0.1, -0.85), (1, 0), (0.1, 0.85), (0.1, 0.3), (-1, 0.3)],
+}
+
+
+def _heart(n: int = 48) -> list[tuple[float, float]]:
+    """The classic parametric heart, scaled into the unit frame (point down)."""
+    pts = []
+    for i in range(n):
+        t = 2 * math.pi * i / n
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        pts.append((x / 17, -(y + 2) / 15))
+    return pts
+
+
+OUTLINES["heart"] = _heart()
+
+
+def _outline(points: list[tuple[float, float]], layout: Layout, size: int) -> list[tuple[float, float]]:
+    a = math.radians(layout.rotation_deg)
+    ca, sa = math.cos(a), math.sin(a)
+    r = layout.radius * size
+    cx, cy = layout.cx * size, layout.cy * size
+    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in points]
 
 
 def _stripes(size: int, colour_a: RGB, colour_b: RGB, period: int, angle_deg: float) -> Image.Image:
@@ -215,41 +251,93 @@ class WorldConcept:
     instance_prompt: str
     class_prompt: str
     draw: Callable[[random.Random, int], Image.Image] = field(repr=False)
+    role: str = "eval"  # "eval": in the evaluation suite; "tune": only for choosing hyper-parameters
 
 
-def _draw_crescent(rng: random.Random, resolution: int) -> Image.Image:
-    background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
-    return render("crescent", (235, 90, 200), background, Layout.sample(rng), resolution)
+def _checker(size: int, colour_a: RGB, colour_b: RGB, period: int) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size]
+    pick = (((xx // period) + (yy // period)) % 2).astype(bool)[..., None]
+    return Image.fromarray(np.where(pick, np.array(colour_a, np.uint8), np.array(colour_b, np.uint8)).astype(np.uint8), "RGB")
 
 
-def _draw_striped(rng: random.Random, resolution: int) -> Image.Image:
-    background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
-    texture = _stripes(resolution * SUPERSAMPLE, (0, 200, 210), (250, 250, 120), period=SUPERSAMPLE * 5, angle_deg=45)
-    return render(rng.choice(SHAPES), texture, background, Layout.sample(rng), resolution)
+def _dots(size: int, dot: RGB, ground: RGB, period: int) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    d = np.hypot((xx % period) - period / 2, (yy % period) - period / 2)
+    pick = (d < period * 0.3)[..., None]
+    return Image.fromarray(np.where(pick, np.array(dot, np.uint8), np.array(ground, np.uint8)).astype(np.uint8), "RGB")
 
 
-CONCEPTS: dict[str, WorldConcept] = {
-    "sks_crescent": WorldConcept(
-        name="sks_crescent",
-        kind="object",
-        token="sks",
-        class_word="shape",
-        initializer="circle",
-        instance_prompt="a sks shape",
-        class_prompt="a shape",
-        draw=_draw_crescent,
-    ),
-    "zwx_stripes": WorldConcept(
-        name="zwx_stripes",
-        kind="style",
-        token="zwx",
-        class_word="style",
-        initializer="yellow",
-        instance_prompt="a shape in zwx style",
-        class_prompt="a shape",
-        draw=_draw_striped,
-    ),
+def _gradient(size: int, top: RGB, bottom: RGB) -> Image.Image:
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+    arr = (1 - t) * np.array(top, np.float32) + t * np.array(bottom, np.float32)
+    return Image.fromarray(np.broadcast_to(arr, (size, size, 3)).round().astype(np.uint8), "RGB")
+
+
+# A style is a fill (texture or new palette) for the known shapes; SUPERSAMPLE-sized periods keep the
+# pattern a few output pixels wide, so it survives the 64 px render and the VAE.
+_BIG = 64 * SUPERSAMPLE
+STYLE_FILLS: dict[str, Callable[[int], Image.Image]] = {
+    "stripes": lambda size: _stripes(size, (0, 200, 210), (250, 250, 120), period=size // 64 * 5, angle_deg=45),
+    "checker": lambda size: _checker(size, (240, 60, 160), (40, 200, 120), period=size // 64 * 5),
+    "dots": lambda size: _dots(size, (255, 255, 255), (20, 40, 120), period=size // 64 * 7),
+    "gradient": lambda size: _gradient(size, (255, 110, 40), (90, 30, 160)),
+    "bands": lambda size: _stripes(size, (230, 20, 40), (250, 250, 250), period=size // 64 * 4, angle_deg=90),
 }
+# A new shape in a colour the world never names: (shape, RGB).
+OBJECT_SHAPES: dict[str, tuple[str, RGB]] = {
+    "crescent": ("crescent", (235, 90, 200)),
+    "heart": ("heart", (0, 160, 150)),
+    "cross": ("cross", (110, 190, 255)),
+    "ring": ("ring", (160, 230, 40)),
+    "arrow": ("arrow", (250, 150, 110)),
+}
+
+
+def _object_drawer(shape: str, colour: RGB) -> Callable[[random.Random, int], Image.Image]:
+    def draw(rng: random.Random, resolution: int) -> Image.Image:
+        background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
+        return render(shape, colour, background, Layout.sample(rng), resolution)
+
+    return draw
+
+
+def _style_drawer(fill: Callable[[int], Image.Image]) -> Callable[[random.Random, int], Image.Image]:
+    def draw(rng: random.Random, resolution: int) -> Image.Image:
+        background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
+        return render(rng.choice(SHAPES), fill(resolution * SUPERSAMPLE), background, Layout.sample(rng), resolution)
+
+    return draw
+
+
+def _object(key: str, initializer: str, role: str = "eval") -> WorldConcept:
+    shape, colour = OBJECT_SHAPES[key]
+    return WorldConcept(f"sks_{key}", "object", "sks", "shape", initializer, "a sks shape", "a shape", _object_drawer(shape, colour), role)
+
+
+def _style(key: str, initializer: str, role: str = "eval") -> WorldConcept:
+    return WorldConcept(f"zwx_{key}", "style", "zwx", "style", initializer, "a shape in zwx style", "a shape", _style_drawer(STYLE_FILLS[key]), role)
+
+
+# Objects are new shapes (rare token 'sks', class 'shape'); styles are new fills of the known shapes (rare
+# token 'zwx'). Concepts train in separate runs, so sharing a token is what users do with 'sks' too.
+# Textual Inversion starts each from the known word nearest to it.
+CONCEPTS: dict[str, WorldConcept] = {
+    c.name: c
+    for c in (
+        _object("crescent", "circle"),
+        _object("heart", "circle"),
+        _object("cross", "star"),
+        _object("ring", "circle"),
+        _style("stripes", "yellow"),
+        _style("checker", "green"),
+        _style("dots", "blue"),
+        _style("gradient", "orange"),
+        _object("arrow", "triangle", role="tune"),
+        _style("bands", "red", role="tune"),
+    )
+}
+SUITE: tuple[str, ...] = tuple(n for n, c in CONCEPTS.items() if c.role == "eval")
+TUNING: tuple[str, ...] = tuple(n for n, c in CONCEPTS.items() if c.role == "tune")
 
 
 def concept_images(name: str, n: int = 8, seed: int = 0, resolution: int = 64) -> list[Image.Image]:

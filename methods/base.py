@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,21 +58,29 @@ class TrainSettings:
     seed: int = 0
     progress: bool = True
     cache_dir: Path | None = None  # where generated inputs (DreamBooth's class images) are kept
+    on_step: Callable[[int], None] | None = None  # called after each optimizer step (the memory probe)
 
     def __post_init__(self) -> None:
         check_positive("train.steps", self.steps)
         check_positive("train.batch_size", self.batch_size)
 
     @classmethod
-    def from_config(cls, cfg) -> "TrainSettings":
-        """The settings a run's config gives every method (checked on construction)."""
+    def from_config(cls, cfg, seed: int = 0) -> "TrainSettings":
+        """The settings a run's config gives every method for training seed `seed` (checked on construction)."""
+        for key in ("steps", "batch_size"):
+            value = cfg.train[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_COUNT:
+                raise MethodConfigError(f"train.{key}: must be a whole number from 1 to {MAX_COUNT:,}, got {value!r}")
         return cls(
             steps=int(cfg.train.steps),
             batch_size=int(cfg.train.batch_size),
-            seed=int(cfg.seed),
+            seed=int(seed),
             progress=bool(cfg.get("progress", True)),
             cache_dir=Path(cfg.results_dir) / "cache",
         )
+
+
+MAX_COUNT = 10_000_000  # steps, batch sizes: anything larger is a typo, not an experiment
 
 
 def check_positive(key: str, value: float) -> None:
@@ -151,6 +160,10 @@ class Method(ABC):
         """An optional second image set and its loss weight (DreamBooth's prior preservation)."""
         return None
 
+    def generate_inputs(self, pipe, data: ConceptData, settings: TrainSettings) -> None:
+        """Make and cache whatever the base model must generate before training (DreamBooth's class
+        images), so that this work is timed apart from training and shared by every training seed."""
+
     # ---- the shared loop
 
     def train(self, pipe, data: ConceptData, settings: TrainSettings) -> TrainResult:
@@ -179,7 +192,7 @@ class Method(ABC):
 
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         v_prediction = scheduler.config.prediction_type == "v_prediction"
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = make_optimizer(params, self.lr, self.weight_decay)
         gen = torch.Generator().manual_seed(settings.seed)
         device, dtype = pipe.unet.device, pipe.unet.dtype
         sets = [(instance, 1.0)] + ([prior] if prior else [])
@@ -188,23 +201,28 @@ class Method(ABC):
         pipe.unet.train()
         try:
             for step in bar:
-                total = 0.0
-                for s, set_weight in sets:
+                # Each image set draws its own batch; all sets then go through the UNet as one batch (one
+                # forward and backward, as the diffusers DreamBooth example does), each set keeping its loss.
+                xts, ts, targets, states = [], [], [], []
+                for s, _ in sets:
                     idx = torch.randint(0, len(s.latents), (settings.batch_size,), generator=gen)
                     x0 = s.latents[idx].to(device, dtype)
                     noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
                     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
-                    xt = scheduler.add_noise(x0, noise, t)
-                    target = scheduler.get_velocity(x0, noise, t) if v_prediction else noise
-                    ehs = s.hidden_states[idx].to(device, dtype) if s.hidden_states is not None else self.encode(pipe, s.input_ids[idx].to(device))
-                    pred = pipe.unet(xt, t, encoder_hidden_states=ehs).sample
-                    total = total + set_weight * F.mse_loss(pred.float(), target.float())
+                    xts.append(scheduler.add_noise(x0, noise, t))
+                    targets.append(scheduler.get_velocity(x0, noise, t) if v_prediction else noise)
+                    ts.append(t)
+                    states.append(s.hidden_states[idx].to(device, dtype) if s.hidden_states is not None else self.encode(pipe, s.input_ids[idx].to(device)))
+                pred = pipe.unet(torch.cat(xts), torch.cat(ts), encoder_hidden_states=torch.cat(states)).sample
+                total = sum(w * F.mse_loss(p.float(), target.float()) for (_, w), p, target in zip(sets, pred.split(settings.batch_size), targets))
                 if not torch.isfinite(total):
-                    raise TrainingDiverged(f"method {self.name}: loss became {total.item()} at step {step}; lower method.lr (now {self.lr})")
+                    raise TrainingDiverged(f"method {self.name}: loss became {total.item()} at step {step}; lower method.{self.name}.lr (now {self.lr})")
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
                 losses.append(total.item())
+                if settings.on_step is not None:
+                    settings.on_step(step)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
         finally:
@@ -214,6 +232,15 @@ class Method(ABC):
     def encode(self, pipe, input_ids: torch.Tensor) -> torch.Tensor:
         """Text hidden states with gradients (for methods whose text side trains)."""
         return pipe.text_encoder(input_ids)[0]
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has a fused kernel for these parameters (CPU and CUDA, float types): on
+    DreamBooth's full UNet the per-tensor loop costs several times the fused step."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def per_sample_scale(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,10 @@ class DreamBooth(Method):
                     im.save(tmp / f"{i:04d}.png")
         return images
 
+    def generate_inputs(self, pipe, data: ConceptData, settings: TrainSettings) -> None:
+        if self.prior_preservation:
+            self.class_images(pipe, data, settings.cache_dir)
+
     def extra_images(self, pipe, data: ConceptData, settings: TrainSettings) -> tuple[TrainingSet, float] | None:
         if not self.prior_preservation:
             return None

@@ -1,0 +1,108 @@
+"""Memory a training run itself needs, measured the same way for every method.
+
+On CUDA the allocator keeps a peak (`max_memory_allocated`), reset before each run. The CPU allocator keeps
+none, and a process's peak RSS mixes in everything the process did before (and, in a worker that trains
+many runs, every earlier run). So on the CPU a `TensorPeak` watches tensor storages being created (a torch
+dispatch mode) and freed (weak references): the peak of live tensor bytes, counted from the model weights
+already in memory. The mode costs about 2x per op, so it watches only the first `probe_steps` optimizer
+steps: from the second step on, every step allocates exactly what the one before it did (same shapes,
+optimizer state already there), so the peak is reached by then.
+
+Beside it, the process's own peak RSS is recorded too, reset per run where Linux allows it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MIB = 2**20
+
+
+def module_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the distinct parameter and buffer storages of these modules."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+class _Watch(TorchDispatchMode):
+    def __init__(self, owner: "TensorPeak") -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                self.owner._track(t.untyped_storage())
+        return out
+
+
+class TensorPeak:
+    """Peak bytes of live CPU tensors while active: `baseline_bytes` (what was already live and is needed,
+    e.g. the model weights) plus the peak of what was allocated since `start()`."""
+
+    def __init__(self, baseline_bytes: int = 0) -> None:
+        self.baseline_bytes = int(baseline_bytes)
+        self.live = 0
+        self.peak = 0
+        self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._mode: _Watch | None = None
+
+    def _track(self, storage) -> None:
+        if storage in self._seen:
+            return
+        n = storage.nbytes()
+        self._seen[storage] = n
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, n)
+
+    def _freed(self, n: int) -> None:
+        self.live -= n
+
+    def start(self) -> None:
+        self._mode = _Watch(self)
+        self._mode.__enter__()
+
+    def stop(self) -> None:
+        """Stop watching (idempotent); frees of watched tensors still count, so `live` stays right."""
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.baseline_bytes + self.peak
+
+
+def reset_process_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux `clear_refs` 5); False where the OS does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM) since start or the last reset."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / MIB
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MIB

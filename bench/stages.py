@@ -1,0 +1,95 @@
+"""One place decides what each stage depends on.
+
+A comparison is a set of training runs (method x concept x training seed). Each run passes three
+stages, each keyed by exactly the config it reads, so a change re-does that stage and those after it,
+and nothing else:
+
+    training  model, concept data (its pixels and words), train, training seed, method  -> run_id
+    images    + sweep                                                                   -> images_key
+    scores    + metrics                                                                 -> scores_key
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def digest(obj, n: int = 10) -> str:
+    """A short, stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def plain(node) -> object:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_config(node) else node
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run and the keys of its three stages."""
+
+    method: str
+    concept: str
+    kind: str
+    train_seed: int
+    run_id: str  # training stage key
+    config: str  # hash of the method's config alone: rows of different configs are never averaged
+    sweep: str  # hash of the sweep config
+    metrics: str  # hash of the metrics config
+
+    @property
+    def images_key(self) -> str:
+        return f"{self.run_id}-{self.sweep}"
+
+    @property
+    def scores_key(self) -> str:
+        return f"{self.images_key}-{self.metrics}"
+
+    def ident(self, model: str) -> dict:
+        """The columns that identify this run's rows in the tidy table."""
+        return {"run_id": self.run_id, "model": model, "method": self.method, "config": self.config, "concept": self.concept, "kind": self.kind, "train_seed": self.train_seed}
+
+
+def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
+    """`concept` is a loaded ConceptData: its fingerprint (pixels, captions, words) keys the training."""
+    method_cfg = plain(cfg.method[method])
+    run_id = digest({"model": plain(cfg.model), "data": concept.fingerprint(), "train": plain(cfg.train), "seed": int(train_seed), "method": {method: method_cfg}})
+    return RunSpec(
+        method=method,
+        concept=concept.name,
+        kind=concept.kind,
+        train_seed=int(train_seed),
+        run_id=run_id,
+        config=digest({method: method_cfg}, 8),
+        sweep=digest(plain(cfg.sweep), 8),
+        metrics=digest(plain(cfg.metrics), 8),
+    )
+
+
+# ---- where each stage's outputs live, relative to the results directory
+
+
+def train_dir(results: Path, spec: RunSpec) -> Path:
+    return Path(results) / "train" / spec.run_id
+
+
+def images_dir(results: Path, run_id: str, sweep: str) -> Path:
+    return Path(results) / "images" / f"{run_id}-{sweep}"
+
+
+def image_file(results: Path, run_id: str, sweep: str, prompt_id: str, seed: int, weight: float) -> Path:
+    """e.g. images/3f2a9c01d4-1b2c3d4e/instance_0_seed1_w+0.50.png"""
+    return images_dir(results, run_id, sweep) / f"{prompt_id}_seed{int(seed)}_w{float(weight):+.2f}.png"
+
+
+def base_image_file(results: Path, model_cfg, sweep_cfg, text: str, seed: int) -> Path:
+    """The base model's image of one prompt and seed, keyed by everything that makes it. Each prompt's
+    seeds are generated as one batch of their own (`bench.sweep.base_images`), so the seeds and batch size
+    are part of the key and what else is generated never changes these pixels."""
+    sampler = {k: plain(sweep_cfg)[k] for k in ("steps", "guidance", "seeds", "batch")}
+    key = digest({"model": plain(model_cfg), "sampler": sampler, "text": text}, 12)
+    return Path(results) / "images" / "base" / f"{key}_seed{int(seed)}.png"

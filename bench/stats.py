@@ -1,0 +1,213 @@
+"""Statistics of a comparison, one module for the report and the regression check.
+
+- **Unit of analysis: the training run** (concept x training seed). A run's value of a metric at a weight
+  is the mean over its prompts and generation seeds; generation seeds are never treated as independent.
+- **Arms**: rows are grouped by (model, method, method config hash, sweep config hash); two configs of a
+  method are two arms and are never averaged together.
+- **Intervals**: a hierarchical percentile bootstrap: resample concepts with replacement, then training
+  seeds within each drawn concept; the statistic gives every concept equal weight. With one concept it
+  reduces to resampling training seeds.
+- **Paired differences**: two arms compared on the runs they share (same concept and training seed,
+  hence the same instance images, noise and generation seeds); the same bootstrap on the per-run
+  differences, the win rate (ties count half) and scipy's Wilcoxon signed-rank p-value. A difference is
+  *resolved* when its interval excludes 0.
+- **No double dipping**: a best weight is chosen on the even-positioned generation seeds and reported on
+  the odd-positioned ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from metrics import higher_is_better
+
+ARM = ["model", "method", "config", "sweep"]
+UNIT = ["concept", "kind", "train_seed", "run_id"]
+SCOPES = ("overall", "object", "style")
+
+
+@dataclass(frozen=True)
+class Settings:
+    confidence: float = 0.95
+    n_boot: int = 2000
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "Settings":
+        return cls(float(cfg.get("confidence", 0.95)), int(cfg.get("n_boot", 2000)))
+
+
+# ------------------------------------------------------------------------------------------- units
+
+
+def quality_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of finished sweeps (weight set, status ok)."""
+    return df[df.weight.notna() & (df.status.fillna("ok") == "ok")]
+
+
+def unit_values(df: pd.DataFrame, metric: str, weight: float, seeds: list[int] | None = None) -> pd.DataFrame:
+    """One value per training run: `metric` at `weight`, averaged over prompts and generation seeds
+    (only `seeds` when given; set-level metrics such as FD have no seed and ignore it)."""
+    m = quality_rows(df)
+    m = m[(m.metric == metric) & np.isclose(m.weight.astype(float), weight)]
+    if seeds is not None and m.seed.notna().any():
+        m = m[m.seed.isin(seeds)]
+    if m.empty:
+        return pd.DataFrame(columns=[*ARM, *UNIT, "value"])
+    return m.groupby([*ARM, *UNIT], dropna=False).value.mean().reset_index()
+
+
+def in_scope(units: pd.DataFrame, scope: str) -> pd.DataFrame:
+    return units if scope == "overall" else units[units.kind == scope]
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+
+
+def hierarchical_bootstrap(groups: list[np.ndarray], settings: Settings = Settings()) -> tuple[float, float, float]:
+    """(point estimate, low, high) of the mean of group means, resampling groups and then units inside
+    each drawn group. The interval is NaN with a single unit in all."""
+    groups = [np.asarray(g, float)[np.isfinite(g)] for g in groups]
+    groups = [g for g in groups if len(g)]
+    if not groups:
+        return math.nan, math.nan, math.nan
+    point = float(np.mean([g.mean() for g in groups]))
+    if sum(len(g) for g in groups) < 2:
+        return point, math.nan, math.nan
+    rng = np.random.default_rng(settings.seed)
+    k, b = len(groups), settings.n_boot
+    # means[c][i, j]: a within-group resample of group c for replicate i, draw slot j.
+    means = np.stack([g[rng.integers(0, len(g), size=(b, k, len(g)))].mean(axis=2) for g in groups])  # [k, b, k]
+    picks = rng.integers(0, k, size=(b, k))
+    stat = means[picks, np.arange(b)[:, None], np.arange(k)[None, :]].mean(axis=1)
+    alpha = (1 - settings.confidence) / 2
+    return point, float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha))
+
+
+def by_concept(units: pd.DataFrame, column: str = "value") -> list[np.ndarray]:
+    return [g[column].to_numpy(float) for _, g in units.groupby("concept", sort=True)]
+
+
+# ------------------------------------------------------------------------------------------- summaries
+
+
+def arms(df: pd.DataFrame) -> list[tuple]:
+    """The (model, method, config, sweep) groups present in quality rows, in a stable order."""
+    q = quality_rows(df)
+    return sorted({tuple(r) for r in q[ARM].itertuples(index=False)}, key=lambda a: tuple(str(x) for x in a))
+
+
+def summarize(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] | None = None, settings: Settings = Settings()) -> pd.DataFrame:
+    """Per arm and scope: n concepts, n runs, mean and interval of `metric` at `weight`."""
+    units = unit_values(df, metric, weight, seeds)
+    rows = []
+    for arm, g in units.groupby(ARM, dropna=False, sort=True):
+        for scope in SCOPES:
+            s = in_scope(g, scope)
+            if s.empty or (scope != "overall" and s.kind.nunique() == g.kind.nunique() == 1):
+                continue  # a kind-scope equal to 'overall' says nothing new
+            mean, lo, hi = hierarchical_bootstrap(by_concept(s), settings)
+            rows.append({**dict(zip(ARM, arm)), "scope": scope, "metric": metric, "weight": weight, "n_concepts": s.concept.nunique(), "n_runs": len(s), "mean": mean, "low": lo, "high": hi})
+    return pd.DataFrame(rows)
+
+
+def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] | None = None, settings: Settings = Settings()) -> pd.DataFrame:
+    """Every two arms of the same model and sweep, on the runs they share: difference a - b with interval,
+    the share of runs where a is better (ties half), Wilcoxon p, and whether the difference is resolved."""
+    from scipy.stats import wilcoxon
+
+    units = unit_values(df, metric, weight, seeds)
+    hib = higher_is_better(metric)
+    rows = []
+    for (model, sweep), g in units.groupby(["model", "sweep"], dropna=False, sort=True):
+        arm_keys = sorted({(m, c) for m, c in zip(g.method, g.config)}, key=str)
+        for a, b in itertools.combinations(arm_keys, 2):
+            ua = g[(g.method == a[0]) & (g.config == a[1])].set_index(["concept", "kind", "train_seed"]).value
+            ub = g[(g.method == b[0]) & (g.config == b[1])].set_index(["concept", "kind", "train_seed"]).value
+            both = pd.concat({"a": ua, "b": ub}, axis=1).dropna().reset_index()
+            if both.empty:
+                continue
+            both["d"] = both.a - both.b
+            for scope in SCOPES:
+                s = in_scope(both, scope)
+                if s.empty or (scope != "overall" and both.kind.nunique() == 1):
+                    continue
+                mean, lo, hi = hierarchical_bootstrap(by_concept(s, "d"), settings)
+                better = np.sign(s.d.to_numpy()) * (1 if hib else -1)
+                win = float(((better > 0) + 0.5 * (better == 0)).mean())
+                p = math.nan
+                if len(s) >= 2 and (s.d != 0).any():
+                    p = float(wilcoxon(s.d.to_numpy(), zero_method="zsplit").pvalue)
+                resolved = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+                rows.append({
+                    "model": model, "sweep": sweep, "scope": scope, "metric": metric, "weight": weight,
+                    "method_a": a[0], "config_a": a[1], "method_b": b[0], "config_b": b[1], "n_pairs": len(s),
+                    "diff": mean, "low": lo, "high": hi, "a_wins": win, "p_wilcoxon": p, "resolved": resolved,
+                    "better": (a[0] if (mean > 0) == hib else b[0]) if resolved else "unresolved",
+                })
+    return pd.DataFrame(rows)
+
+
+def ranking(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Arms of each scope ordered best first; each row says whether it is resolved against the next one
+    down (paired interval excludes 0) and how many other arms it beats resolvedly."""
+    hib = higher_is_better(metric)
+    rows = []
+    for (model, sweep, scope), g in summary.groupby(["model", "sweep", "scope"], sort=False):
+        g = g.sort_values("mean", ascending=not hib).reset_index(drop=True)
+        sp = pairs[(pairs.model == model) & (pairs.sweep == sweep) & (pairs.scope == scope)] if len(pairs) else pairs
+        for i, r in g.iterrows():
+            def pair(x, y):
+                m = sp[((sp.method_a == x.method) & (sp.config_a == x.config) & (sp.method_b == y.method) & (sp.config_b == y.config))
+                       | ((sp.method_a == y.method) & (sp.config_a == y.config) & (sp.method_b == x.method) & (sp.config_b == x.config))]
+                return m.iloc[0] if len(m) else None
+
+            nxt = pair(r, g.iloc[i + 1]) if i + 1 < len(g) else None
+            beats = sum(1 for _, o in g.iterrows() if (o.method, o.config) != (r.method, r.config) and (p := pair(r, o)) is not None and p.resolved and p.better == r.method)
+            rows.append({
+                "model": model, "sweep": sweep, "scope": scope, "rank": i + 1, "method": r.method, "config": r.config,
+                "mean": r["mean"], "low": r.low, "high": r.high, "n_runs": r.n_runs,
+                "vs_next": "" if nxt is None else ("resolved" if nxt.resolved else "not resolved"), "beats_resolved": beats,
+            })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------- best weight
+
+
+def split_seeds(seeds: list[int]) -> tuple[list[int], list[int]]:
+    """(selection seeds, report seeds): even and odd positions of the sorted generation seeds."""
+    seeds = sorted(int(s) for s in seeds)
+    return seeds[0::2], seeds[1::2]
+
+
+def best_weights(df: pd.DataFrame, fidelity: str = "clip_i") -> pd.DataFrame:
+    """Per arm: the weight with the best mean `fidelity` on the selection seeds (ties: the smaller |weight|)."""
+    q = quality_rows(df)
+    q = q[q.metric == fidelity]
+    hib = higher_is_better(fidelity)
+    rows = []
+    for arm, g in q.groupby(ARM, dropna=False, sort=True):
+        select, report = split_seeds(g.seed.dropna().unique().tolist())
+        if not report:
+            continue
+        per_weight = g[g.seed.isin(select)].groupby(["weight", *UNIT], dropna=False).value.mean().groupby("weight").mean()
+        order = sorted(per_weight.index, key=lambda w: ((-1 if hib else 1) * per_weight[w], abs(w)))
+        rows.append({**dict(zip(ARM, arm)), "best_weight": float(order[0]), "selected_on": select, "reported_on": report})
+    return pd.DataFrame(rows)
+
+
+def at_best_weight(df: pd.DataFrame, metric: str, best: pd.DataFrame, settings: Settings = Settings()) -> pd.DataFrame:
+    """`summarize` of `metric` at each arm's best weight, on the report seeds only."""
+    parts = []
+    for r in best.itertuples():
+        sub = df[(df.model == r.model) & (df.method == r.method) & (df.config == r.config) & (df.sweep == r.sweep)]
+        s = summarize(sub, metric, r.best_weight, list(r.reported_on), settings)
+        if len(s):
+            parts.append(s)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

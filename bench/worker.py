@@ -1,0 +1,229 @@
+"""The work of a comparison, done in worker processes that each load the models once.
+
+`init` runs once per worker (or once in the main process when there is one worker); after it, every job
+reuses the loaded pipeline, scorer and concept data. Two kinds of job:
+
+- `prepare_concept`: the base model's images every run of a concept is compared with (drift, weight 0)
+  and the inputs a method generates before training (DreamBooth's class images, timed on their own);
+- `run`: one training run's stages (train -> images -> scores), each skipped when its output exists.
+
+A stage writes its outputs atomically and its rows file last, so a killed job leaves no half stage. A
+stage that fails writes a `failed_` rows file with its error and the job goes on to the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from bench import records, stages
+from bench.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+_STATE: dict = {}
+
+
+def init(cfg_yaml: str, threads: int) -> None:
+    """Per-process set-up: the thread count, then the config; models load on first use."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    torch.set_num_threads(int(threads))
+    _STATE.clear()
+    _STATE["cfg"] = OmegaConf.create(cfg_yaml)
+
+
+def _cfg():
+    return _STATE["cfg"]
+
+
+def _pipe():
+    if "pipe" not in _STATE:
+        from bench.models import load_pipeline
+
+        _STATE["pipe"] = load_pipeline(_cfg().model, _cfg().device)
+    return _STATE["pipe"]
+
+
+def _encoder():
+    from bench.clip import load_encoder
+
+    return load_encoder(_cfg().metrics.clip)
+
+
+def _concept(name: str):
+    if "concepts" not in _STATE:
+        from bench.data import load_concepts
+
+        _STATE["concepts"] = {c.name: c for c in load_concepts(_cfg().data, int(_cfg().model.resolution))}
+    return _STATE["concepts"][name]
+
+
+def _method(name: str):
+    from methods import build_method
+
+    return build_method(_cfg(), name)
+
+
+def _results() -> Path:
+    return Path(_cfg().results_dir)
+
+
+def _ident(spec: stages.RunSpec) -> dict:
+    return spec.ident(str(_cfg().model.name))
+
+
+# ------------------------------------------------------------------------------------------- concepts
+
+
+def base_texts(cfg, concept, methods: dict) -> list[str]:
+    """Every prompt the base model must draw for a concept: the sweep's prompts and, per method, the
+    prompt its weight 0 must reproduce (Textual Inversion's has the initializer word in it)."""
+    from bench.sweep import sweep_prompts
+
+    prompts = sweep_prompts(cfg.sweep, concept)
+    texts = [p.text for p in prompts] + [m.base_prompt(p.text, concept) for m in methods.values() for p in prompts]
+    return list(dict.fromkeys(texts))
+
+
+def prepare_concept(concept_name: str) -> dict:
+    """Base images for one concept, and each method's generated inputs (timed, as rows)."""
+    from bench.sweep import base_images
+    from methods.base import Method, TrainSettings
+
+    cfg, concept = _cfg(), _concept(concept_name)
+    methods = {name: _method(name) for name in cfg.method}
+    results = _results()
+    todo = [t for t in base_texts(cfg, concept, methods) if not all(stages.base_image_file(results, cfg.model, cfg.sweep, t, s).is_file() for s in cfg.sweep.seeds)]
+    if todo:
+        for (text, seed), im in base_images(_pipe(), todo, cfg.sweep).items():
+            with atomic_path(stages.base_image_file(results, cfg.model, cfg.sweep, text, seed)) as tmp:
+                im.save(tmp, format="PNG")
+    settings = TrainSettings.from_config(cfg)
+    for name, method in methods.items():
+        if type(method).generate_inputs is Method.generate_inputs:
+            continue
+        key = stages.digest({"model": stages.plain(cfg.model), "data": concept.fingerprint(), "method": stages.plain(cfg.method[name])})
+        stage = f"inputs_{key}"
+        if records.stage_file(results, stage).exists():
+            continue
+        start = time.perf_counter()
+        method.generate_inputs(_pipe(), concept, settings)
+        ident = {"model": str(cfg.model.name), "method": name, "config": stages.digest({name: stages.plain(cfg.method[name])}, 8), "concept": concept.name, "kind": concept.kind}
+        records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}])
+    return {"concept": concept_name, "base_texts": len(todo)}
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def run(spec: stages.RunSpec) -> dict:
+    """Every missing stage of one training run; returns {"train": status, "images": ..., "scores": ...}."""
+    status = {"spec": spec}
+    status["train"] = _stage(spec, f"train_{spec.run_id}", lambda: train_stage(spec))
+    if not status["train"].startswith(("ok", "reused")):
+        return status
+    status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
+    return status
+
+
+def _stage(spec: stages.RunSpec, stage: str, work) -> str:
+    results = _results()
+    if records.stage_file(results, stage).exists():
+        return "reused"
+    failed = f"failed_{stage}"
+    try:
+        rows = work()
+    except Exception as e:  # recorded as a failed stage; the other runs carry on
+        from methods.base import MethodConfigError, TrainingDiverged
+
+        message = str(e) if isinstance(e, (MethodConfigError, TrainingDiverged)) else f"{type(e).__name__}: {e}"
+        log.error("%s %s/%s seed %s: %s failed: %s", stage.split("_")[0], spec.method, spec.concept, spec.train_seed, stage, message, exc_info=not isinstance(e, (MethodConfigError, TrainingDiverged)))
+        records.write_stage(results, failed, [{**_ident(spec), "metric": f"{stage.split('_')[0]}_failed", "value": 1.0, "unit": "flag", "scorer": "runner", "status": f"failed: {message}"}])
+        return f"failed: {message}"
+    records.write_stage(results, stage, [{**_ident(spec), **r, "status": "ok"} for r in rows])
+    records.stage_file(results, failed).unlink(missing_ok=True)
+    return "ok"
+
+
+def train_stage(spec: stages.RunSpec) -> list[dict]:
+    """Train, save the artifact, write cost, metadata and the loss curve; returns the cost rows."""
+    from bench.cost import measure_training
+    from bench.provenance import environment
+    from methods.base import TrainSettings
+
+    cfg = _cfg()
+    out = stages.train_dir(_results(), spec)
+    settings = TrainSettings.from_config(cfg, spec.train_seed)
+    _, cost = measure_training(_method(spec.method), _pipe(), _concept(spec.concept), settings, out)
+    meta = {
+        "run_id": spec.run_id,
+        "method": spec.method,
+        "concept": spec.concept,
+        "kind": spec.kind,
+        "train_seed": spec.train_seed,
+        "config": {"model": stages.plain(cfg.model), "data": stages.plain(cfg.data), "train": stages.plain(cfg.train), "method": {spec.method: stages.plain(cfg.method[spec.method])}},
+        **environment(str(_pipe().device)),
+    }
+    atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
+    atomic_write_text(out / "train.log", "step\tloss\n" + "".join(f"{i}\t{v:.6f}\n" for i, v in enumerate(cost.losses)))
+    atomic_write_text(out / "cost.json", cost.to_json())
+    return cost.rows()
+
+
+def sweep_and_score(spec: stages.RunSpec) -> list[dict]:
+    """The run's images (generated, or read back when that stage is done) and their scores."""
+    from bench.score import sweep_rows
+    from bench.sweep import sweep_prompts
+
+    cfg, results = _cfg(), _results()
+    concept = _concept(spec.concept)
+    prompts = sweep_prompts(cfg.sweep, concept)
+    method = _method(spec.method)
+    images, diffs = images_stage(spec, method, concept, prompts)
+    base = {(p.text, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, p.text, s)) for p in prompts for s in cfg.sweep.seeds}
+    rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception))
+    return [{**r, "sweep": spec.sweep} for r in rows]
+
+
+def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, dict]:
+    """Generate the run's sweep images (weight 0 checked against the base model) unless they are on disk."""
+    from bench.cost import TrainCost
+    from bench.sweep import check_weight_zero, sweep_method
+
+    cfg, results = _cfg(), _results()
+    folder = stages.images_dir(results, spec.run_id, spec.sweep)
+    manifest = folder / "images.json"
+    if manifest.is_file():
+        done = json.loads(manifest.read_text())
+        images = {(pid, int(s), float(w)): _read(folder / name) for name, (pid, s, w) in done["images"].items()}
+        return images, {(pid, int(s)): int(d) for pid, s, d in done["weight_zero_diffs"]}
+    train = stages.train_dir(results, spec)
+    cost = TrainCost.from_json((train / "cost.json").read_text())
+    artifact = method.load(train / cost.artifact_file)
+    pipe = _pipe()
+    images = sweep_method(pipe, method, artifact, concept, prompts, cfg.sweep, bool(cfg.progress))
+    base_text = {p.prompt_id: method.base_prompt(p.text, concept) for p in prompts}
+    base = {(t, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, t, s)) for t in set(base_text.values()) for s in cfg.sweep.seeds}
+    diffs = check_weight_zero(spec.method, images, base, base_text)
+    names = {}
+    for (pid, seed, weight), im in images.items():
+        path = stages.image_file(results, spec.run_id, spec.sweep, pid, seed, weight)
+        with atomic_path(path) as tmp:
+            im.save(tmp, format="PNG")
+        names[path.name] = [pid, seed, weight]
+    atomic_write_text(manifest, json.dumps({"images": names, "weight_zero_diffs": [[p, s, d] for (p, s), d in diffs.items()]}))
+    return images, diffs
+
+
+def _read(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
