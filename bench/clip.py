@@ -17,6 +17,11 @@ class ClipEncoder:
         self.model, self.preprocess, self.tokenizer, self.name, self.batch = model.eval(), preprocess, tokenizer, name, batch
         self._cache: dict[str, torch.Tensor] = {}  # image content hash -> unit feature
 
+    def clear(self) -> None:
+        """Forget cached features. A feature depends (in the last float bits) on the batch it was encoded
+        in, so scoring that must not depend on what this process scored before starts here."""
+        self._cache.clear()
+
     @staticmethod
     def content_hash(image: Image.Image) -> str:
         rgb = image.convert("RGB")

@@ -163,7 +163,7 @@ def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats
             f"a − b ({QUALITY_TITLES.get(metric, metric)})": format_ci(r.diff, r.low, r.high),
             "a wins": f"{100 * r.a_wins:.0f} %",
             "Wilcoxon p": "" if not np.isfinite(r.p_wilcoxon) else f"{r.p_wilcoxon:.3f}",
-            "verdict": f"{r.better} better" if r.resolved else "not resolved",
+            "verdict": f"{r.better} better" if r.resolved else ("too few pairs" if r.better == "too few pairs" else "not resolved"),
         })
     return pd.DataFrame(rows).set_index(["scope", "a", "b"])
 
@@ -203,7 +203,8 @@ def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings 
 def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict[str, Path]:
     """Markdown, CSV and LaTeX versions of one table."""
     paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "tex": out / f"{name}.tex"}
-    atomic_write_text(paths["md"], f"{caption}\n\n{table.to_markdown()}\n")
+    flat = table.reset_index() if any(n is not None for n in table.index.names) else table
+    atomic_write_text(paths["md"], f"{caption}\n\n{flat.to_markdown(index=False)}\n")
     atomic_write_text(paths["csv"], table.to_csv())
     latex = table.to_latex(escape=True, caption=caption, label=f"tab:{name}")
     atomic_write_text(paths["tex"], latex)

@@ -28,8 +28,11 @@ def sweep_rows(
     `weight_zero_diffs` the largest pixel difference of each weight-0 image from the base model's."""
     by_id = {p.prompt_id: p for p in prompts}
     keys = sorted(images)
+    encoder.clear()  # the same features whichever runs this process scored before
     feats = dict(zip(keys, encoder.images([images[k] for k in keys])))
     instance_feats = encoder.images(data.images)
+    unrelated = sorted({(p.text, seed) for (pid, seed, _) in keys for p in [by_id[pid]] if p.kind == "unrelated"})
+    base_feats = dict(zip(unrelated, encoder.images([base[k] for k in unrelated])))
     space = encoder.name
     rows: list[dict] = []
     scoring = [by_id[pid].scoring_text(data) for pid, _, _ in keys]
@@ -39,7 +42,7 @@ def sweep_rows(
         p = by_id[pid]
         ident = {"prompt_id": pid, "seed": seed, "weight": weight, "scorer": space}
         if p.kind == "unrelated":
-            reference = encoder.images([base[(p.text, seed)]])
+            reference = base_feats[(p.text, seed)][None]
             rows.append({**ident, "metric": drift.INFO.name, "value": drift.drift(feats[key][None], reference).item(), "unit": drift.INFO.unit})
         else:
             rows.append({**ident, "metric": clip_score.CLIP_T.name, "value": clip_t_all[key], "unit": clip_score.CLIP_T.unit})

@@ -10,7 +10,7 @@
 - **Paired differences**: two arms compared on the runs they share (same concept and training seed,
   hence the same instance images, noise and generation seeds); the same bootstrap on the per-run
   differences, the win rate (ties count half) and scipy's Wilcoxon signed-rank p-value. A difference is
-  *resolved* when its interval excludes 0.
+  *resolved* when its interval excludes 0 and it rests on at least MIN_PAIRS pairs.
 - **No double dipping**: a best weight is chosen on the even-positioned generation seeds and reported on
   the odd-positioned ones.
 """
@@ -27,6 +27,9 @@ import pandas as pd
 from metrics import higher_is_better
 
 ARM = ["model", "method", "config", "sweep"]
+# Fewer paired runs than this get no verdict: a percentile bootstrap of 3 or 4 differences is too narrow
+# (and a Wilcoxon test on 3 pairs cannot reach p < 0.25).
+MIN_PAIRS = 5
 UNIT = ["concept", "kind", "train_seed", "run_id"]
 SCOPES = ("overall", "object", "style")
 
@@ -143,12 +146,12 @@ def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] 
                 p = math.nan
                 if len(s) >= 2 and (s.d != 0).any():
                     p = float(wilcoxon(s.d.to_numpy(), zero_method="zsplit").pvalue)
-                resolved = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+                resolved = bool(len(s) >= MIN_PAIRS and np.isfinite(lo) and (lo > 0 or hi < 0))
                 rows.append({
                     "model": model, "sweep": sweep, "scope": scope, "metric": metric, "weight": weight,
                     "method_a": a[0], "config_a": a[1], "method_b": b[0], "config_b": b[1], "n_pairs": len(s),
                     "diff": mean, "low": lo, "high": hi, "a_wins": win, "p_wilcoxon": p, "resolved": resolved,
-                    "better": (a[0] if (mean > 0) == hib else b[0]) if resolved else "unresolved",
+                    "better": (a[0] if (mean > 0) == hib else b[0]) if resolved else ("unresolved" if len(s) >= MIN_PAIRS else "too few pairs"),
                 })
     return pd.DataFrame(rows)
 

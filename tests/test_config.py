@@ -29,7 +29,18 @@ def _compose(overrides):
 
 def test_default_config_composes():
     cfg = _compose([])
-    assert cfg.model.name == "micro" and cfg.data.concept == "sks_crescent"
+    assert cfg.model.name == "micro" and list(cfg.data.concepts) == ["sks_crescent", "zwx_stripes"] and list(cfg.seeds) == [0, 1, 2]
+
+
+def test_the_default_covers_an_object_and_a_style_and_the_suite_excludes_the_tuning_concepts():
+    from bench import world
+
+    kinds = {world.CONCEPTS[c].kind for c in _compose([]).data.concepts}
+    assert kinds == {"object", "style"}
+    suite = list(_compose(["data=suite"]).data.concepts)
+    assert suite == list(world.SUITE) and len(suite) >= 8
+    assert sum(world.CONCEPTS[c].kind == "object" for c in suite) >= 4 and sum(world.CONCEPTS[c].kind == "style" for c in suite) >= 4
+    assert not set(world.TUNING) & set(suite)
 
 
 @pytest.mark.parametrize("group,option", list(group_options()))

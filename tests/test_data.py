@@ -2,7 +2,7 @@ import pytest
 from PIL import Image
 
 from bench import world
-from bench.data import ConceptDataError, load_concept, load_folder, load_world_concept
+from bench.data import ConceptDataError, load_concepts, load_folder, load_world_concept
 
 
 def _write_images(folder, n=3, size=(80, 60), mode="RGB"):
@@ -60,11 +60,27 @@ def test_odd_images_are_converted_or_rejected(tmp_path):
         load_folder(folder, 32)
 
 
-def test_world_concept_and_config_dispatch():
+def test_world_concept_and_config_dispatch(tmp_path):
     data = load_world_concept("sks_crescent", 6, 64)
     assert len(data.images) == 6 and data.token == "sks" and data.instance_prompt == world.CONCEPTS["sks_crescent"].instance_prompt
-    assert load_concept({"concept": "zwx_stripes", "n_images": 4}, 64).captions == ["a shape in zwx style"] * 4
-    with pytest.raises(ConceptDataError, match="data.concept.*unknown"):
-        load_concept({"concept": "nope"}, 64)
-    with pytest.raises(ConceptDataError, match="data: set either"):
-        load_concept({}, 64)
+    assert data.kind == "object" and load_world_concept("zwx_stripes", 2, 64).kind == "style"
+    [stripes] = load_concepts({"concepts": ["zwx_stripes"], "n_images": 4}, 64)
+    assert stripes.captions == ["a shape in zwx style"] * 4
+    with pytest.raises(ConceptDataError, match=r"data.concepts\[0\].*'nope'"):
+        load_concepts({"concepts": ["nope"]}, 64)
+    with pytest.raises(ConceptDataError, match="data.concepts: no concept"):
+        load_concepts({}, 64)
+    with pytest.raises(ConceptDataError, match="selected twice"):
+        load_concepts({"concepts": ["sks_crescent", "sks_crescent"]}, 64)
+    # World concepts and user folders in one selection, folders with a kind.
+    folder = tmp_path / "4_sks mug"
+    _write_images(folder, 2)
+    both = load_concepts({"concepts": ["sks_heart", str(folder)], "kind": "object"}, 64)
+    assert [c.name for c in both] == ["sks_heart", "4_sks_mug"] and both[1].token == "sks"
+
+
+def test_fingerprint_changes_with_the_data_and_only_with_it():
+    a, again = load_world_concept("sks_crescent", 4, 64), load_world_concept("sks_crescent", 4, 64)
+    assert a.fingerprint() == again.fingerprint()
+    assert a.fingerprint() != load_world_concept("sks_crescent", 5, 64).fingerprint()
+    assert a.fingerprint() != load_world_concept("sks_crescent", 4, 64, seed=1).fingerprint()

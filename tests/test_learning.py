@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bench.data import load_concept
+from bench.data import load_concepts
 from bench.images import generate
 from methods.base import TrainSettings
 from metrics.clip_score import clip_i
@@ -23,7 +23,7 @@ EVAL_SEEDS = [9000, 9001, 9002, 9003]  # training draws noise from seed 0; these
 def test_default_config_learns_the_default_concept(name, micro_pipe, micro_encoder, tmp_path):
     train = OmegaConf.load(CONF / "train" / "default.yaml")
     data_cfg = OmegaConf.load(CONF / "data" / "sks_crescent.yaml")
-    concept = load_concept(data_cfg, 64)
+    [concept] = load_concepts(data_cfg, 64)
     method = instantiate(OmegaConf.load(CONF / "method" / f"{name}.yaml"))
     result = method.train(micro_pipe, concept, TrainSettings(steps=train.steps, batch_size=train.batch_size, progress=False, cache_dir=tmp_path))
     # The loss fell: on one fixed batch of instance latents, noise and timesteps (the training curve

@@ -4,31 +4,36 @@ import numpy as np
 import pytest
 
 from bench import records
-from bench.report import best_weights, bootstrap_ci, build_report, cost_table, quality_table
+import pandas as pd
+
+from bench.report import bootstrap_ci, build_report, cost_table, quality_table
 
 
-def hand_made(tmp_path, seeds=(0, 1)):
+def hand_made(tmp_path, seeds=(0, 1), concepts=("c", "d")):
     rows = []
     for method, size, fid in (("lora", 3.2e6, 1.0), ("textual_inversion", 3072, 2.0)):
-        for seed in seeds:
-            rid = f"{method}{seed}"
-            ident = {"run_id": rid, "model": "micro", "method": method, "concept": "c", "status": "ok"}
-            rows += [
-                {**ident, "seed": seed, "metric": "artifact_bytes", "value": size, "unit": "B"},
-                {**ident, "seed": seed, "metric": "peak_mem", "value": 100.0 + seed, "unit": "MiB"},
-                {**ident, "seed": seed, "metric": "train_time", "value": 10.0 + seed, "unit": "s"},
-                {**ident, "seed": seed, "metric": "steps_per_s", "value": 5.0, "unit": "1/s"},
-                {**ident, "seed": seed, "metric": "trainable_params", "value": 768.0, "unit": "count"},
-            ]
-            for w in (0.0, 0.5, 1.0):
-                # CLIP-I peaks at 0.5 for textual inversion, at 1.0 for lora.
-                ci = 0.5 + (0.2 * w if method == "lora" else 0.2 - 0.4 * abs(w - 0.5)) + 0.01 * seed
+        for concept in concepts:
+            for seed in seeds:
+                rid = f"{method}{concept}{seed}"
+                ident = {"run_id": rid, "model": "micro", "method": method, "config": f"cfg_{method}", "concept": concept, "kind": "object" if concept == "c" else "style", "train_seed": seed, "status": "ok"}
                 rows += [
-                    {**ident, "seed": seed, "prompt_id": "instance_0", "weight": w, "metric": "clip_i", "value": ci, "unit": "cos"},
-                    {**ident, "seed": seed, "prompt_id": "instance_0", "weight": w, "metric": "clip_t", "value": 20 + w, "unit": "score"},
-                    {**ident, "seed": seed, "prompt_id": "unrelated_0", "weight": w, "metric": "drift", "value": 0.1 * w, "unit": "1-cos"},
-                    {**ident, "weight": w, "metric": "fd_microclip", "value": fid * (1 - w / 2), "unit": "fd"},
+                    {**ident, "metric": "artifact_bytes", "value": size, "unit": "B"},
+                    {**ident, "metric": "peak_mem", "value": 100.0 + seed, "unit": "MiB"},
+                    {**ident, "metric": "train_time", "value": 10.0 + seed, "unit": "s"},
+                    {**ident, "metric": "steps_per_s", "value": 5.0, "unit": "1/s"},
+                    {**ident, "metric": "trainable_params", "value": 768.0, "unit": "count"},
                 ]
+                for w in (0.0, 0.5, 1.0):
+                    for gen_seed in (0, 1):
+                        # CLIP-I peaks at 0.5 for textual inversion, at 1.0 for lora.
+                        ci = 0.5 + (0.2 * w if method == "lora" else 0.2 - 0.4 * abs(w - 0.5)) + 0.01 * seed
+                        sweep = {**ident, "sweep": "s1", "seed": gen_seed, "weight": w}
+                        rows += [
+                            {**sweep, "prompt_id": "instance_0", "metric": "clip_i", "value": ci, "unit": "cos"},
+                            {**sweep, "prompt_id": "instance_0", "metric": "clip_t", "value": 20 + w, "unit": "score"},
+                            {**sweep, "prompt_id": "unrelated_0", "metric": "drift", "value": 0.1 * w, "unit": "1-cos"},
+                        ]
+                    rows.append({**ident, "sweep": "s1", "weight": w, "metric": "fd_microclip", "value": fid * (1 - w / 2), "unit": "fd"})
     records.write_stage(tmp_path, "hand", rows)
     return records.read_table(tmp_path)
 
@@ -39,21 +44,32 @@ def test_bootstrap_interval_brackets_the_mean_and_needs_two_values():
     assert np.isnan(bootstrap_ci(np.array([1.0]))[1])
 
 
-def test_cost_table_means_over_seeds_with_intervals(tmp_path):
+def test_cost_table_means_over_runs_with_intervals(tmp_path):
     table = cost_table(hand_made(tmp_path))
     assert list(table.index) == ["textual_inversion", "lora"]
     assert table.loc["lora", "file size (MB)"] == "3.200 [3.200, 3.200]"
-    # Two training seeds (10 s and 11 s): the bootstrap means can only be 10, 10.5 or 11.
-    assert table.loc["lora", "train time (s)"] == "10.5 [10.0, 11.0]"
+    # Two training seeds (10 s and 11 s) per concept: resampled means lie in [10, 11].
+    assert table.loc["lora", "train time (s)"].startswith("10.5 [10.0") and table.loc["lora", "runs"] == 4
 
 
-def test_quality_table_reports_weight_one_and_best_weight(tmp_path):
+def test_quality_table_is_per_method_and_scope_at_weight_one(tmp_path):
+    q = quality_table(hand_made(tmp_path))
+    assert ("lora", "overall") in q.index and ("lora", "object") in q.index and ("lora", "style") in q.index
+    expected = np.mean([0.7, 0.71])  # seeds 0 and 1 at weight 1, same on both concepts
+    assert q.loc[("lora", "overall"), "CLIP-I ↑"].startswith(f"{expected:.3f}")
+    assert q.loc[("lora", "overall"), "runs"] == 4
+
+
+def test_two_configs_of_one_method_are_never_averaged(tmp_path):
     df = hand_made(tmp_path)
-    assert best_weights(df) == {"lora": 1.0, "textual_inversion": 0.5}
-    q = quality_table(df)
-    assert ("textual_inversion", "best (0.5)") in q.index and ("lora", "1.0") in q.index
-    expected = np.mean([0.7, 0.71])
-    assert q.loc[("lora", "1.0"), "CLIP-I ↑"].startswith(f"{expected:.3f}")
+    other = df[df.method == "lora"].copy()
+    other["config"] = "cfg_rank16"
+    other["run_id"] = other.run_id + "x"
+    other.loc[other.metric == "clip_i", "value"] += 0.1
+    q = quality_table(pd.concat([df, other], ignore_index=True))
+    labels = {m for m, _ in q.index}
+    assert {"lora [cfg_lora]", "lora [cfg_rank16]"} <= labels
+    assert q.loc[("lora [cfg_rank16]", "overall"), "CLIP-I ↑"].startswith(f"{np.mean([0.8, 0.81]):.3f}")
 
 
 def test_report_files_exist_and_html_is_self_contained(tmp_path):
@@ -61,7 +77,7 @@ def test_report_files_exist_and_html_is_self_contained(tmp_path):
     html = build_report([tmp_path])
     text = html.read_text()
     assert "data:image/png;base64," in text and "<table" in text and "src='http" not in text
-    for name in ("cost", "quality"):
+    for name in ("cost", "quality", "paired", "ranking", "best_weight"):
         for ext in ("md", "csv", "tex"):
             assert (tmp_path / "report" / "tables" / f"{name}.{ext}").stat().st_size > 0
     for fig in ("cost", "curves", "tradeoff", "infographic"):
@@ -74,7 +90,7 @@ def test_report_merges_several_results_dirs(tmp_path):
     hand_made(a, seeds=(0,))
     hand_made(b, seeds=(1,))
     merged = records.read_table(a, b)
-    assert set(merged.seed.dropna()) == {0, 1}
+    assert set(merged.train_seed.dropna()) == {0, 1}
     html = build_report([a, b], tmp_path / "merged")
     assert html.is_file() and (tmp_path / "merged" / "tables" / "cost.md").is_file()
 

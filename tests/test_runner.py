@@ -1,6 +1,7 @@
 """The runner trains every configured method in its own process, records cost rows, reuses finished
 stages, and records a failing method as failed while the others complete."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,34 +18,50 @@ register()
 
 def config(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["train=smoke", "sweep=smoke", f"results_dir={tmp_path}", "progress=false", "threads=1", *overrides])
+        return compose("config", overrides=["train=smoke", "sweep=smoke", f"results_dir={tmp_path}", "progress=false", "workers=1", "threads=1", *overrides])
 
 
 @pytest.mark.slow
 def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, "seeds=[0,1]")
     assert run(cfg) == 0
     table = records.read_table(tmp_path)
-    assert set(table.method) == {"dreambooth", "textual_inversion", "lora", "hypernetwork"}
-    cost = table[table.step.isna()].pivot_table(index="method", columns="metric", values="value", aggfunc="first")
-    assert (cost[["peak_mem", "train_time", "steps_per_s", "trainable_params", "artifact_bytes"]] > 0).all().all()
+    assert set(table.method.dropna()) == {"dreambooth", "textual_inversion", "lora", "hypernetwork"}
+    runs = table.dropna(subset=["run_id"]).groupby(["method", "concept", "train_seed"]).run_id.nunique()
+    assert len(runs) == 4 * 2 * 2 and (runs == 1).all()  # method x concept x training seed, one run each
+    cost = table[table.step.isna() & table.weight.isna() & table.run_id.notna()].pivot_table(index="method", columns="metric", values="value", aggfunc="mean")
+    assert (cost[["peak_mem", "process_rss_peak", "train_time", "steps_per_s", "trainable_params", "artifact_bytes"]] > 0).all().all()
+    # Training memory is the run's own: DreamBooth's full fine-tune needs visibly more than an adapter.
+    assert cost.loc["dreambooth", "peak_mem"] > 1.5 * cost.loc["lora", "peak_mem"]
+    assert (table[table.metric == "peak_mem"].scorer == "cpu_tensor_peak").all()
+    # Class images are timed apart from training, once per concept.
+    assert len(table[(table.metric == "input_gen_time") & (table.method == "dreambooth")]) == 2
     # Textual Inversion counts its learned vector only: one row of the embedding table.
     assert cost.loc["textual_inversion", "trainable_params"] == 128
     assert cost.loc["dreambooth", "artifact_bytes"] > cost.loc["lora", "artifact_bytes"] > cost.loc["textual_inversion", "artifact_bytes"]
-    assert (table[table.metric == "train_loss"].groupby("method").size() == 4).all()
-    assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "results.parquet").exists() and (tmp_path / "run.json").exists()
+    assert (table[table.metric == "train_loss"].groupby("run_id").size() == 4).all()
+    assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "results.parquet").exists()
 
-    # Sweeps: every method at every weight, and weight 0 reproduces the base model exactly.
+    # Sweeps: every run at every weight, weight 0 within one level of the base model, scorer named.
     sweep = table[table.metric == "clip_i"]
-    assert set(sweep.method) == set(cost.index) and set(sweep.weight) == {0.0, 1.0}
-    assert (table[table.metric == "base_pixel_diff"].value <= 1.0).all()  # see bench.score: batch rounding
+    assert sweep.run_id.nunique() == 16 and set(sweep.weight) == {0.0, 1.0}
+    assert (table[table.metric == "base_pixel_diff"].value <= 1.0).all()
     assert {"clip_t", "clip_i", "drift", "diversity", "fd_microclip", "cmmd"} <= set(table.metric)
-    assert len(list((tmp_path / "images" / "lora").glob("instance_0_seed*_w+1.00.png"))) == 2
+    assert (table[table.metric.isin(["clip_i", "clip_t", "drift", "cmmd", "fd_microclip"])].scorer == "microclip").all()
+    rid = sweep[sweep.method == "lora"].run_id.iloc[0]
+    assert len(list((tmp_path / "images").glob(f"{rid}-*/instance_0_seed*_w+1.00.png"))) == 2
+
+    # Per-run metadata, never shared between runs: resolved config, commit, packages, hardware, threads.
+    meta = json.loads((tmp_path / "train" / rid / "run.json").read_text())
+    assert meta["run_id"] == rid and meta["config"]["method"].keys() == {"lora"} and meta["hardware"]["torch_threads"] == 1
+    assert {"torch", "diffusers", "peft", "open_clip_torch"} <= set(meta["packages"]) and meta["git_commit"]
+    assert (tmp_path / "train" / rid / "train.log").read_text().count("\n") == 5  # header + 4 steps
+    assert "artifact_file" in (tmp_path / "train" / rid / "cost.json").read_text() and str(tmp_path) not in (tmp_path / "train" / rid / "cost.json").read_text()
 
     # The published outputs: every file exists and is non-empty.
     report = tmp_path / "report"
-    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in ("cost", "quality") for e in ("md", "csv", "tex"))]
-    outputs += [report / "figures" / f"{f}.{e}" for f in ("infographic", "cost", "curves", "tradeoff", "grid_instance_0") for e in ("png", "svg")]
+    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in ("cost", "quality", "paired", "ranking", "best_weight") for e in ("md", "csv", "tex"))]
+    outputs += [report / "figures" / f"{f}.{e}" for f in ("infographic", "cost", "curves", "tradeoff", "grid_sks_crescent_instance_0") for e in ("png", "svg")]
     assert all(f.is_file() and f.stat().st_size > 0 for f in outputs), [str(f) for f in outputs if not f.is_file()]
     assert "data:image/png;base64," in (report / "report.html").read_text()
 
@@ -54,17 +71,53 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")} == stamps
     assert (report / "report.html").stat().st_mtime_ns == html_stamp  # nothing changed, nothing rebuilt
 
+    # A missing scores stage (as after a metrics change, whose key only it carries) is re-scored from the
+    # stored images: nothing is trained or generated again, and the numbers are the same.
+    scores = sorted((tmp_path / "rows").glob("scores_*.parquet"))
+    before = records.read_files([scores[0]])
+    scores[0].unlink()
+    train_stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("train_*.parquet")}
+    images = {f: f.stat().st_mtime_ns for f in (tmp_path / "images").rglob("*.png")}
+    assert run(cfg) == 0
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("train_*.parquet")} == train_stamps
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "images").rglob("*.png")} == images
+    again = records.read_files([scores[0]])
+    assert again.drop(columns="value").equals(before.drop(columns="value")) and (again.value - before.value).abs().max() < 1e-6
+
+
+def test_stage_keys_cover_exactly_what_each_stage_reads(tmp_path):
+    from bench.data import load_world_concept
+    from bench.stages import run_spec
+
+    concept = load_world_concept("sks_crescent", 8, 64)
+    base = run_spec(config(tmp_path), "lora", concept, 0)
+    assert run_spec(config(tmp_path), "lora", concept, 0) == base
+    metrics = run_spec(config(tmp_path, "metrics.inception=true"), "lora", concept, 0)
+    assert (metrics.run_id, metrics.images_key) == (base.run_id, base.images_key) and metrics.scores_key != base.scores_key
+    sweep = run_spec(config(tmp_path, "sweep.steps=5"), "lora", concept, 0)
+    assert sweep.run_id == base.run_id and sweep.images_key != base.images_key and sweep.scores_key != base.scores_key
+    for override in ("train.steps=5", "method.lora.rank=8", "model.resolution=32"):
+        assert run_spec(config(tmp_path, override), "lora", concept, 0).run_id != base.run_id, override
+    assert run_spec(config(tmp_path), "lora", concept, 1).run_id != base.run_id
+    assert run_spec(config(tmp_path), "lora", load_world_concept("sks_crescent", 7, 64), 0).run_id != base.run_id
+    # Another method's config does not touch this method's runs; its own config hash does change.
+    other = run_spec(config(tmp_path, "method.hypernetwork.lr=0.1"), "lora", concept, 0)
+    assert other == base
+    assert run_spec(config(tmp_path, "method.lora.rank=8"), "lora", concept, 0).config != base.config
+
 
 def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
-    cfg = config(tmp_path, "method=[hypernetwork,lora]", "method.hypernetwork.enable_sizes=[999]")
+    cfg = config(tmp_path, "method=[hypernetwork,lora]", "method.hypernetwork.enable_sizes=[999]", "data=sks_crescent", "seeds=[0]")
     assert run(cfg) == 1
     table = records.read_table(tmp_path)
     failed = table[table.metric == "train_failed"]
     assert list(failed.method) == ["hypernetwork"] and "method.enable_sizes" in failed.status.iloc[0]
     assert (table[table.method == "lora"].status == "ok").all() and len(table[table.method == "lora"]) > 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Failed runs" in html and "method.enable_sizes" in html  # the failure is on the page, with its error
 
 
-@pytest.mark.parametrize(("override", "key"), [("method.lora.rank=0", "method.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size")])
+@pytest.mark.parametrize(("override", "key"), [("method.lora.rank=0", "method.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size"), ("train.steps=100000000000", "train.steps"), ("seeds=[]", "seeds"), ("workers=0", "workers")])
 def test_nonsense_config_fails_before_any_training(tmp_path, override, key):
     with pytest.raises(MethodConfigError, match=key):
         run(config(tmp_path, override))

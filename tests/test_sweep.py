@@ -3,7 +3,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from bench.data import load_world_concept
-from bench.sweep import SweepError, check_weight_changes_images, image_path, sweep_method, sweep_prompts
+from bench.sweep import SweepError, check_sweep_config, check_weight_changes_images, check_weight_zero, sweep_method, sweep_prompts
 from methods.base import Artifact, Method
 
 
@@ -28,9 +28,27 @@ def test_prompt_templates_fill_and_name_bad_keys(concept):
         sweep_prompts(OmegaConf.create({"unrelated": ["a red star"]}), concept)
 
 
-def test_image_names_say_method_prompt_seed_and_weight(tmp_path):
-    assert image_path(tmp_path, "lora", "instance_0", 3, -0.5).name == "instance_0_seed3_w-0.50.png"
-    assert image_path(tmp_path, "lora", "instance_0", 3, -0.5).parent.name == "lora"
+def test_image_names_say_run_sweep_prompt_seed_and_weight(tmp_path):
+    from bench.stages import image_file
+
+    path = image_file(tmp_path, "3f2a9c01d4", "1b2c3d4e", "instance_0", 3, -0.5)
+    assert path.name == "instance_0_seed3_w-0.50.png" and path.parent.name == "3f2a9c01d4-1b2c3d4e"
+
+
+def test_weight_zero_further_than_one_level_from_the_base_fails_the_sweep():
+    base_im = Image.new("RGB", (4, 4), (100, 100, 100))
+    near, far = Image.new("RGB", (4, 4), (101, 100, 100)), Image.new("RGB", (4, 4), (103, 100, 100))
+    base = {("a circle shape", 0): base_im}
+    assert check_weight_zero("m", {("instance_0", 0, 0.0): near, ("instance_0", 0, 1.0): far}, base, {"instance_0": "a circle shape"}) == {("instance_0", 0): 1}
+    with pytest.raises(SweepError, match="weight 0.*instance_0.*3 pixel levels"):
+        check_weight_zero("m", {("instance_0", 0, 0.0): far}, base, {"instance_0": "a circle shape"})
+
+
+@pytest.mark.parametrize(("override", "match"), [({"weights": []}, "sweep.weights: empty"), ({"weights": [0.0, 0.5]}, "lacks 1.0"), ({"seeds": []}, "sweep.seeds: empty"), ({"seeds": [1, 1]}, "twice"), ({"steps": 0}, "sweep.steps")])
+def test_sweep_config_mistakes_name_the_key(override, match):
+    cfg = OmegaConf.create({"weights": [0.0, 1.0], "seeds": [0, 1], "steps": 4, "batch": 8, **override})
+    with pytest.raises(SweepError, match=match):
+        check_sweep_config(cfg)
 
 
 class NeverApplied(Method):

@@ -1,0 +1,111 @@
+"""The statistics module against independent computations: scipy's bootstrap, a slow explicit
+two-level resampling loop, scipy's Wilcoxon test, and hand-made tables whose answers are known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bench import records, stats
+
+
+def test_one_level_matches_scipys_percentile_bootstrap():
+    values = np.array([0.31, 0.42, 0.35, 0.55, 0.47, 0.29, 0.51, 0.38])
+    mean, lo, hi = stats.hierarchical_bootstrap([values], stats.Settings(n_boot=40000))
+    ref = sps.bootstrap((values,), np.mean, n_resamples=40000, method="percentile", confidence_level=0.95, random_state=1).confidence_interval
+    assert mean == pytest.approx(values.mean())
+    assert lo == pytest.approx(ref.low, abs=0.006) and hi == pytest.approx(ref.high, abs=0.006)
+
+
+def slow_two_level(groups, n_boot, rng):
+    """The textbook hierarchical bootstrap, one replicate at a time."""
+    out = []
+    for _ in range(n_boot):
+        picks = rng.integers(0, len(groups), len(groups))
+        out.append(np.mean([rng.choice(groups[c], len(groups[c])).mean() for c in picks]))
+    return np.quantile(out, [0.025, 0.975])
+
+
+def test_two_levels_match_an_explicit_resampling_loop():
+    groups = [np.array([0.2, 0.25, 0.22]), np.array([0.5, 0.45, 0.55]), np.array([0.35, 0.3, 0.4]), np.array([0.6, 0.62, 0.58])]
+    mean, lo, hi = stats.hierarchical_bootstrap(groups, stats.Settings(n_boot=20000))
+    ref_lo, ref_hi = slow_two_level(groups, 20000, np.random.default_rng(7))
+    assert mean == pytest.approx(np.mean([g.mean() for g in groups]))  # every concept weighs the same
+    assert lo == pytest.approx(ref_lo, abs=0.01) and hi == pytest.approx(ref_hi, abs=0.01)
+    # Between-concept spread dominates: the interval is far wider than pooling runs as independent.
+    pooled = sps.bootstrap((np.concatenate(groups),), np.mean, n_resamples=5000, method="percentile", random_state=1).confidence_interval
+    assert hi - lo > 1.2 * (pooled.high - pooled.low)
+
+
+def test_a_single_unit_has_no_interval():
+    mean, lo, hi = stats.hierarchical_bootstrap([np.array([0.4])])
+    assert mean == 0.4 and np.isnan(lo) and np.isnan(hi)
+
+
+def table(tmp_path, effect=0.1, seeds=(0, 1, 2), gen_seeds=(0, 1, 2, 3)):
+    """Two methods on 2 concepts x 3 training seeds; lora = ti + effect on every run (plus run noise)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for concept, kind in (("c1", "object"), ("c2", "style")):
+        for seed in seeds:
+            base = rng.normal(0.4, 0.05)
+            for method, shift in (("textual_inversion", 0.0), ("lora", effect)):
+                ident = {"run_id": f"{method}-{concept}-{seed}", "model": "micro", "method": method, "config": method[:4], "concept": concept, "kind": kind, "train_seed": seed, "sweep": "s", "status": "ok"}
+                for w in (0.0, 0.5, 1.0):
+                    for g in gen_seeds:
+                        # Even generation seeds (selection) prefer weight 0.5, odd ones (report) weight 1.
+                        bump = (0.05 if w == 0.5 else 0.0) if g % 2 == 0 else (0.05 if w == 1.0 else 0.0)
+                        rows.append({**ident, "prompt_id": "instance_0", "seed": g, "weight": w, "metric": "clip_i", "value": base + shift * w + bump + 0.001 * g, "unit": "cos"})
+    records.write_stage(tmp_path, "t", rows)
+    return records.read_table(tmp_path)
+
+
+def test_unit_is_the_training_run(tmp_path):
+    units = stats.unit_values(table(tmp_path), "clip_i", 1.0)
+    assert len(units) == 12 and units.groupby("method").size().tolist() == [6, 6]
+
+
+def test_paired_difference_finds_a_consistent_effect(tmp_path):
+    df = table(tmp_path, effect=0.1)
+    p = stats.paired(df, "clip_i", 1.0)
+    overall = p[p.scope == "overall"].iloc[0]
+    a_is_lora = overall.method_a == "lora"
+    assert overall.n_pairs == 6 and overall["diff"] == pytest.approx(0.1 if a_is_lora else -0.1, abs=1e-9)
+    assert overall.resolved and overall.better == "lora" and overall.a_wins == (1.0 if a_is_lora else 0.0)
+    units = stats.unit_values(df, "clip_i", 1.0).sort_values(["concept", "train_seed"])
+    d = units[units.method == overall.method_a].value.to_numpy() - units[units.method == overall.method_b].value.to_numpy()
+    assert overall.p_wilcoxon == pytest.approx(sps.wilcoxon(d, zero_method="zsplit").pvalue)
+    assert set(p.scope) == {"overall", "object", "style"}
+
+
+def test_no_effect_is_not_resolved(tmp_path):
+    df = table(tmp_path, effect=0.0)
+    df.loc[(df.method == "lora"), "value"] += np.random.default_rng(3).normal(0, 0.03, (df.method == "lora").sum())
+    overall = stats.paired(df, "clip_i", 1.0).query("scope == 'overall'").iloc[0]
+    assert overall.low < 0 < overall.high and not overall.resolved and overall.better == "unresolved"
+
+
+def test_ranking_marks_resolved_neighbours(tmp_path):
+    df = table(tmp_path, effect=0.1)
+    r = stats.ranking(stats.summarize(df, "clip_i", 1.0), stats.paired(df, "clip_i", 1.0), "clip_i")
+    overall = r[r.scope == "overall"]
+    assert overall.method.tolist() == ["lora", "textual_inversion"]
+    assert overall.vs_next.tolist() == ["resolved", ""] and overall.beats_resolved.tolist() == [1, 0]
+
+
+def test_best_weight_is_chosen_on_one_half_and_reported_on_the_other(tmp_path):
+    df = table(tmp_path, effect=0.0)
+    best = stats.best_weights(df, "clip_i")
+    assert set(best.best_weight) == {0.5}  # what the selection seeds (0, 2) prefer
+    assert list(best.selected_on.iloc[0]) == [0, 2] and list(best.reported_on.iloc[0]) == [1, 3]
+    held_out = stats.at_best_weight(df, "clip_i", best)
+    same_images = stats.summarize(df, "clip_i", 0.5, [0, 2])
+    # Reported on seeds 1 and 3, where weight 0.5 has no bump: 0.05 lower than on the seeds that chose it.
+    diff = same_images.query("scope == 'overall'")["mean"].to_numpy() - held_out.query("scope == 'overall'")["mean"].to_numpy()
+    assert np.allclose(diff, 0.05 - 0.002, atol=1e-9)
+
+
+def test_rows_of_a_failed_stage_are_left_out(tmp_path):
+    df = table(tmp_path)
+    bad = df.iloc[:1].assign(status="failed: boom", value=100.0)
+    assert stats.unit_values(pd.concat([df, bad]), "clip_i", 0.0).value.max() < 1
