@@ -67,6 +67,17 @@ class StatsConfig:
 
 
 @dataclass
+class TuneConfig:
+    concepts: list[str] = field(default_factory=lambda: ["sks_arrow", "zwx_bands"])
+    seeds: list[int] = field(default_factory=lambda: [100, 101])
+    factors: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
+    objective: str = "clip_i"
+    max_drift: float = 0.25
+    weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    write: bool = True
+
+
+@dataclass
 class CheckConfig:
     # metric -> {abs: ..., rel: ...}; the larger allowance wins. 'fd' covers every Fréchet distance,
     # 'default' any metric not named.
@@ -94,10 +105,11 @@ class BenchConfig:
     threads: Optional[int] = None
     progress: bool = True
     results_dir: str = "results/default"
-    mode: str = "run"  # run | baseline | check | report
+    mode: str = "run"  # run | baseline | check | report | tune
     baseline: Optional[str] = None  # baseline JSON for mode=baseline / mode=check
     merge: list[str] = field(default_factory=list)  # mode=report: more results dirs to merge
     check: CheckConfig = field(default_factory=CheckConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def register() -> None:
@@ -109,3 +121,4 @@ def register() -> None:
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(group="sweep", name="sweep_schema", node=SweepConfig)
     cs.store(group="check", name="check_schema", node=CheckConfig)
+    cs.store(group="tune", name="tune_schema", node=TuneConfig)

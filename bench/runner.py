@@ -47,8 +47,12 @@ def main(cfg: DictConfig) -> int:
         dirs = [results, *[Path(d) for d in cfg.get("merge") or []]]
         print(f"adapterbench: report {build_report(dirs, fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats)).resolve()}")
         return 0
+    if mode == "tune":
+        from bench.tune import tune
+
+        return tune(cfg)
     if mode not in ("baseline", "check"):
-        raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report")
+        raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report, tune")
     if not cfg.get("baseline"):
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
