@@ -36,7 +36,7 @@ COST_METRICS = {  # metric -> (column title, scale, format)
     "train_time": ("train time (s)", 1.0, "{:,.1f}"),
     "steps_per_s": ("steps/s", 1.0, "{:,.2f}"),
     "trainable_params": ("trainable params", 1.0, "{:,.0f}"),
-    "artifact_bytes": ("file size (MB)", 1e-6, "{:,.3f}"),
+    "artifact_bytes": ("file size", 1.0, "bytes"),
     "input_gen_time": ("class images (s)", 1.0, "{:,.1f}"),
 }
 QUALITY_TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity"}
@@ -116,9 +116,13 @@ def cost_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) ->
 
 
 def format_ci(mean: float, lo: float, hi: float, fmt: str = "{:.3f}") -> str:
+    """'mean [low, high]'; fmt 'bytes' prints human units; a zero-width interval is left out."""
     if not np.isfinite(mean):
         return ""
-    return fmt.format(mean) if not np.isfinite(lo) else f"{fmt.format(mean)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    show = human_bytes if fmt == "bytes" else fmt.format
+    if not np.isfinite(lo) or show(lo) == show(hi) == show(mean):
+        return show(mean)
+    return f"{show(mean)} [{show(lo)}, {show(hi)}]"
 
 
 def metric_title(metric: str) -> str:
@@ -357,7 +361,7 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, s
             hit = [r for r in s.itertuples() if label_of(labels, r.model, r.method, r.config, r.sweep) == label]
             cells.append(format_ci(hit[0].mean, hit[0].low, hit[0].high, "{:.2f}") if hit else "")
         headline.append(cells)
-    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{QUALITY_TITLES.get(fidelity, fidelity)}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="center", cellLoc="center")
+    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{QUALITY_TITLES.get(fidelity, fidelity)}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.6)

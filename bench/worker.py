@@ -186,9 +186,14 @@ def sweep_and_score(spec: stages.RunSpec) -> list[dict]:
     concept = _concept(spec.concept)
     prompts = sweep_prompts(cfg.sweep, concept)
     method = _method(spec.method)
+    start = time.perf_counter()
     images, diffs = images_stage(spec, method, concept, prompts)
+    generated = time.perf_counter()
     base = {(p.text, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, p.text, s)) for p in prompts for s in cfg.sweep.seeds}
     rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception))
+    # Where the time goes: generating this run's images (near 0 when they were on disk) and scoring them.
+    rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
+             {"metric": "score_time", "value": time.perf_counter() - generated, "unit": "s", "scorer": "wall_clock"}]
     return [{**r, "sweep": spec.sweep} for r in rows]
 
 

@@ -47,7 +47,7 @@ def test_bootstrap_interval_brackets_the_mean_and_needs_two_values():
 def test_cost_table_means_over_runs_with_intervals(tmp_path):
     table = cost_table(hand_made(tmp_path))
     assert list(table.index) == ["textual_inversion", "lora"]
-    assert table.loc["lora", "file size (MB)"] == "3.200 [3.200, 3.200]"
+    assert table.loc["lora", "file size"] == "3.2 MB" and table.loc["textual_inversion", "file size"] == "3.07 KB"
     # Two training seeds (10 s and 11 s) per concept: resampled means lie in [10, 11].
     assert table.loc["lora", "train time (s)"].startswith("10.5 [10.0") and table.loc["lora", "runs"] == 4
 

@@ -1,0 +1,101 @@
+"""Run a whole comparison as a user would, time it, and show that every method learns every concept.
+
+    python benchmarks/comparison.py                 # the default run (2 concepts x 3 training seeds)
+    python benchmarks/comparison.py --data suite    # the full evaluation suite (8 concepts)
+    python benchmarks/comparison.py --data suite --write   # and commit the tables under results/benchmarks/
+
+Prints three tables:
+- wall time of the whole `python run.py` and the worker-seconds spent per stage (workers run in
+  parallel, so the stages add up to about workers x wall time);
+- per method and concept: CLIP-I at weight 1 and at weight 0 (mean over training runs), the per-run gain,
+  and whether the method learned it (every training run gains, and the mean gain is at least 0.05);
+- cost per method (mean over runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MIN_GAIN = 0.05  # CLIP-I at weight 1 minus weight 0, mean over a concept's training runs
+
+
+def learning_table(df):
+    import pandas as pd
+
+    from bench import stats
+
+    w1 = stats.unit_values(df, "clip_i", 1.0).set_index(["method", "concept", "train_seed"]).value
+    w0 = stats.unit_values(df, "clip_i", 0.0).set_index(["method", "concept", "train_seed"]).value
+    gain = (w1 - w0).dropna()
+    rows = []
+    for (method, concept), g in gain.groupby(["method", "concept"], sort=False):
+        kind = df[df.concept == concept].kind.dropna().iloc[0]
+        rows.append({
+            "method": method, "concept": concept, "kind": kind, "runs": len(g),
+            "CLIP-I @1": w1[method, concept].mean(), "CLIP-I @0": w0[method, concept].mean(),
+            "gain (mean)": g.mean(), "gain (min run)": g.min(),
+            "learned": bool((g > 0).all() and g.mean() >= MIN_GAIN),
+        })
+    return pd.DataFrame(rows)
+
+
+def time_table(df, wall_s: float, workers: str):
+    import pandas as pd
+
+    stage = {"class images": "input_gen_time", "train": "train_time", "generate (sweeps)": "sweep_time", "score": "score_time"}
+    ok = df[df.status == "ok"]
+    rows = [{"stage": name, "worker-seconds": ok[ok.metric == metric].value.sum()} for name, metric in stage.items()]
+    busy = sum(r["worker-seconds"] for r in rows)
+    rows.append({"stage": "all stages above", "worker-seconds": busy})
+    rows.append({"stage": f"wall time of `python run.py` ({workers})", "worker-seconds": wall_s})
+    out = pd.DataFrame(rows)
+    out["share of stage time"] = [f"{100 * v / busy:.0f} %" if i < len(stage) else "" for i, v in enumerate(out["worker-seconds"])]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="default", help="data option: default (2 concepts) or suite (8)")
+    p.add_argument("--results", type=Path, default=None, help="results dir (default: a fresh temporary one)")
+    p.add_argument("--write", action="store_true", help="write results/benchmarks/comparison_<data>.md")
+    p.add_argument("overrides", nargs="*", help="more Hydra overrides for run.py")
+    args = p.parse_args(argv)
+    results = args.results or Path(tempfile.mkdtemp(prefix=f"adapterbench_{args.data}_"))
+    cmd = [sys.executable, "run.py", f"data={args.data}", f"results_dir={results}", "progress=false", *args.overrides]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        sys.exit(f"run.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+    from bench import records
+
+    df = records.read_table(results)
+    header = next((line for line in proc.stdout.splitlines() if "training runs" in line), "")
+    workers = header.split(";")[-1].strip() if ";" in header else "workers as configured"
+    learning = learning_table(df)
+    text = (
+        f"# Comparison benchmark: `python run.py data={args.data}`\n\n{header.removeprefix('adapterbench: ')}\n\n"
+        f"## Where the time goes\n\n{time_table(df, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
+        f"## Every method learns every concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
+        f"recontext prompts at weight 1 and 0, mean over training runs; 'learned': every run gains and the mean gain is at least {MIN_GAIN}. "
+        f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned.\n\n"
+        f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
+    )
+    print(text)
+    if args.write:
+        out = ROOT / "results" / "benchmarks" / f"comparison_{args.data}.md"
+        out.write_text(text)
+        print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
