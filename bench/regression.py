@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.stages import plain
 from bench.io import atomic_write_text
 from metrics import higher_is_better, is_frechet
 
@@ -123,15 +124,9 @@ def write_baseline(df: pd.DataFrame, path: Path, cfg=None, weight: float = 1.0) 
         raise BaselineError(f"baseline: the run has no scored rows to baseline (needs sweep rows at weight {weight})")
     doc = {"format": FORMAT, "weight": weight, "methods": summary}
     if cfg is not None:
-        doc["config"] = {k: stats_plain(cfg.get(k)) for k in CONFIG_KEYS}
+        doc["config"] = {k: plain(cfg.get(k)) for k in CONFIG_KEYS}
     atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=True))
     return doc
-
-
-def stats_plain(node):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def read_baseline(path: Path) -> dict:
@@ -160,7 +155,7 @@ def config_differences(doc: dict, cfg) -> list[str]:
         return ["the baseline stores no config; it cannot say whether this check runs the same comparison"]
     out = []
     for key in CONFIG_KEYS:
-        now = stats_plain(cfg.get(key))
+        now = plain(cfg.get(key))
         if json.dumps(now, sort_keys=True, default=str) != json.dumps(base.get(key), sort_keys=True, default=str):
             out.append(f"{key} differs from the baseline's ({json.dumps(base.get(key), default=str)[:120]} -> {json.dumps(now, default=str)[:120]})")
     return out

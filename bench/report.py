@@ -11,6 +11,7 @@ import argparse
 import base64
 import html
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -144,6 +145,24 @@ def quality_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings())
         row[metric_title(r.metric)] = format_ci(r.mean, r.low, r.high)
     order = sorted(rows, key=lambda k: (stats.SCOPES.index(k[1]), method_rank(k[0])))
     return pd.DataFrame([rows[k] for k in order], index=pd.MultiIndex.from_tuples(order, names=["method", "scope"]))
+
+
+def per_concept_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    """Concept x method: `metric` at weight 0 and 1, mean over that concept's training runs [interval]."""
+    labels = arm_labels(df)
+    rows = {}
+    for weight in (0.0, 1.0):
+        units = stats.unit_values(df, metric, weight)
+        for (concept, kind, *arm), g in units.groupby(["concept", "kind", *stats.ARM], dropna=False, sort=True):
+            label = label_of(labels, *arm)
+            row = rows.setdefault((concept, kind), {})
+            row[f"{label} @{weight:g}"] = format_ci(*stats.hierarchical_bootstrap([g.value.to_numpy()], settings))
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.names = ["concept", "kind"]
+    order = sorted(table.columns, key=lambda c: (method_rank(c.rsplit(" @", 1)[0]), c.rsplit(" @", 1)[1]))
+    return table[order]
 
 
 def method_rank(label: str) -> tuple:
@@ -290,7 +309,6 @@ def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.
 
 
 def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
-    t, i = stats.unit_values, None
     q = stats.quality_rows(df)
     if not ((q.metric == "clip_t").any() and (q.metric == "clip_i").any()):
         return None
@@ -381,6 +399,31 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[str, pd.DataFrame]:
+    """Each arm's learning rate (from its runs' run.json) beside the one `mode=tune` chose, if any."""
+    import json
+
+    from bench.tune import TUNING_JSON
+
+    tuned = json.loads(TUNING_JSON.read_text()) if TUNING_JSON.is_file() else None
+    labels = arm_labels(df.assign(sweep=None))
+    rows = []
+    for (model, method, config), g in cost_rows(df).groupby(["model", "method", "config"], dropna=False):
+        meta = next((Path(d) / "train" / rid / "run.json" for d in results_dirs for rid in g.run_id.unique() if (Path(d) / "train" / rid / "run.json").is_file()), None)
+        if meta is None:
+            continue
+        lr = json.loads(meta.read_text())["config"]["method"][method].get("lr")
+        chosen = (tuned or {}).get("chosen", {}).get(method)
+        rows.append({"method": label_of(labels, model, method, config), "lr used": lr, "lr chosen by mode=tune": chosen if chosen is not None else "",
+                     "source": "tuned default" if chosen is not None and lr is not None and math.isclose(float(lr), float(chosen)) else "set in the config, not the tuned default"})
+    caption = ("Learning rates: the shipped defaults were chosen by `python run.py mode=tune` "
+               + (f"on {', '.join(tuned['concepts'])} (not in the evaluation suite), training seeds {tuned['seeds']}, grid {tuned['factors']} x the previous rate, "
+                  f"as the highest {tuned['objective']} at weight 1 with drift at weight 1 <= {tuned['max_drift']} ({tuned['date']}; results/benchmarks/tuning.md)."
+                  if tuned else "(no tuning record found).")
+               + " Other hyper-parameters are each method's configured defaults.")
+    return caption, pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+
 # ------------------------------------------------------------------------------------------- HTML
 
 
@@ -437,8 +480,11 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     add("Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df))
     add("Cost", "cost", "Cost of training under identical conditions: mean over training runs [95 % interval]. Training memory is the run's own peak "
         "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it.", cost_table(df, settings))
+    add("How the learning rates were chosen", "learning_rates", *learning_rates_table(df, results_dirs))
     if (q.metric == fidelity).any():
         add("Quality at weight 1", "quality", "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind.", quality_table(df, settings))
+        add(f"Per concept ({QUALITY_TITLES.get(fidelity, fidelity)})", "per_concept", f"{QUALITY_TITLES.get(fidelity, fidelity)} per concept at weight 0 "
+            "(the base model) and 1, mean over the concept's training runs [95 % interval over training seeds].", per_concept_table(df, fidelity, settings))
         add(f"Paired differences ({QUALITY_TITLES.get(fidelity, fidelity)} at weight 1)", "paired",
             "Every two methods on the training runs they share (same concept and training seed): mean difference a − b [95 % interval], "
             "the share of runs where a is better, the Wilcoxon signed-rank p-value; a verdict only where the interval excludes 0.", paired_table(df, fidelity, settings))

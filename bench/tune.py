@@ -12,6 +12,7 @@ the whole grid into results/benchmarks/tuning.md.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from bench.io import atomic_write_text
 from methods.base import MethodConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+TUNING_JSON = ROOT / "results" / "benchmarks" / "tuning.json"
 
 
 def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float]]]:
@@ -77,6 +79,10 @@ def tune(cfg: DictConfig) -> int:
         for name, lr in chosen.items():
             write_lr(ROOT / "conf" / "method" / f"{name}.yaml", lr, cfg)
         atomic_write_text(ROOT / "results" / "benchmarks" / "tuning.md", text)
+        record = {"chosen": chosen, "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
+                  "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
+                  "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records")}
+        atomic_write_text(TUNING_JSON, json.dumps(record, indent=2, default=str))
         print(f"adapterbench: chosen learning rates written to conf/method/*.yaml: {chosen}")
     return status
 

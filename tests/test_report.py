@@ -60,6 +60,15 @@ def test_quality_table_is_per_method_and_scope_at_weight_one(tmp_path):
     assert q.loc[("lora", "overall"), "runs"] == 4
 
 
+def test_per_concept_table_keeps_concepts_apart(tmp_path):
+    from bench.report import per_concept_table
+
+    t = per_concept_table(hand_made(tmp_path), "clip_i")
+    assert list(t.index) == [("c", "object"), ("d", "style")]
+    assert list(t.columns) == ["textual_inversion @0", "textual_inversion @1", "lora @0", "lora @1"]
+    assert t.loc[("c", "object"), "lora @1"].startswith(f"{np.mean([0.7, 0.71]):.3f}")
+
+
 def test_two_configs_of_one_method_are_never_averaged(tmp_path):
     df = hand_made(tmp_path)
     other = df[df.method == "lora"].copy()
@@ -77,7 +86,7 @@ def test_report_files_exist_and_html_is_self_contained(tmp_path):
     html = build_report([tmp_path])
     text = html.read_text()
     assert "data:image/png;base64," in text and "<table" in text and "src='http" not in text
-    for name in ("cost", "quality", "paired", "ranking", "best_weight"):
+    for name in ("cost", "quality", "per_concept", "paired", "ranking", "best_weight"):
         for ext in ("md", "csv", "tex"):
             assert (tmp_path / "report" / "tables" / f"{name}.{ext}").stat().st_size > 0
     for fig in ("cost", "curves", "tradeoff", "infographic"):

@@ -60,7 +60,7 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
 
     # The published outputs: every file exists and is non-empty.
     report = tmp_path / "report"
-    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in ("cost", "quality", "paired", "ranking", "best_weight") for e in ("md", "csv", "tex"))]
+    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in ("cost", "learning_rates", "quality", "per_concept", "paired", "ranking", "best_weight") for e in ("md", "csv", "tex"))]
     outputs += [report / "figures" / f"{f}.{e}" for f in ("infographic", "cost", "curves", "tradeoff", "grid_sks_crescent_instance_0") for e in ("png", "svg")]
     assert all(f.is_file() and f.stat().st_size > 0 for f in outputs), [str(f) for f in outputs if not f.is_file()]
     assert "data:image/png;base64," in (report / "report.html").read_text()
