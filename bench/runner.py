@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -99,9 +100,8 @@ def check_results_dir(results: Path) -> None:
         raise ModelConfigError(f"results_dir: {results} is a file, not a folder")
     try:
         results.mkdir(parents=True, exist_ok=True)
-        probe = results / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=results, prefix=".write_test"):
+            pass
     except OSError as e:
         raise ModelConfigError(f"results_dir: cannot write to {results} ({e.strerror or e})") from None
 
