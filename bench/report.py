@@ -409,7 +409,7 @@ def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[st
     labels = arm_labels(df.assign(sweep=None))
     rows = []
     for (model, method, config), g in cost_rows(df).groupby(["model", "method", "config"], dropna=False):
-        meta = next((Path(d) / "train" / rid / "run.json" for d in results_dirs for rid in g.run_id.unique() if (Path(d) / "train" / rid / "run.json").is_file()), None)
+        meta = next((Path(d) / "train" / rid / "run.json" for d in results_dirs for rid in g.run_id.dropna().unique() if (Path(d) / "train" / rid / "run.json").is_file()), None)
         if meta is None:
             continue
         lr = json.loads(meta.read_text())["config"]["method"][method].get("lr")

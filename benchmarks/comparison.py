@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        sys.exit(f"run.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    # Exit 1 means some training run failed (it is in the table); anything that stopped run.py itself is not a result.
+    if proc.returncode not in (0, 1) or "adapterbench: report" not in proc.stdout:
+        sys.exit(f"run.py did not finish ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
 
     from bench import records
 
