@@ -133,14 +133,19 @@ def test_command_line_modes_and_exit_codes(tmp_path):
 
 @pytest.mark.slow
 def test_check_has_power_other_seeds_pass_a_tenth_of_the_learning_rate_fails(tmp_path):
-    """Real training (LoRA, default steps, 1 concept x 3 training seeds): a rerun with three other
-    training seeds passes; the same with a tenth of the learning rate fails on LoRA's CLIP-I."""
-    common = ["method=[lora]", "data=sks_crescent", "sweep.weights=[0.0,1.0]", "sweep.seeds=[0,1]", "progress=false"]
+    """Real training (the hypernetwork at its defaults, 2 concepts x 3 training seeds): a rerun with three
+    other training seeds passes; the same with a tenth of the learning rate fails, naming the method
+    and the metric. Measured here: at lr/10 CMMD rises by 1.8 against an allowance of 1.1 from the
+    baseline's spread, while CLIP-I falls only 0.04 (within its allowance of 0.21). The hypernetwork
+    because its run-to-run spread is the smallest; a third of the steps is no degradation on the micro
+    world (CLIP-I is reached within 50 steps), and a tenth of LoRA's lr even scored higher on sks_crescent."""
+    common = ["method=[hypernetwork]", "data=default", "sweep.weights=[0.0,1.0]", "sweep.seeds=[0,1]", "progress=false"]
     r = run_cli("mode=baseline", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'base'}", "seeds=[0,1,2]", *common)
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'other'}", "seeds=[3,4,5]", *common)
     assert r.returncode == 0, r.stdout
-    r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'slow'}", "seeds=[3,4,5]", "method.lora.lr=2e-4", *common)
+    r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'slow'}", "seeds=[3,4,5]", "method.hypernetwork.lr=6e-5", *common)
     assert r.returncode == 1, r.stdout
     regressed = [line.split()[:2] for line in r.stdout.splitlines() if "REGRESSED" in line]
-    assert ["lora", "clip_i"] in regressed, r.stdout
+    assert regressed and all(method == "hypernetwork" for method, _ in regressed), r.stdout
+    assert "checks regressed" in r.stdout and (tmp_path / "slow" / "regression_junit.xml").is_file()
