@@ -58,8 +58,8 @@ def main(cfg: DictConfig) -> int:
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
     # Exactly the stages this config needs: finished ones are reused, rows of other configs are not read.
-    status = run(cfg)
-    table = config_table(results, plan(cfg)[1])
+    status, runs = run_comparison(cfg)
+    table = config_table(results, runs)
     if mode == "baseline":
         regression.write_baseline(table, Path(cfg.baseline), cfg)
         print(f"adapterbench: baseline written to {cfg.baseline}")
@@ -134,6 +134,11 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
 
 def run(cfg: DictConfig) -> int:
     """Run every stage of every training run; returns the process exit code (1 when any run failed)."""
+    return run_comparison(cfg)[0]
+
+
+def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
+    """`run`, also returning the runs of this config (for the modes that read exactly their rows)."""
     results = Path(cfg.results_dir)
     check_results_dir(results)
     concepts, runs = plan(cfg)
@@ -149,7 +154,7 @@ def run(cfg: DictConfig) -> int:
     report = report_stage(results, cfg)
     print_summary(config_table(results, runs), results, failures, cfg)
     print(f"adapterbench: report {report.resolve()}")
-    return 1 if failures else 0
+    return (1 if failures else 0), runs
 
 
 def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> None:
@@ -229,13 +234,6 @@ def config_table(results: Path, runs: list[stages.RunSpec]):
     return records.read_files([f for f in dict.fromkeys(files) if f.exists()])
 
 
-def human_bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
 def human_seconds(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 90 else f"{s:.1f} s"
 
@@ -243,6 +241,8 @@ def human_seconds(s: float) -> str:
 def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None:
     """Per method: quality at weight 1 with its interval beside cost (mean over runs), in human units."""
     import pandas as pd
+
+    from bench import report
 
     settings = stats.Settings.from_config(cfg.stats)
     lines = []
@@ -259,7 +259,7 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
                     row[f"{metric}@1 [95% CI]"] = f"{r['mean']:.3f} [{r.low:.3f}, {r.high:.3f}]" if np.isfinite(r.low) else f"{r['mean']:.3f}"
             row["train time"] = human_seconds(c.get("train_time", float("nan")))
             row["peak memory"] = f"{c.get('peak_mem', float('nan')):,.0f} MiB"
-            row["file"] = human_bytes(c.get("artifact_bytes", float("nan")))
+            row["file"] = report.human_bytes(c.get("artifact_bytes", float("nan")))
             row["runs"] = int(table[(table.method == method) & (table.metric == "train_time")].run_id.nunique())
             lines.append(row)
     if lines:

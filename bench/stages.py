@@ -54,6 +54,11 @@ class RunSpec:
         return {"run_id": self.run_id, "model": model, "method": self.method, "config": self.config, "concept": self.concept, "kind": self.kind, "train_seed": self.train_seed}
 
 
+def config_hash(cfg: DictConfig, method: str) -> str:
+    """The hash of one method's config alone (the `config` column)."""
+    return digest({method: plain(cfg.method[method])}, 8)
+
+
 def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
     """`concept` is a loaded ConceptData: its fingerprint (pixels, captions, words) keys the training."""
     method_cfg = plain(cfg.method[method])
@@ -64,7 +69,7 @@ def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
         kind=concept.kind,
         train_seed=int(train_seed),
         run_id=run_id,
-        config=digest({method: method_cfg}, 8),
+        config=config_hash(cfg, method),
         sweep=digest(plain(cfg.sweep), 8),
         metrics=digest(plain(cfg.metrics), 8),
     )

@@ -58,8 +58,8 @@ def tune(cfg: DictConfig) -> int:
     from bench import runner
 
     grid, arms = grid_config(cfg)
-    status = runner.run(grid)
-    table = runner.config_table(Path(grid.results_dir), runner.plan(grid)[1])
+    status, runs = runner.run_comparison(grid)
+    table = runner.config_table(Path(grid.results_dir), runs)
     rows = []
     for arm, (name, lr) in arms.items():
         sub = table[table.method == arm]

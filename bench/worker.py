@@ -115,7 +115,7 @@ def prepare_concept(concept_name: str) -> dict:
             continue
         start = time.perf_counter()
         method.generate_inputs(_pipe(), concept, settings)
-        ident = {"model": str(cfg.model.name), "method": name, "config": stages.digest({name: stages.plain(cfg.method[name])}, 8), "concept": concept.name, "kind": concept.kind}
+        ident = {"model": str(cfg.model.name), "method": name, "config": stages.config_hash(cfg, name), "concept": concept.name, "kind": concept.kind}
         records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}])
     return {"concept": concept_name, "base_texts": len(todo)}
 
