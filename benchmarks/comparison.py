@@ -8,7 +8,8 @@ Prints three tables:
 - wall time of the whole `python run.py` and the worker-seconds spent per stage (workers run in
   parallel, so the stages add up to about workers x wall time);
 - per method and concept: CLIP-I at weight 1 and at weight 0 (mean over training runs), the per-run gain,
-  and whether the method learned it (every training run gains, and the mean gain is at least 0.05);
+  and whether the method learned it: the gain averaged over training runs is at least 0.05 (how many
+  runs gain on their own is beside it, so a pass carried by one run shows);
 - cost per method (mean over runs).
 """
 
@@ -41,8 +42,8 @@ def learning_table(df):
         rows.append({
             "method": method, "concept": concept, "kind": kind, "runs": len(g),
             "CLIP-I @1": w1[method, concept].mean(), "CLIP-I @0": w0[method, concept].mean(),
-            "gain (mean)": g.mean(), "gain (min run)": g.min(),
-            "learned": bool((g > 0).all() and g.mean() >= MIN_GAIN),
+            "gain (mean)": g.mean(), "gain (min run)": g.min(), "runs gaining": f"{int((g > 0).sum())}/{len(g)}",
+            "learned": bool(g.mean() >= MIN_GAIN),
         })
     return pd.DataFrame(rows)
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# Comparison benchmark: `python run.py data={args.data}`\n\n{header.removeprefix('adapterbench: ')}\n\n"
         f"## Where the time goes\n\n{time_table(df, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
         f"## Every method learns every concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
-        f"recontext prompts at weight 1 and 0, mean over training runs; 'learned': every run gains and the mean gain is at least {MIN_GAIN}. "
+        f"recontext prompts at weight 1 and 0, mean over training runs; 'learned': the gain averaged over training runs is at least {MIN_GAIN}. "
         f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned.\n\n"
         f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
     )
