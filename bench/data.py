@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bench import world
@@ -56,6 +58,11 @@ class ConceptData:
         if self.kind not in KINDS:
             raise ConceptDataError(f"data.kind: concept {self.name!r} has kind {self.kind!r}; use one of {', '.join(KINDS)}")
 
+    @property
+    def world_concept(self) -> str | None:
+        """The micro world concept these images are renders of, or None (a user's folder)."""
+        return self.name if self.source == f"micro world concept {self.name}" else None
+
     def fingerprint(self) -> str:
         """A hash of exactly what a method trains on (pixels, captions, words), so a training stage's key
         changes when the data does, whatever config or folder it came from."""
@@ -67,10 +74,26 @@ class ConceptData:
         return h.hexdigest()[:16]
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Integer and float single-channel modes as 8-bit 'L' with their range kept. Pillow's own convert
+    clips instead of scaling: a 16-bit PNG (mode I;16 or I) would become a white square."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        arr = np.asarray(image, dtype=np.float64)
+        # 16-bit data in 'I' (how Pillow opens many 16-bit greyscale PNGs) is scaled like I;16.
+        scale = 257.0 if image.mode.startswith("I;16") or arr.max(initial=0) > 255 else 1.0
+        return Image.fromarray(np.clip(np.round(arr / scale), 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        arr = arr * 255.0 if np.nanmax(arr, initial=0) <= 1.0 else arr  # float images in [0, 1] or [0, 255]
+        return Image.fromarray(np.clip(np.round(np.nan_to_num(arr)), 0, 255).astype(np.uint8), "L")
+    return image
+
+
 def to_model_image(image: Image.Image, resolution: int) -> Image.Image:
-    """RGB, EXIF-rotated, transparent parts on white, shorter side scaled to `resolution`, centre-cropped."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    """RGB, EXIF-rotated, 16-bit and float scaled to 8 bits, transparent parts on white, shorter side
+    scaled to `resolution`, centre-cropped."""
+    image = to_8bit(ImageOps.exif_transpose(image))
+    if "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
@@ -81,13 +104,18 @@ def to_model_image(image: Image.Image, resolution: int) -> Image.Image:
 def read_image(path: Path, resolution: int) -> Image.Image:
     """One image file, ready for the model; a clear error naming the file when it cannot be used."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if min(im.size) < MIN_SIDE_PX:
-                raise ConceptDataError(f"{path}: image is {im.size[0]}x{im.size[1]} px, smaller than {MIN_SIDE_PX} px")
-            return to_model_image(im, resolution)
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice it; an image that large is refused either way.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if min(im.size) < MIN_SIDE_PX:
+                    raise ConceptDataError(f"{path}: image is {im.size[0]}x{im.size[1]} px, smaller than {MIN_SIDE_PX} px")
+                return to_model_image(im, resolution)
     except ConceptDataError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ConceptDataError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ConceptDataError(f"{path}: not a readable image ({e})") from e
 
@@ -123,10 +151,7 @@ def load_folder(
     if not class_word or class_word == token:
         raise ConceptDataError(f"data.class_word: cannot tell the class word from {instance_prompt!r}; set it")
     images = [read_image(p, resolution) for p in files]
-    captions = []
-    for p in files:
-        txt = p.with_suffix(".txt")
-        captions.append(txt.read_text().strip() if txt.is_file() and txt.read_text().strip() else instance_prompt)
+    captions = [read_caption(p.with_suffix(".txt")) or instance_prompt for p in files]
     class_prompt = " ".join(w for w in words if w != token)
     log.info("concept %s: %d images from %s (repeats %d)", folder.name, len(images), folder, repeats)
     return ConceptData(
@@ -142,6 +167,16 @@ def load_folder(
         repeats=repeats,
         source=str(folder),
     )
+
+
+def read_caption(path: Path) -> str:
+    """The caption beside an image ('' when there is none); UTF-8 only, refused by name otherwise."""
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ConceptDataError(f"{path}: caption is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
 
 
 def _rare_token(words: list[str], folder: Path) -> str:

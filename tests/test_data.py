@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -84,3 +85,60 @@ def test_fingerprint_changes_with_the_data_and_only_with_it():
     assert a.fingerprint() == again.fingerprint()
     assert a.fingerprint() != load_world_concept("sks_crescent", 5, 64).fingerprint()
     assert a.fingerprint() != load_world_concept("sks_crescent", 4, 64, seed=1).fingerprint()
+
+
+# Every image mode a user's folder may hold, against pixels computed here by hand (numpy), not by Pillow's convert.
+def _mode_cases(tmp_path):
+    grey16 = np.full((16, 16), 40000, np.uint16)  # 40000 / 257 = 155.6 -> 156
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")  # Pillow writes a 16-bit PNG, reads it as I;16 or I
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # no black, full magenta and yellow: red
+    cmyk.save(tmp_path / "cmyk.jpg", quality=100)
+    pal = Image.new("P", (16, 16), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.save(tmp_path / "palette.png")
+    la = Image.new("LA", (16, 16), (100, 0))  # fully transparent grey: white after compositing
+    la.save(tmp_path / "la.png")
+    half = Image.new("RGBA", (16, 16), (200, 0, 0, 128))  # half-transparent red over white
+    half.save(tmp_path / "half.png")
+    f32 = Image.fromarray(np.full((16, 16), 0.5, np.float32), "F")
+    f32.save(tmp_path / "float.tiff")
+    rotated = Image.new("RGB", (32, 16), (0, 0, 255))
+    rotated.paste((255, 255, 0), (0, 0, 16, 16))  # left half yellow, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rotated.save(tmp_path / "exif.jpg", exif=exif, quality=100)
+    return {
+        "grey16.png": (156, 156, 156),
+        "cmyk.jpg": (255, 0, 0),
+        "palette.png": (10, 200, 30),
+        "la.png": (255, 255, 255),
+        "half.png": (round(200 * 128 / 255 + 255 * 127 / 255), round(255 * 127 / 255), round(255 * 127 / 255)),
+        "float.tiff": (128, 128, 128),
+    }
+
+
+def test_every_image_mode_becomes_the_right_rgb_pixels(tmp_path):
+    from bench.data import read_image
+
+    for name, expected in _mode_cases(tmp_path).items():
+        im = read_image(tmp_path / name, 16)
+        got = np.asarray(im)[8, 8].astype(int)
+        assert im.mode == "RGB" and np.abs(got - expected).max() <= 3, (name, got, expected)
+    # EXIF orientation 6: displayed rotated a quarter turn clockwise, so the yellow half is on top.
+    shown = np.asarray(read_image(tmp_path / "exif.jpg", 16).resize((16, 16)))
+    assert shown[2, 8, 2] < 60 and shown[13, 8, 2] > 200, (shown[2, 8], shown[13, 8])
+
+
+def test_decompression_bombs_and_non_utf8_captions_are_refused_by_name(tmp_path, monkeypatch):
+    folder = tmp_path / "5_sks dog"
+    _write_images(folder, 2, size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000: a "bomb" at this limit
+    with pytest.raises(ConceptDataError, match=r"img0.png: refused as a possible decompression bomb"):
+        load_folder(folder, 32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # between the limit and twice it: Pillow only warns
+    with pytest.raises(ConceptDataError, match="decompression bomb"):
+        load_folder(folder, 32)
+    monkeypatch.undo()
+    (folder / "img1.txt").write_bytes("a sks dog on a caf\xe9 table".encode("latin-1"))
+    with pytest.raises(ConceptDataError, match=r"img1.txt: caption is not UTF-8"):
+        load_folder(folder, 32)
