@@ -47,6 +47,52 @@ def job(cfg: DictConfig) -> int:
         return USAGE_ERROR
 
 
+def config_error(argv: list[str]) -> str | None:
+    """Compose the config the command line asks for, before Hydra does, and turn a composition error
+    (unknown key, group option or type, malformed override) into one line naming the override. Every
+    value of a sweep override (`-m key=a,b`) is checked; Hydra's own flags skip the check."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+        parsed = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
+        # One composition per value of each sweep, the other sweeps at their first value.
+        choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line] for o in parsed]
+        first = [c[0] for c in choices]
+        variants = [first] + [first[:i] + [v] + first[i + 1:] for i, c in enumerate(choices) for v in c[1:]]
+        with initialize_config_dir(config_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"), version_base="1.3"):
+            configs = [compose("config", overrides=overrides) for overrides in variants]
+        if len(configs) > 1:
+            # A multirun's later jobs would otherwise find a nonsense hyper-parameter only after the
+            # earlier jobs have run: every job's methods are built (cheap: no model is loaded) first.
+            from methods import build_method
+            from methods.base import MethodConfigError
+
+            for cfg, overrides in zip(configs, variants):
+                for name in cfg.method:
+                    try:
+                        build_method(cfg, name)
+                    except MethodConfigError as e:
+                        return f"{e} (multirun job {' '.join(overrides)})"
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__
+        lines = str(e).strip().splitlines()
+        options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
+        detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
+        known = f"; available: {', '.join(options)}" if options else ""
+        return f"config: {lines[0]}{detail}{known}"
+    return None
+
+
 if __name__ == "__main__":
+    error = config_error(sys.argv[1:])
+    if error:
+        print(f"adapterbench: error: {error}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
     main()
     sys.exit(exit_status)

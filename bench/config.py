@@ -57,13 +57,16 @@ class SweepConfig:
 class MetricsConfig:
     clip: str = "micro"  # the CLIP feature space: 'micro' or an open_clip spec such as 'local-dir:/models/clip'
     inception: bool = False  # also classic Inception FID (needs torch-fidelity's weights available locally)
+    oracle: bool = True  # judge concept presence with the micro world's oracle (world concepts only)
 
 
 @dataclass
 class StatsConfig:
     confidence: float = 0.95  # of every interval
     n_boot: int = 2000  # bootstrap resamples (hierarchical: concepts, then training seeds)
-    fidelity: str = "clip_i"  # the metric that picks each method's best weight (on held-out seeds)
+    # The headline fidelity metric (ranking, paired differences, best weight on held-out seeds). 'auto':
+    # the oracle's presence rate where it judged the images, else the proxy that agreed best with it.
+    fidelity: str = "auto"
 
 
 @dataclass

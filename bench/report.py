@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import logging
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench import records, stages, stats  # noqa: E402
+from bench import records, stages, stats, validity  # noqa: E402
 from bench.io import atomic_path, atomic_write_text  # noqa: E402
 from metrics import higher_is_better, is_frechet  # noqa: E402
 
@@ -40,7 +41,7 @@ COST_METRICS = {  # metric -> (column title, scale, format)
     "artifact_bytes": ("file size", 1.0, "bytes"),
     "input_gen_time": ("class images (s)", 1.0, "{:,.1f}"),
 }
-QUALITY_TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity"}
+QUALITY_TITLES = {"presence": "presence (oracle)", "clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity", "blank": "blank images"}
 
 
 def quality_metrics(df: pd.DataFrame) -> dict[str, tuple[str, bool]]:
@@ -147,6 +148,39 @@ def quality_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings())
     return pd.DataFrame([rows[k] for k in order], index=pd.MultiIndex.from_tuples(order, names=["method", "scope"]))
 
 
+def blank_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Arm x weight: blank (degenerate) images as 'count / images', over every prompt, seed and run."""
+    b = df[(df.metric == "blank") & (df.status == "ok")]
+    if b.empty:
+        return b
+    labels = arm_labels(df)
+    rows: dict[str, dict[str, str]] = {}
+    for (*arm, weight), g in b.groupby([*stats.ARM, "weight"], dropna=False, sort=True):
+        rows.setdefault(label_of(labels, *arm), {})[f"weight {weight:g}"] = f"{int(g.value.sum())} / {len(g)}"
+    order = sorted(rows, key=method_rank)
+    return pd.DataFrame([rows[k] for k in order], index=pd.Index(order, name="method"))
+
+
+def validity_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> tuple[str, pd.DataFrame]:
+    """(caption, table): each proxy metric's rank agreement with the oracle's presence rate."""
+    t = validity.agreement(df, settings)
+    if t.empty:
+        return "", t
+    table = pd.DataFrame({
+        "metric": [metric_title(m) for m in t.metric],
+        "Spearman rho with presence": [format_ci(r.rho, r.low, r.high) for r in t.itertuples()],
+        "rho within concept (mean)": [format_ci(r.rho_within, r.within_low, r.within_high) for r in t.itertuples()],
+        "cells": t.cells, "concepts": t.concepts,
+        "agrees with ground truth": ["yes" if a else "no" for a in t.agrees],
+    }).set_index("metric")
+    bad = [metric_title(m) for m, a in zip(t.metric, t.agrees) if not a]
+    caption = (f"Rank agreement of each proxy metric with the oracle's presence rate (ground truth: is the concept's shape or fill drawn?) over "
+               f"every (method, concept, weight) cell; FD and CMMD are negated so that agreement is positive. Interval: concepts resampled. "
+               f"A metric agrees when rho >= {validity.AGREES} and its interval excludes 0. "
+               + (f"Not agreeing here: {', '.join(bad)}; read them as similarity, not as evidence the concept is drawn." if bad else "Every proxy agrees here."))
+    return caption, table
+
+
 def per_concept_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
     """Concept x method: `metric` at weight 0 and 1, mean over that concept's training runs [interval]."""
     labels = arm_labels(df)
@@ -214,7 +248,7 @@ def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings 
         row = {"method": label_of(labels, b.model, b.method, b.config, b.sweep), "best weight": f"{b.best_weight:g}",
                "chosen on seeds": ", ".join(map(str, b.selected_on)), "reported on seeds": ", ".join(map(str, b.reported_on))}
         sub = df[(df.model == b.model) & (df.method == b.method) & (df.config == b.config) & (df.sweep == b.sweep)]
-        for metric in ("clip_i", "clip_t", "drift"):
+        for metric in dict.fromkeys((fidelity, "clip_i", "clip_t", "drift")):
             s = stats.summarize(sub, metric, b.best_weight, list(b.reported_on), settings)
             s = s[s.scope == "overall"]
             if len(s):
@@ -332,8 +366,9 @@ def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
     return save_figure(fig, out, "tradeoff")
 
 
-def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path) -> list[Path]:
-    """Per concept and prompt: methods x weights for the first training seed and generation seed."""
+def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None) -> list[Path]:
+    """Per concept and prompt: methods x weights for the first training seed and generation seed
+    (`texts`: (concept, prompt id) -> prompt text, for the titles)."""
     q = stats.quality_rows(df)
     q = q[q.metric == "clip_i"]
     labels = arm_labels(df)
@@ -356,7 +391,8 @@ def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path) -> list[Path
                     ax.set_title(f"w={w:g}", fontsize=8)
                 if c == 0:
                     ax.set_ylabel(label_of(labels, *arm).replace("_", "\n"), fontsize=8)
-        fig.suptitle(f"{concept}, {pid.replace('_', ' ')}: methods x weights (training seed {train_seed}, generation seed {seed})", fontsize=9)
+        prompt = f"'{texts[(concept, pid)]}'" if texts and (concept, pid) in texts else pid.replace("_", " ")
+        fig.suptitle(f"{concept}, {prompt}: methods x weights (training seed {train_seed}, generation seed {seed})", fontsize=9)
         paths.append(save_figure(fig, out, f"grid_{concept}_{pid}"))
     return paths
 
@@ -427,6 +463,157 @@ def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[st
 # ------------------------------------------------------------------------------------------- HTML
 
 
+# ------------------------------------------------------------------------------------------- provenance
+
+
+def run_records(results_dirs: list[Path]) -> list[dict]:
+    """Every training run's run.json (resolved config, commit, packages, hardware, date)."""
+    out = []
+    for d in results_dirs:
+        for f in sorted(Path(d).glob("train/*/run.json")):
+            try:
+                out.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                log.warning("skipping unreadable %s: %s", f, e)
+    return out
+
+
+def _distinct(values) -> str:
+    seen = list(dict.fromkeys(str(v) for v in values if v is not None))
+    return "; ".join(seen) if seen else "unknown"
+
+
+def provenance_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
+    """What the numbers were made with, and how many of everything: one row per fact."""
+    q = stats.quality_rows(df)
+    dates = sorted(r["date"] for r in runs if r.get("date"))
+    hw = [r.get("hardware", {}) for r in runs]
+    rows = {
+        "date (first - last training run)": f"{dates[0][:16].replace('T', ' ')} - {dates[-1][:16].replace('T', ' ')} UTC" if dates else "unknown",
+        "git commit": _distinct(r.get("git_commit") for r in runs),
+        "python": _distinct(r.get("python") for r in runs),
+    }
+    for name in ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "torchmetrics", "hydra-core"):
+        rows[name] = _distinct(r.get("packages", {}).get(name) for r in runs)
+    rows.update({
+        "CPU": _distinct(h.get("cpu") for h in hw),
+        "GPU": _distinct(h.get("gpu") or "none" for h in hw),
+        "device": _distinct(h.get("device") for h in hw),
+        "usable cores / torch threads per process": _distinct(f"{h.get('usable_cores')} / {h.get('torch_threads')}" for h in hw),
+        "model": _distinct(df.model.dropna()),
+        "concepts": f"{df.concept.nunique()}: " + ", ".join(f"{c} ({k})" for c, k in df[["concept", "kind"]].dropna().drop_duplicates().itertuples(index=False)),
+        "training seeds per concept": ", ".join(str(int(x)) for x in sorted(df.train_seed.dropna().unique())),
+        "generation seeds per run": ", ".join(str(int(x)) for x in sorted(q.seed.dropna().unique())),
+        "adapter weights": ", ".join(f"{float(x):g}" for x in sorted(q.weight.dropna().unique())),
+        "training runs": str(df.run_id.nunique()),
+    })
+    return pd.DataFrame({"value": rows}).rename_axis("item")
+
+
+def resolved_config_html(runs: list[dict]) -> str:
+    """The resolved config of the comparison (the first run's; the runs differ only in method and seed)."""
+    if not runs:
+        return ""
+    import yaml
+
+    config = {k: v for k, v in runs[0].get("config", {}).items()}
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110)
+    return f"<details><summary>Resolved config (as run; `run.json` of each training run has its own)</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def definitions_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
+    """One line per method (what weight w does) and per metric (unit, direction, definition)."""
+    from hydra.utils import get_class
+
+    from metrics import QUALITY
+    from metrics.fd import info as fd_info
+
+    rows = []
+    targets = {}
+    for r in runs:
+        for name, mcfg in r.get("config", {}).get("method", {}).items():
+            if isinstance(mcfg, dict) and mcfg.get("_target_"):
+                targets.setdefault(name, mcfg["_target_"])
+    for name in ordered(df.method.dropna().unique()):
+        try:
+            meaning = get_class(targets[name]).weight_meaning
+        except Exception:  # a method class that moved since the run: say so rather than fail the report
+            meaning = "(definition unavailable: method class not importable)"
+        rows.append({"kind": "method", "name": name, "unit": "weight w", "direction": "", "definition": meaning})
+    for metric in quality_metrics(df):
+        info = QUALITY.get(metric) or fd_info(metric.removeprefix("fd_"))
+        note = {"cmmd": "; an unbiased estimate, so slightly negative values mean 'indistinguishable'",
+                "drift": "; 0 by construction for a method that leaves the UNet untouched (Textual Inversion)"}.get(metric, "")
+        rows.append({"kind": "metric", "name": QUALITY_TITLES.get(metric, metric), "unit": info.unit,
+                     "direction": "higher is better" if higher_is_better(metric) else "lower is better", "definition": info.description + note})
+    return pd.DataFrame(rows).set_index(["kind", "name"])
+
+
+def prompts_table(df: pd.DataFrame, results_dirs: list[Path]) -> pd.DataFrame:
+    """Concept x prompt id -> the prompt text the sweep used (from the image manifests)."""
+    texts: dict[tuple[str, str], str] = {}
+    runs = df[["run_id", "concept", "sweep"]].dropna().drop_duplicates()
+    for concept, g in runs.groupby("concept"):
+        for r in g.itertuples():
+            manifest = next((f for d in results_dirs for f in [stages.images_dir(d, r.run_id, r.sweep) / "images.json"] if f.is_file()), None)
+            prompts = json.loads(manifest.read_text()).get("prompts") if manifest else None
+            if prompts:
+                for pid, text in prompts.items():
+                    texts[(concept, pid)] = text
+                break
+    if not texts:
+        return pd.DataFrame()
+    return pd.DataFrame([{"concept": c, "prompt": pid, "text": t} for (c, pid), t in sorted(texts.items())]).set_index(["concept", "prompt"])
+
+
+def instance_figure(df: pd.DataFrame, results_dirs: list[Path], out: Path, per_concept: int = 8) -> Path | None:
+    """A row of training images per concept: what every method was asked to learn."""
+    folders = {}
+    for concept in sorted(df.concept.dropna().unique()):
+        found = sorted(f for d in results_dirs for f in (Path(d) / "images" / "instance").glob(f"{concept}-*") if f.is_dir())
+        if found:
+            folders[concept] = sorted(found[0].glob("*.png"))[:per_concept]
+    if not folders:
+        return None
+    cols = max(len(v) for v in folders.values())
+    fig, axes = plt.subplots(len(folders), cols, figsize=(1.1 * cols + 1.6, 1.15 * len(folders) + 0.5), squeeze=False)
+    for r, (concept, files) in enumerate(folders.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(files):
+                ax.imshow(Image.open(files[c]), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(concept, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle("Instance images: what every method trained on (the same images for all of them)", fontsize=10)
+    return save_figure(fig, out, "instance_images")
+
+
+def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
+    """Training loss against step per method: the mean over training runs of a running mean."""
+    loss = df[(df.metric == "train_loss") & df.step.notna() & (df.status == "ok")]
+    if loss.empty:
+        return None
+    labels = arm_labels(loss.assign(sweep=None))
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (model, method, config), g in loss.groupby(["model", "method", "config"], dropna=False):
+        label = label_of(labels, model, method, config)
+        per_run = g.pivot_table(index="step", columns="run_id", values="value").sort_index()
+        smoothed = per_run.rolling(smooth, min_periods=1).mean()
+        mean = smoothed.mean(axis=1)
+        ax.plot(mean.index, mean.to_numpy(), color=col[label], label=f"{label} ({per_run.shape[1]} runs)")
+        ax.fill_between(mean.index, smoothed.min(axis=1), smoothed.max(axis=1), color=col[label], alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"denoising loss (running mean of {smooth} steps)")
+    ax.set_yscale("log")
+    ax.set_title("Training loss: mean over training runs, band from lowest to highest run", fontsize=10)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out, "loss")
+
+
 def embed_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -438,24 +625,34 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
     return f.assign(stage=f.metric.str.replace("_failed", ""), error=f.status.str.replace("failed: ", "", n=1))[["method", "concept", "train_seed", "stage", "error"]].drop_duplicates().set_index(["method", "concept", "train_seed"])
 
 
-def html_report(title: str, intro: str, tables: dict[str, tuple[str, pd.DataFrame]], figures: list[tuple[Path, str]], out_file: Path) -> Path:
+# After load, the page records how many of its images decoded (read by the headless-browser test).
+DECODE_PROBE = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+                "document.body.dataset.decoded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+
+
+def html_report(title: str, intro: str, tables: dict[str, tuple[str, pd.DataFrame]], figures: list[tuple[Path, str]], out_file: Path,
+                extra: dict[str, str] | None = None) -> Path:
+    """One self-contained page: tables (with captions), raw HTML blocks placed after the table of the
+    same heading (`extra`), then figures with captions; images are embedded."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "th{background:#f0f0f0}img{max-width:100%;margin:1em 0}.failed td{color:#a00}</style></head><body>",
+             "th{background:#f0f0f0}img{max-width:100%;margin:1em 0}.failed td{color:#a00}pre{font-size:12px;background:#f7f7f7;padding:8px}"
+             "td:last-child{text-align:left}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
     for heading, (caption, table) in tables.items():
         cls = " class='failed'" if heading.startswith("Failed") else ""
         parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p><div{cls}>{table.to_html(escape=True)}</div>")
+        parts.append((extra or {}).get(heading, ""))
     parts.append("<h2>Figures</h2>")
     for fig, caption in figures:
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='{embed_png(fig)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("</body></html>")
+    parts.append(DECODE_PROBE + "</body></html>")
     atomic_write_text(out_file, "\n".join(parts))
     return out_file
 
 
-def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: str = "clip_i", settings: stats.Settings = stats.Settings()) -> Path:
+def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: str = "auto", settings: stats.Settings = stats.Settings()) -> Path:
     """Everything from the tables of one or more results directories; returns the HTML file."""
     results_dirs = [Path(d) for d in results_dirs]
     out = Path(out) if out else results_dirs[0] / "report"
@@ -465,18 +662,27 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     if df.empty:
         raise ValueError(f"no result rows under {', '.join(map(str, results_dirs))}")
     q = stats.quality_rows(df)
+    fidelity = validity.headline(df, fidelity)
     n_concepts, n_train = df.concept.nunique(), df.train_seed.nunique()
     intro = (f"{n_concepts} concept(s) ({', '.join(sorted(df.concept.dropna().unique()))}), {n_train} training seed(s), "
              f"{q.seed.nunique()} generation seed(s) per run. The unit of analysis is the training run (concept x training seed); "
              "generation seeds are averaged inside a run. Intervals: 95 % hierarchical bootstrap (concepts, then training seeds). "
              "Rows of different method configs (hash in brackets where a method has several) are never averaged together.")
     tables: dict[str, tuple[str, pd.DataFrame]] = {}
+    runs = run_records(results_dirs)
+    if not (df.metric == validity.GROUND_TRUTH).any():
+        intro += (" No concept-presence oracle judged these images (it knows only the micro world's concepts): the fidelity metrics below are "
+                  "similarities, validated against ground truth only in the micro world (results/benchmarks/metric_validity.md).")
 
     def add(heading: str, name: str, caption: str, table: pd.DataFrame) -> None:
         if len(table):
             write_table(table, out / "tables", name, caption)
             tables[heading] = (caption, table)
 
+    add("About these numbers", "provenance", "What produced this report: code, packages, hardware, date, and how many concepts, runs and seeds "
+        "stand behind every number.", provenance_table(df, runs))
+    add("Definitions", "definitions", "What adapter weight w does in each method, and each metric's unit, direction and definition.", definitions_table(df, runs))
+    add("Prompts", "prompts", "The sweep's prompts as written (Textual Inversion reads its placeholder where the token is).", prompts_table(df, results_dirs))
     add("Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df))
     add("Cost", "cost", "Cost of training under identical conditions: mean over training runs [95 % interval]. Training memory is the run's own peak "
         "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it.", cost_table(df, settings))
@@ -492,19 +698,29 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
             "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference.", ranking_table(df, fidelity, settings))
         add("Best weight (held out)", "best_weight", f"Each method's best weight by {QUALITY_TITLES.get(fidelity, fidelity)}, chosen on half of the generation seeds "
             "and reported on the other half, so the choice and the number never come from the same images.", best_weight_table(df, fidelity, settings))
+    add("Metric validity (against the oracle)", "validity", *validity_table(df, settings))
+    add("Degenerate images", "blank", "Blank or uniform images (what a NaN or collapsed generation decodes to; judged by pixels: under 1 % of "
+        "pixels away from the median colour), per adapter weight, over every prompt, generation seed and training run.", blank_table(df))
     fig_dir = out / "figures"
-    grids = xy_grids(df, results_dirs, fig_dir)
+    prompt_texts = prompts_table(df, results_dirs)
+    texts = {k: v for k, v in prompt_texts.text.items()} if len(prompt_texts) else {}
+    grids = xy_grids(df, results_dirs, fig_dir, texts)
     figures = []
+    instances = instance_figure(df, results_dirs, fig_dir)
+    if instances:
+        figures.append((instances, "The instance images of each concept, as every method trained on them."))
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, settings)
     if info:
         figures.append((info, "Summary: cost and quality at weight 1 per method, with the first image grid."))
     for fig, caption in ((cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
                          (curves_figure(df, fig_dir, settings), "Each metric against adapter weight; weight 0 is the base model."),
-                         (tradeoff_figure(df, fig_dir), "Subject fidelity against text alignment along each method's weight path.")):
+                         (tradeoff_figure(df, fig_dir), "Subject fidelity against text alignment along each method's weight path."),
+                         (loss_figure(df, fig_dir), "Training loss per method against step (running mean), over all training runs.")):
         if fig:
             figures.append((fig, caption))
-    figures += [(g, f"Image grid {g.stem.removeprefix('grid_')}: rows are methods, columns adapter weights; the same noise in every cell.") for g in grids]
-    return html_report("adapterbench report", intro, tables, figures, out / "report.html")
+    figures += [(g, f"Image grid {g.stem.removeprefix('grid_')}: rows are methods, columns adapter weights; the same prompt and noise in every cell, "
+                    "so a column differs only by what each method learned.") for g in grids]
+    return html_report("adapterbench report", intro, tables, figures, out / "report.html", extra={"About these numbers": resolved_config_html(runs)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,6 +67,9 @@ def main(cfg: DictConfig) -> int:
     if doc is not None:
         for line in regression.config_differences(doc, cfg):
             print(f"adapterbench: note: {line}")
+    others = other_config_stages(results, runs)
+    if others:
+        print(f"adapterbench: note: {results} also holds {others} training/scoring stage(s) of other configs; they are not read by this {mode}")
     comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check, resolve=True))
     print(regression.format_comparisons(comparisons))
     junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
@@ -234,6 +237,13 @@ def config_table(results: Path, runs: list[stages.RunSpec]):
     return records.read_files([f for f in dict.fromkeys(files) if f.exists()])
 
 
+def other_config_stages(results: Path, runs: list[stages.RunSpec]) -> int:
+    """How many training and scoring stage files in `results` belong to no run of this config."""
+    mine = {f"train_{r.run_id}" for r in runs} | {f"scores_{r.scores_key}" for r in runs}
+    found = {f.stem for f in (results / "rows").glob("*.parquet") if f.stem.startswith(("train_", "scores_"))}
+    return len(found - mine)
+
+
 def human_seconds(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 90 else f"{s:.1f} s"
 
@@ -247,7 +257,12 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
     settings = stats.Settings.from_config(cfg.stats)
     lines = []
     if len(table):
-        quality = {m: stats.summarize(table, m, 1.0, settings=settings) for m in (str(cfg.stats.fidelity), "clip_t", "drift")}
+        from bench.validity import headline as headline_fidelity
+
+        fidelity = headline_fidelity(table, str(cfg.stats.fidelity))
+        headline = [m for m in dict.fromkeys((fidelity, "clip_i", "clip_t", "drift")) if (table.metric == m).any()]
+        quality = {m: stats.summarize(table, m, 1.0, settings=settings) for m in headline}
+        blanks = table[(table.metric == "blank") & (table.status == "ok")]
         cost = table[table.step.isna() & table.weight.isna() & (table.status == "ok")]
         for method in dict.fromkeys(table.method.dropna()):
             c = cost[cost.method == method].groupby("metric").value.mean()
@@ -260,6 +275,9 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
             row["train time"] = human_seconds(c.get("train_time", float("nan")))
             row["peak memory"] = f"{c.get('peak_mem', float('nan')):,.0f} MiB"
             row["file"] = report.human_bytes(c.get("artifact_bytes", float("nan")))
+            b = blanks[blanks.method == method].value
+            # Degenerate images over the whole sweep (every weight): a collapse at any strength shows here.
+            row["blank images"] = f"{int(b.sum())}/{len(b)}" if len(b) else "-"
             row["runs"] = int(table[(table.method == method) & (table.metric == "train_time")].run_id.nunique())
             lines.append(row)
     if lines:

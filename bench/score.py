@@ -10,7 +10,7 @@ from PIL import Image
 from bench.clip import ClipEncoder
 from bench.data import ConceptData
 from bench.sweep import SweepPrompt
-from metrics import clip_score, cmmd, diversity, drift, fd
+from metrics import blank, clip_score, cmmd, diversity, drift, fd, presence
 
 Images = dict[tuple[str, int, float], Image.Image]
 
@@ -23,9 +23,11 @@ def sweep_rows(
     base: dict[tuple[str, int], Image.Image],
     weight_zero_diffs: dict[tuple[str, int], int],
     inception: bool = False,
+    oracle=None,
 ) -> list[dict]:
     """Rows for one run's sweep. `base` holds the base model's images by (prompt text, seed) (drift);
-    `weight_zero_diffs` the largest pixel difference of each weight-0 image from the base model's."""
+    `weight_zero_diffs` the largest pixel difference of each weight-0 image from the base model's;
+    `oracle` (bench.oracle.Oracle) judges concept presence when the concept is one of the micro world's."""
     by_id = {p.prompt_id: p for p in prompts}
     keys = sorted(images)
     encoder.clear()  # the same features whichever runs this process scored before
@@ -48,6 +50,13 @@ def sweep_rows(
             rows.append({**ident, "metric": clip_score.CLIP_T.name, "value": clip_t_all[key], "unit": clip_score.CLIP_T.unit})
             ci = (feats[key] @ instance_feats.T).mean().item()
             rows.append({**ident, "metric": clip_score.CLIP_I.name, "value": ci, "unit": clip_score.CLIP_I.unit})
+    for key, value in zip(keys, blank.blank([images[k] for k in keys])):
+        pid, seed, weight = key
+        rows.append({"prompt_id": pid, "seed": seed, "weight": weight, "metric": blank.INFO.name, "value": value, "unit": blank.INFO.unit, "scorer": "pixels"})
+    if oracle is not None and data.world_concept is not None:
+        subject = [k for k in keys if by_id[k[0]].kind != "unrelated"]
+        for (pid, seed, weight), value in zip(subject, presence.presence(oracle, [images[k] for k in subject], data.world_concept)):
+            rows.append({"prompt_id": pid, "seed": seed, "weight": weight, "metric": presence.INFO.name, "value": value, "unit": presence.INFO.unit, "scorer": "oracle"})
     for (pid, seed), diff in sorted(weight_zero_diffs.items()):
         rows.append({"prompt_id": pid, "seed": seed, "weight": 0.0, "metric": "base_pixel_diff", "value": float(diff), "unit": "px", "scorer": "pixels"})
 

@@ -91,6 +91,11 @@ def image_file(results: Path, run_id: str, sweep: str, prompt_id: str, seed: int
     return images_dir(results, run_id, sweep) / f"{prompt_id}_seed{int(seed)}_w{float(weight):+.2f}.png"
 
 
+def instance_dir(results: Path, concept) -> Path:
+    """The concept's training images as the methods saw them (for the report), keyed by their content."""
+    return Path(results) / "images" / "instance" / f"{concept.name}-{concept.fingerprint()[:8]}"
+
+
 def base_image_file(results: Path, model_cfg, sweep_cfg, text: str, seed: int) -> Path:
     """The base model's image of one prompt and seed, keyed by everything that makes it. Each prompt's
     seeds are generated as one batch of their own (`bench.sweep.base_images`), so the seeds and batch size

@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench import records, stages
-from bench.io import atomic_path, atomic_write_text
+from bench.io import atomic_dir, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 _STATE: dict = {}
@@ -55,6 +55,15 @@ def _encoder():
     from bench.clip import load_encoder
 
     return load_encoder(_cfg().metrics.clip)
+
+
+def _oracle():
+    """The micro world's concept-presence judge, when `metrics.oracle` asks for it."""
+    if not _cfg().metrics.get("oracle", False):
+        return None
+    from bench.oracle import load_oracle
+
+    return load_oracle()
 
 
 def _concept(name: str):
@@ -105,6 +114,11 @@ def prepare_concept(concept_name: str) -> dict:
         for (text, seed), im in base_images(_pipe(), todo, cfg.sweep).items():
             with atomic_path(stages.base_image_file(results, cfg.model, cfg.sweep, text, seed)) as tmp:
                 im.save(tmp, format="PNG")
+    folder = stages.instance_dir(results, concept)
+    if not folder.is_dir():
+        with atomic_dir(folder) as tmp:
+            for i, im in enumerate(concept.images):
+                im.save(tmp / f"{i:03d}.png", format="PNG")
     settings = TrainSettings.from_config(cfg)
     for name, method in methods.items():
         if type(method).generate_inputs is Method.generate_inputs:
@@ -190,7 +204,7 @@ def sweep_and_score(spec: stages.RunSpec) -> list[dict]:
     images, diffs = images_stage(spec, method, concept, prompts)
     generated = time.perf_counter()
     base = {(p.text, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, p.text, s)) for p in prompts for s in cfg.sweep.seeds}
-    rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception))
+    rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception), oracle=_oracle())
     # Where the time goes: generating this run's images (near 0 when they were on disk) and scoring them.
     rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
              {"metric": "score_time", "value": time.perf_counter() - generated, "unit": "s", "scorer": "wall_clock"}]
@@ -223,7 +237,8 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
         with atomic_path(path) as tmp:
             im.save(tmp, format="PNG")
         names[path.name] = [pid, seed, weight]
-    atomic_write_text(manifest, json.dumps({"images": names, "weight_zero_diffs": [[p, s, d] for (p, s), d in diffs.items()]}))
+    atomic_write_text(manifest, json.dumps({"images": names, "weight_zero_diffs": [[p, s, d] for (p, s), d in diffs.items()],
+                                            "prompts": {p.prompt_id: p.text for p in prompts}}))
     return images, diffs
 
 

@@ -106,6 +106,8 @@ class Method(ABC):
     weight_decay: ClassVar[float] = 1e-2
     # Several weights in one denoising batch (apply_many / prompt_at / set_sample_weights).
     batched_weights: ClassVar[bool] = False
+    # One line for the report: what adapter weight w does in this method.
+    weight_meaning: ClassVar[str] = ""
 
     def __init__(self, lr: float) -> None:
         check_positive("method.lr", lr)

@@ -39,6 +39,7 @@ def _read_component(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 class DreamBooth(Method):
     name = "dreambooth"
+    weight_meaning = "every fine-tuned tensor set to base + w·(tuned − base): w = 0 is the base model, w = 1 the fine-tuned one"
     weight_decay = 1e-2
 
     def __init__(

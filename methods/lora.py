@@ -19,6 +19,7 @@ PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
 
 class LoRA(Method):
     name = "lora"
+    weight_meaning = "the low-rank update added at scale w (peft adapter weight): W x + w·(alpha/r)·B A x"
     batched_weights = True
 
     def __init__(

@@ -4,10 +4,12 @@ read one declaration instead of keeping their own lists."""
 
 from __future__ import annotations
 
-from metrics import clip_score, cmmd, diversity, drift
+from metrics import blank, clip_score, cmmd, diversity, drift, presence
 from metrics.base import MetricInfo
 
-QUALITY: dict[str, MetricInfo] = {i.name: i for i in (clip_score.CLIP_T, clip_score.CLIP_I, cmmd.INFO, drift.INFO, diversity.INFO)}
+QUALITY: dict[str, MetricInfo] = {
+    i.name: i for i in (clip_score.CLIP_T, clip_score.CLIP_I, presence.INFO, cmmd.INFO, drift.INFO, diversity.INFO, blank.INFO)
+}
 
 
 def is_frechet(metric: str) -> bool:

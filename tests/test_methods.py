@@ -162,6 +162,13 @@ def test_nonsense_hyper_parameters_fail_naming_the_key(name, key, value):
         build_method(cfg, name)
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_says_what_its_weight_does(name):
+    """The report's definitions table reads this line; a new method without it would go unexplained."""
+    method = build_method(OmegaConf.create({"method": {name: method_cfg(name)}}), name)
+    assert len(method.weight_meaning) > 20 and "w" in method.weight_meaning
+
+
 def test_unknown_method_is_named():
     cfg = OmegaConf.create({"method": {"lora": method_cfg("lora")}})
     with pytest.raises(MethodConfigError, match="unknown method 'lorra'"):

@@ -129,6 +129,7 @@ def test_command_line_modes_and_exit_codes(tmp_path):
     r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", *common, "train.steps=5")
     assert "train differs from the baseline's" in r.stdout, r.stdout
     assert len(list((tmp_path / "run" / "train").iterdir())) == trained + 4  # the new config really trained
+    assert "also holds 8 training/scoring stage(s) of other configs; they are not read" in r.stdout, r.stdout
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 stages, and records a failing method as failed while the others complete."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,18 @@ def config(tmp_path, *overrides):
         return compose("config", overrides=["train=smoke", "sweep=smoke", f"results_dir={tmp_path}", "progress=false", "workers=1", "threads=1", *overrides])
 
 
-@pytest.mark.slow
-def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One real comparison (smoke budget), shared by the tests that read what it wrote."""
+    tmp_path = tmp_path_factory.mktemp("smoke_run")
     cfg = config(tmp_path, "seeds=[0,1]")
     assert run(cfg) == 0
+    return cfg, tmp_path
+
+
+@pytest.mark.slow
+def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(smoke_run):
+    cfg, tmp_path = smoke_run
     table = records.read_table(tmp_path)
     assert set(table.method.dropna()) == {"dreambooth", "textual_inversion", "lora", "hypernetwork"}
     runs = table.dropna(subset=["run_id"]).groupby(["method", "concept", "train_seed"]).run_id.nunique()
@@ -46,8 +55,11 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
     sweep = table[table.metric == "clip_i"]
     assert sweep.run_id.nunique() == 16 and set(sweep.weight) == {0.0, 1.0}
     assert (table[table.metric == "base_pixel_diff"].value <= 1.0).all()
-    assert {"clip_t", "clip_i", "drift", "diversity", "fd_microclip", "cmmd"} <= set(table.metric)
+    assert {"clip_t", "clip_i", "drift", "diversity", "fd_microclip", "cmmd", "presence", "blank"} <= set(table.metric)
     assert (table[table.metric.isin(["clip_i", "clip_t", "drift", "cmmd", "fd_microclip"])].scorer == "microclip").all()
+    # Ground truth beside the proxies: the oracle judges every subject image, pixels count blank ones.
+    assert (table[table.metric == "presence"].scorer == "oracle").all() and set(table[table.metric == "presence"].value) <= {0.0, 1.0}
+    assert len(table[table.metric == "presence"]) == len(sweep) and len(table[table.metric == "blank"]) >= len(sweep)
     rid = sweep[sweep.method == "lora"].run_id.iloc[0]
     assert len(list((tmp_path / "images").glob(f"{rid}-*/instance_0_seed*_w+1.00.png"))) == 2
 
@@ -60,8 +72,10 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(tmp_path):
 
     # The published outputs: every file exists and is non-empty.
     report = tmp_path / "report"
-    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in ("cost", "learning_rates", "quality", "per_concept", "paired", "ranking", "best_weight") for e in ("md", "csv", "tex"))]
-    outputs += [report / "figures" / f"{f}.{e}" for f in ("infographic", "cost", "curves", "tradeoff", "grid_sks_crescent_instance_0") for e in ("png", "svg")]
+    tables = ("provenance", "definitions", "prompts", "cost", "learning_rates", "quality", "per_concept", "paired", "ranking", "best_weight", "validity", "blank")
+    outputs = [report / "report.html", *(report / "tables" / f"{t}.{e}" for t in tables for e in ("md", "csv", "tex"))]
+    figures = ("instance_images", "infographic", "cost", "curves", "tradeoff", "loss", "grid_sks_crescent_instance_0")
+    outputs += [report / "figures" / f"{f}.{e}" for f in figures for e in ("png", "svg")]
     assert all(f.is_file() and f.stat().st_size > 0 for f in outputs), [str(f) for f in outputs if not f.is_file()]
     assert "data:image/png;base64," in (report / "report.html").read_text()
 
@@ -140,3 +154,35 @@ def test_inception_fid_without_local_weights_fails_before_any_training(tmp_path)
     with pytest.raises(InceptionUnavailable, match="metrics.inception"):
         run(config(tmp_path, "metrics.inception=true"))
     assert not (tmp_path / "rows").exists()
+
+
+def chromium() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_real_browser(smoke_run, tmp_path):
+    """The HTML report as a reader sees it: headless Chromium loads it, every embedded image decodes, and
+    the page logs no error."""
+    import subprocess
+
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+    _, results = smoke_run
+    html = results / "report" / "report.html"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=5000", "--dump-dom", html.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    decoded = re.search(r'data-decoded="(\d+)/(\d+)"', proc.stdout)
+    assert decoded, "the page's decode probe did not run"
+    ok, total = map(int, decoded.groups())
+    assert total >= 8 and ok == total, f"{ok} of {total} images decoded"
+    # The page itself logs nothing, so any console line (an uncaught error, a failed resource) is a fault.
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    assert "About these numbers" in proc.stdout and "Metric validity" in proc.stdout

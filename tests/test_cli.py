@@ -1,0 +1,35 @@
+"""Hydra's composition errors become the README's promise: one line naming the override, exit 2,
+before any work (and, for a multirun, before any of its jobs runs)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("method=lorra", "Could not find 'method/lorra'; available: dreambooth, hypernetwork, lora, textual_inversion"),
+    ("model=sd99", "Could not find 'model/sd99'"),
+    ("train.stepz=4", "Could not override 'train.stepz'"),
+    ("train.steps=abc", "train.steps=abc"),
+    ("seeds=[0,1", "no viable alternative"),
+])
+def test_composition_errors_are_one_line_exit_2(override, expected, tmp_path):
+    r = run_cli(override, f"results_dir={tmp_path}")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert not (tmp_path / "train").exists()
+
+
+def test_a_multirun_with_one_bad_job_stops_before_the_first_job(tmp_path):
+    r = run_cli("-m", "method=lora", "method.lora.rank=4,16x", f"results_dir={tmp_path}", "hydra/launcher=local")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "method.rank" in lines[0] and "16x" in lines[0], r.stderr
+    assert not (tmp_path / "train").exists()
