@@ -78,6 +78,7 @@ class TuneConfig:
     max_drift: float = 0.25
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
     write: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # method -> {hyper-parameter: [values]}, crossed with the lr grid
 
 
 @dataclass

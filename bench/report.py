@@ -711,7 +711,8 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
         figures.append((instances, "The instance images of each concept, as every method trained on them."))
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, settings)
     if info:
-        figures.append((info, "Summary: cost and quality at weight 1 per method, with the first image grid."))
+        figures.append((info, f"Summary: cost and quality at weight 1 per method, with the image grid {grids[0].stem.removeprefix('grid_')} "
+                              "(shown only here; its file is in figures/ with the others)." if grids else "Summary: cost and quality at weight 1 per method."))
     for fig, caption in ((cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
                          (curves_figure(df, fig_dir, settings), "Each metric against adapter weight; weight 0 is the base model."),
                          (tradeoff_figure(df, fig_dir), "Subject fidelity against text alignment along each method's weight path."),
@@ -719,7 +720,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
         if fig:
             figures.append((fig, caption))
     figures += [(g, f"Image grid {g.stem.removeprefix('grid_')}: rows are methods, columns adapter weights; the same prompt and noise in every cell, "
-                    "so a column differs only by what each method learned.") for g in grids]
+                    "so a column differs only by what each method learned.") for g in (grids[1:] if info else grids)]
     return html_report("adapterbench report", intro, tables, figures, out / "report.html", extra={"About these numbers": resolved_config_html(runs)})
 
 

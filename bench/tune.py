@@ -12,6 +12,7 @@ the whole grid into results/benchmarks/tuning.md.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import re
 from pathlib import Path
@@ -35,14 +36,23 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
         raise MethodConfigError(f"tune.concepts: {sorted(overlap)} belong to the evaluation suite; tune on concepts the comparison does not report")
     if len(t.factors) < 3 or any(float(f) <= 0 for f in t.factors):
         raise MethodConfigError(f"tune.factors: need at least 3 positive multiples of the configured lr, got {list(t.factors)}")
+    options = OmegaConf.to_container(t.get("options") or {}, resolve=True)
+    for name, keys in options.items():
+        if name in cfg.method:
+            unknown = [k for k in keys if k not in cfg.method[name] or k == "lr"]
+            if unknown or not all(isinstance(v, list) and v for v in keys.values()):
+                raise MethodConfigError(f"tune.options.{name}: each key must be a hyper-parameter of method.{name} (not lr) with a non-empty list of values; got {keys}")
     arms, methods = {}, {}
     for name in cfg.method:
         base_lr = float(cfg.method[name].lr)
-        for k, factor in enumerate(t.factors):
-            arm = f"{name}-lr{k}"
-            lr = float(f"{base_lr * float(factor):.3g}")
-            methods[arm] = {**OmegaConf.to_container(cfg.method[name], resolve=True), "lr": lr}
-            arms[arm] = (name, lr)
+        keys = options.get(name, {})
+        for combo in itertools.product(*keys.values()):
+            choice = dict(zip(keys, combo))
+            for k, factor in enumerate(t.factors):
+                arm = f"{name}-lr{k}" + "".join(f"-{key}{value}" for key, value in choice.items())
+                lr = float(f"{base_lr * float(factor):.3g}")
+                methods[arm] = {**OmegaConf.to_container(cfg.method[name], resolve=True), **choice, "lr": lr}
+                arms[arm] = (name, lr, choice)
     grid = cfg.copy()
     with open_dict(grid):
         grid.method = methods
@@ -61,40 +71,95 @@ def tune(cfg: DictConfig) -> int:
     status, runs = runner.run_comparison(grid)
     table = runner.config_table(Path(grid.results_dir), runs)
     rows = []
-    for arm, (name, lr) in arms.items():
+    for arm, (name, lr, choice) in arms.items():
         sub = table[table.method == arm]
         obj = stats.unit_values(sub, str(cfg.tune.objective), 1.0).value
         drift = stats.unit_values(sub, "drift", 1.0).value
-        rows.append({"method": name, "lr": lr, cfg.tune.objective: obj.mean(), "drift": drift.mean(), "runs": len(obj)})
+        rows.append({"method": name, "lr": lr, **choice, cfg.tune.objective: obj.mean(), "drift": drift.mean(), "runs": len(obj)})
     grid_table = pd.DataFrame(rows)
-    chosen = {}
+    chosen, chosen_options, picked = {}, {}, []
     for name, g in grid_table.groupby("method", sort=False):
         ok = g[(g.drift <= float(cfg.tune.max_drift)) & g[cfg.tune.objective].notna()]
-        pick = ok.loc[ok[cfg.tune.objective].idxmax()] if len(ok) else g.loc[g.drift.idxmin()]
+        index = ok[cfg.tune.objective].idxmax() if len(ok) else g.drift.idxmin()
+        pick = g.loc[index]
         chosen[name] = float(pick.lr)
-    grid_table["chosen"] = [chosen.get(r.method) == r.lr for r in grid_table.itertuples()]
+        chosen_options[name] = {key: _plain(pick[key]) for key in arms_options(arms, name)}
+        picked.append(index)
+    grid_table["chosen"] = grid_table.index.isin(picked)
+    grid_table["date"] = datetime.date.today().isoformat()
+    # What else each method was configured with while its lr was tuned (an lr is tuned for that config).
+    settings = {name: {k: v for k, v in OmegaConf.to_container(cfg.method[name], resolve=True).items() if k not in ("lr", "_target_")} for name in chosen}
+    record = {"chosen": chosen, "chosen_options": chosen_options, "options": OmegaConf.to_container(cfg.tune.get("options") or {}, resolve=True),
+              "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
+              "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
+              "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings}
+    record, grid_table = merge_previous(record, grid_table)
     text = render(cfg, grid_table)
     print(text)
     if cfg.tune.write:
         for name, lr in chosen.items():
             write_lr(ROOT / "conf" / "method" / f"{name}.yaml", lr, cfg)
+            for key, value in chosen_options[name].items():
+                write_key(ROOT / "conf" / "method" / f"{name}.yaml", key, value, cfg)
         atomic_write_text(ROOT / "results" / "benchmarks" / "tuning.md", text)
-        record = {"chosen": chosen, "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
-                  "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
-                  "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records")}
         atomic_write_text(TUNING_JSON, json.dumps(record, indent=2, default=str))
-        print(f"adapterbench: chosen learning rates written to conf/method/*.yaml: {chosen}")
+        print(f"adapterbench: chosen learning rates written to conf/method/*.yaml: {chosen}; other tuned keys: {chosen_options}")
     return status
+
+
+def merge_previous(record: dict, grid: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Keep the earlier tuning of methods not tuned this time (`mode=tune method=textual_inversion`
+    retunes one method), when it was made under the same protocol; otherwise this tuning stands alone."""
+    if not TUNING_JSON.is_file():
+        return record, grid
+    old = json.loads(TUNING_JSON.read_text())
+    protocol = ("concepts", "seeds", "factors", "objective", "max_drift", "train")
+    if any(old.get(k) != record[k] for k in protocol):
+        return record, grid
+    kept = [r for r in old.get("grid", []) if r["method"] not in record["chosen"]]
+    for r in kept:
+        r.setdefault("date", old.get("date"))
+    merged = pd.concat([pd.DataFrame(kept), grid], ignore_index=True) if kept else grid
+    order = list(dict.fromkeys([*(r["method"] for r in old.get("grid", [])), *grid.method]))
+    merged = merged.sort_values("method", key=lambda m: m.map(order.index), kind="stable").reset_index(drop=True)
+    chosen = {**{k: v for k, v in old.get("chosen", {}).items() if k not in record["chosen"]}, **record["chosen"]}
+    record["chosen_options"] = {**{k: v for k, v in old.get("chosen_options", {}).items() if k not in record["chosen"]}, **record.get("chosen_options", {})}
+    settings = {**{k: v for k, v in old.get("settings", {}).items() if k not in record["chosen"]}, **record["settings"]}
+    return {**record, "chosen": {m: chosen[m] for m in order if m in chosen}, "settings": settings, "grid": merged.to_dict("records")}, merged
 
 
 def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
     t = cfg.tune
-    head = (f"# Learning rates chosen by `mode=tune`\n\n"
+    head = (f"# Learning rates (and tuned options) chosen by `mode=tune`\n\n"
             f"Tuning concepts {', '.join(t.concepts)} (not in the evaluation suite), training seeds {list(t.seeds)}, "
-            f"{cfg.train.steps} steps at batch {cfg.train.batch_size}; grid: {list(t.factors)} x each method's previous lr. "
+            f"{cfg.train.steps} steps at batch {cfg.train.batch_size}; grid: {list(t.factors)} x each method's previous lr"
+            + "".join(f", crossed for {m} with {', '.join(f'{k} in {v}' for k, v in keys.items())}" for m, keys in OmegaConf.to_container(t.get("options") or {}, resolve=True).items())
+            + ". "
             f"Chosen: the highest {t.objective} at weight 1 (mean over tuning runs) with drift at weight 1 <= {t.max_drift}. "
-            f"Run on {datetime.date.today().isoformat()} with `python run.py mode=tune`.\n\n")
-    return head + grid.to_markdown(index=False, floatfmt=".4g") + "\n"
+            f"Run with `python run.py mode=tune` (a method's rows keep the date it was last tuned).\n\n")
+    # Options tuned for one method only are blank, not NaN, in the other methods' rows.
+    shown = grid.astype(object).where(grid.notna(), "")
+    return head + shown.to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def arms_options(arms: dict, name: str) -> list[str]:
+    return list(dict.fromkeys(key for method, _, choice in arms.values() if method == name for key in choice))
+
+
+def _plain(value):
+    """A pandas cell as a YAML-able Python value (numpy ints and floats included)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_key(path: Path, key: str, value, cfg: DictConfig) -> None:
+    """Replace a top-level `key:` line of a method YAML (a tuned option), saying where the value came from."""
+    text = path.read_text()
+    note = f"# {key} chosen by mode=tune on {', '.join(cfg.tune.concepts)} (results/benchmarks/tuning.md)"
+    text = re.sub(rf"(?m)^# {re.escape(key)} chosen by mode=tune.*\n", "", text)
+    new, n = re.subn(rf"(?m)^{re.escape(key)}:.*$", f"{note}\n{key}: {value}", text, count=1)
+    if n != 1:
+        raise MethodConfigError(f"{path}: no top-level '{key}:' line to write the tuned value into")
+    atomic_write_text(path, new)
 
 
 def write_lr(path: Path, lr: float, cfg: DictConfig) -> None:

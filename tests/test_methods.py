@@ -94,8 +94,10 @@ def test_training_yields_an_artifact_and_leaves_the_base_model(name, trained, mi
 def test_weight_zero_is_the_base_model_and_weight_one_is_not(name, trained, micro_pipe, concept):
     method, result = trained[name]
     prompt = method.prompt(PROMPT, concept)
-    # Textual Inversion at weight 0 is its initializer word, so the base image is that prompt's.
-    base_prompt = PROMPT.replace(concept.token, concept.initializer) if name == "textual_inversion" else PROMPT
+    # Textual Inversion at weight 0 is its initializer word (once per vector), so the base image is that prompt's.
+    n = getattr(method, "num_vectors", 1)
+    base_prompt = PROMPT.replace(concept.token, " ".join([concept.initializer] * n)) if name == "textual_inversion" else PROMPT
+    assert method.base_prompt(PROMPT, concept) == base_prompt
     base = pixels(generate(micro_pipe, [base_prompt], [0], steps=STEPS)[0])
     assert np.array_equal(pixels(generate_with(micro_pipe, method, result.artifact, 0.0, prompt)), base)
     assert not np.array_equal(pixels(generate_with(micro_pipe, method, result.artifact, 1.0, prompt)), base)
@@ -139,7 +141,8 @@ def test_textual_inversion_exports_load_in_stock_diffusers(trained, micro_pipe, 
         try:
             stock = pixels(generate(micro_pipe, [prompt], [0], steps=STEPS)[0])
         finally:
-            micro_pipe.unload_textual_inversion("<sks>")
+            # A multi-vector embedding loads as '<sks>', '<sks>_1', ...: unload every one of them.
+            micro_pipe.unload_textual_inversion(method._tokens("<sks>"))
         assert np.array_equal(stock, ours), file
 
 

@@ -21,17 +21,32 @@ def config(tmp_path, *overrides):
 
 def test_grid_is_every_method_at_every_factor_on_the_tuning_concepts(tmp_path):
     grid, arms = grid_config(config(tmp_path, "method=[lora,textual_inversion]", "method.lora.lr=0.002"))
-    assert sorted(arms) == ["lora-lr0", "lora-lr1", "lora-lr2", "textual_inversion-lr0", "textual_inversion-lr1", "textual_inversion-lr2"]
+    # Textual Inversion's vector count is crossed with its lr (conf/tune/default.yaml: tune.options).
+    assert sorted(arms) == ["lora-lr0", "lora-lr1", "lora-lr2", *(f"textual_inversion-lr{k}-num_vectors{n}" for k in range(3) for n in (1, 2, 4))]
     assert [arms[f"lora-lr{k}"][1] for k in range(3)] == [0.0006, 0.002, 0.006]
+    assert arms["textual_inversion-lr1-num_vectors4"][2] == {"num_vectors": 4} and grid.method["textual_inversion-lr1-num_vectors4"].num_vectors == 4
     assert grid.method["lora-lr2"].lr == 0.006 and grid.method["lora-lr2"]._target_ == "methods.lora.LoRA"
     assert list(grid.data.concepts) == ["sks_arrow", "zwx_bands"] and list(grid.seeds) == [100, 101]
     assert list(grid.sweep.weights) == [0.0, 1.0] and grid.results_dir == str(tmp_path / "tune")
 
 
-@pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3")])
+@pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3"),
+                                                  ("+tune.options.lora.rnak=[4,8]", "options.lora.*rnak")])
 def test_bad_tuning_configs_name_the_key(tmp_path, override, match):
     with pytest.raises(MethodConfigError, match=f"tune.*{match}"):
         grid_config(config(tmp_path, override))
+
+
+def test_write_key_replaces_a_tuned_option_line(tmp_path):
+    from bench.tune import write_key
+
+    path = tmp_path / "ti.yaml"
+    path.write_text("_target_: x\nlr: 0.02\nnum_vectors: 1\ninitializer: null\n")
+    cfg = config(tmp_path)
+    write_key(path, "num_vectors", 2, cfg)
+    write_key(path, "num_vectors", 4, cfg)
+    text = path.read_text()
+    assert "num_vectors: 4\n" in text and text.count("num_vectors chosen by mode=tune") == 1 and "num_vectors: 1" not in text
 
 
 def test_write_lr_replaces_the_line_and_notes_its_origin(tmp_path):
@@ -45,3 +60,25 @@ def test_write_lr_replaces_the_line_and_notes_its_origin(tmp_path):
     yaml.write_text("_target_: x\n")
     with pytest.raises(MethodConfigError, match="no top-level 'lr:'"):
         write_lr(yaml, 0.1, cfg)
+
+
+def test_retuning_one_method_keeps_the_others_from_the_same_protocol(tmp_path, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    from bench import tune
+
+    protocol = {"concepts": ["sks_arrow"], "seeds": [100], "factors": [0.3, 1, 3], "objective": "clip_i", "max_drift": 0.25, "train": {"steps": 150}}
+    old_grid = [{"method": m, "lr": lr, "clip_i": 0.3, "drift": 0.1, "runs": 2, "chosen": True} for m, lr in (("dreambooth", 2e-4), ("lora", 2e-3))]
+    monkeypatch.setattr(tune, "TUNING_JSON", tmp_path / "tuning.json")
+    (tmp_path / "tuning.json").write_text(json.dumps({**protocol, "chosen": {"dreambooth": 2e-4, "lora": 2e-3}, "date": "2026-01-01", "grid": old_grid,
+                                                      "settings": {"dreambooth": {"x": 1}, "lora": {"rank": 4}}}))
+    new_grid = pd.DataFrame([{"method": "lora", "lr": 6e-4, "clip_i": 0.4, "drift": 0.1, "runs": 2, "chosen": True, "date": "2026-02-02"}])
+    record = {**protocol, "chosen": {"lora": 6e-4}, "date": "2026-02-02", "grid": new_grid.to_dict("records"), "settings": {"lora": {"rank": 8}}}
+    merged, table = tune.merge_previous(record, new_grid)
+    assert merged["chosen"] == {"dreambooth": 2e-4, "lora": 6e-4} and merged["settings"] == {"dreambooth": {"x": 1}, "lora": {"rank": 8}}
+    assert list(table.method) == ["dreambooth", "lora"] and list(table.date) == ["2026-01-01", "2026-02-02"]
+    # Another protocol (here other tuning seeds): nothing old is mixed in.
+    other, table = tune.merge_previous({**record, "seeds": [7]}, new_grid)
+    assert other["chosen"] == {"lora": 6e-4} and list(table.method) == ["lora"]
