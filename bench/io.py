@@ -54,3 +54,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def publish(text: str, out: Path, write: bool) -> None:
+    """A benchmark's result: printed, and with `write` also committed as `out` (atomically)."""
+    print(text)
+    if write:
+        atomic_write_text(out, text)
+        print(f"written: {out}")

@@ -164,10 +164,4 @@ def write_key(path: Path, key: str, value, cfg: DictConfig) -> None:
 
 def write_lr(path: Path, lr: float, cfg: DictConfig) -> None:
     """Replace the `lr:` line of a method YAML, saying where the value came from."""
-    text = path.read_text()
-    note = f"# lr chosen by mode=tune on {', '.join(cfg.tune.concepts)} (results/benchmarks/tuning.md)"
-    text = re.sub(r"(?m)^# lr chosen by mode=tune.*\n", "", text)
-    new, n = re.subn(r"(?m)^lr:.*$", f"{note}\nlr: {lr:g}", text, count=1)
-    if n != 1:
-        raise MethodConfigError(f"{path}: no top-level 'lr:' line to write the tuned value into")
-    atomic_write_text(path, new)
+    write_key(path, "lr", f"{lr:g}", cfg)

@@ -63,6 +63,8 @@ def time_table(df, wall_s: float, workers: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.io import publish
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="default", help="data option: default (2 concepts) or suite (8)")
     p.add_argument("--results", type=Path, default=None, help="results dir (default: a fresh temporary one)")
@@ -92,11 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned.\n\n"
         f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
     )
-    print(text)
-    if args.write:
-        out = ROOT / "results" / "benchmarks" / f"comparison_{args.data}.md"
-        out.write_text(text)
-        print(f"written: {out}")
+    publish(text, ROOT / "results" / "benchmarks" / f"comparison_{args.data}.md", args.write)
 
 
 if __name__ == "__main__":

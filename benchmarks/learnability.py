@@ -106,6 +106,8 @@ def gain(method_name: str, concept_name: str, seed: int, change: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.io import publish
+
     import pandas as pd
 
     from bench import world
@@ -143,11 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{wall:.0f} s wall with {args.workers} worker(s) x 1 thread.\n\n"
         f"{table.to_markdown(index=False, floatfmt='.3f')}\n"
     )
-    print(text)
-    if args.write:
-        out = ROOT / "results" / "benchmarks" / f"learnability_{args.method}.md"
-        out.write_text(text)
-        print(f"written: {out}")
+    publish(text, ROOT / "results" / "benchmarks" / f"learnability_{args.method}.md", args.write)
 
 
 if __name__ == "__main__":

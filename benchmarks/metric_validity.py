@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.io import publish
+
     import pandas as pd
 
     from bench import records, stats, validity
@@ -48,11 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         "## Presence and CLIP-I per method and weight (mean over concepts)\n\n"
         f"{side.to_markdown(index=False, floatfmt='.3f')}\n"
     )
-    print(text)
-    if args.write:
-        out = ROOT / "results" / "benchmarks" / "metric_validity.md"
-        out.write_text(text)
-        print(f"written: {out}")
+    publish(text, ROOT / "results" / "benchmarks" / "metric_validity.md", args.write)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ FALSE_TARGET = 0.05
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.io import publish
+
     import numpy as np
     import pandas as pd
     import torch
@@ -89,11 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{blank_ok:.0%} of {len(blanks)}. {time.perf_counter() - start:.0f} s.\n\n"
         f"{table.to_markdown(index=False, floatfmt='.3f')}\n"
     )
-    print(text)
-    if args.write:
-        out = ROOT / "results" / "benchmarks" / "oracle.md"
-        out.write_text(text)
-        print(f"written: {out}")
+    publish(text, ROOT / "results" / "benchmarks" / "oracle.md", args.write)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(smoke_run):
     assert (table[table.metric == "peak_mem"].scorer == "cpu_tensor_peak").all()
     # Class images are timed apart from training, once per concept.
     assert len(table[(table.metric == "input_gen_time") & (table.method == "dreambooth")]) == 2
-    # Textual Inversion counts its learned vector only: one row of the embedding table.
-    assert cost.loc["textual_inversion", "trainable_params"] == 128
+    # Textual Inversion counts its learned vectors only: one row of the embedding table (width 128) each.
+    assert cost.loc["textual_inversion", "trainable_params"] == 128 * cfg.method.textual_inversion.num_vectors
     assert cost.loc["dreambooth", "artifact_bytes"] > cost.loc["lora", "artifact_bytes"] > cost.loc["textual_inversion", "artifact_bytes"]
     assert (table[table.metric == "train_loss"].groupby("run_id").size() == 4).all()
     assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "results.parquet").exists()
