@@ -415,7 +415,7 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, s
             hit = [r for r in s.itertuples() if label_of(labels, r.model, r.method, r.config, r.sweep) == label]
             cells.append(format_ci(hit[0].mean, hit[0].low, hit[0].high, "{:.2f}") if hit else "")
         headline.append(cells)
-    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{QUALITY_TITLES.get(fidelity, fidelity)}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
+    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{QUALITY_TITLES.get(fidelity, fidelity).removesuffix(' (oracle)')}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.6)
