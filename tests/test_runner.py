@@ -186,3 +186,25 @@ def test_report_renders_in_a_real_browser(smoke_run, tmp_path):
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
     assert "About these numbers" in proc.stdout and "Metric validity" in proc.stdout
+
+
+@pytest.mark.slow
+def test_same_config_threads_and_machine_give_identical_tables_and_images(smoke_run, tmp_path):
+    """Determinism: a second run of the same config (same threads, same machine) into a fresh results dir
+    reproduces every number but the instruments' own wall-clock and memory readings, and every image."""
+    cfg, first = smoke_run
+    again = config(tmp_path, "seeds=[0,1]")
+    assert run(again) == 0
+    measured = {"train_time", "steps_per_s", "process_rss_peak", "sweep_time", "score_time", "input_gen_time"}
+    key = ["run_id", "metric", "prompt_id", "seed", "weight", "step"]
+
+    def numbers(d):
+        t = records.read_table(d)
+        return t[~t.metric.isin(measured)].sort_values(key).reset_index(drop=True)
+
+    a, b = numbers(first), numbers(tmp_path)
+    assert len(a) == len(b) and a[key].equals(b[key])
+    assert (a.value.fillna(-1) == b.value.fillna(-1)).all(), a[a.value != b.value].head()
+    images = sorted(p.relative_to(first / "images") for p in (first / "images").rglob("*.png"))
+    assert images == sorted(p.relative_to(tmp_path / "images") for p in (tmp_path / "images").rglob("*.png"))
+    assert all((first / "images" / p).read_bytes() == (tmp_path / "images" / p).read_bytes() for p in images)
