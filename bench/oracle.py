@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from bench import world
 from bench.io import atomic_dir
+from bench.pretrain import to_unit
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class OracleNet(nn.Module):
 
     def __init__(self, n_shapes: int, n_fills: int, width: int = 16) -> None:
         super().__init__()
+        self.width = width
         chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans, chans[1:]):
@@ -123,7 +125,7 @@ def vae_round_trip(images_u8: torch.Tensor, batch: int = 256, progress: bool = T
     vae = AutoencoderKL.from_pretrained(zoo.micro_sd_dir() / "vae").eval()
     out = []
     for i in tqdm(range(0, len(images_u8), batch), desc="VAE round trip", leave=False, disable=not progress):
-        x = images_u8[i : i + batch].float() / 127.5 - 1
+        x = to_unit(images_u8[i : i + batch])
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
         out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
     return torch.cat(out)
@@ -166,7 +168,7 @@ def train(out: Path = ORACLE_DIR, n_images: int = 24000, steps: int = 2000, batc
     net.train()
     for step in bar:
         idx = torch.randint(0, n_images, (batch,), generator=gen)
-        x = augment(images[idx].float() / 127.5 - 1, gen)
+        x = augment(to_unit(images[idx]), gen)
         shape_logits, fill_logits = net(x)
         # A blank image has no fill to name: its fill loss is left out.
         has_fill = shapes[idx] != SHAPE_CLASSES.index(NONE)
@@ -178,7 +180,7 @@ def train(out: Path = ORACLE_DIR, n_images: int = 24000, steps: int = 2000, batc
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     net.eval()
-    config = {"shape_classes": list(SHAPE_CLASSES), "fill_classes": list(FILL_CLASSES), "width": 16, "resolution": 64,
+    config = {"shape_classes": list(SHAPE_CLASSES), "fill_classes": list(FILL_CLASSES), "width": net.width, "resolution": images.shape[-1],
               "trained": {"n_images": n_images, "steps": steps, "batch": batch, "seed": seed, "lr": lr}}
     from safetensors.torch import save_file
 
@@ -210,7 +212,7 @@ class Oracle:
         out: list[tuple[str, str]] = []
         for i in range(0, len(images), batch):
             arr = np.stack([np.asarray(im.convert("RGB").resize((self.resolution, self.resolution), Image.BICUBIC)) for im in images[i : i + batch]])
-            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = to_unit(torch.from_numpy(arr).permute(0, 3, 1, 2))
             shape_logits, fill_logits = self.net(x)
             out += [(self.shape_classes[s], self.fill_classes[f]) for s, f in zip(shape_logits.argmax(1).tolist(), fill_logits.argmax(1).tolist())]
         return out

@@ -25,13 +25,19 @@ def clip_zero_shot_accuracy(encoder: ClipEncoder, n: int = 400, seed: int = 1234
     }
 
 
-def base_model_quality(pipe, encoder: ClipEncoder, seeds: list[int], steps: int = 20, guidance: float = 5.0) -> pd.DataFrame:
-    """One row per generated image of every shape x colour caption (backgrounds rotate over seeds)."""
+def world_prompts(seeds: list[int]) -> list[dict]:
+    """Every shape x colour caption at every seed, the background drawn per (shape, colour, seed)."""
     rows = []
     backgrounds = list(world.BACKGROUNDS)
     for (shape, colour), seed in itertools.product(itertools.product(world.SHAPES, world.COLOURS), seeds):
         background = random.Random(f"{shape}:{colour}:{seed}").choice(backgrounds)
         rows.append({"shape": shape, "colour": colour, "background": background, "seed": seed, "prompt": world.caption(shape, colour, background)})
+    return rows
+
+
+def base_model_quality(pipe, encoder: ClipEncoder, seeds: list[int], steps: int = 20, guidance: float = 5.0) -> pd.DataFrame:
+    """One row per generated image of every shape x colour caption (backgrounds rotate over seeds)."""
+    rows = world_prompts(seeds)
     images = generate(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], steps, guidance)
     judged_shapes = encoder.classify(images, list(world.SHAPES), "a {}")
     for row, image, judged_shape in zip(rows, images, judged_shapes):

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench import records, stages, stats, validity  # noqa: E402
+from bench import provenance, records, stages, stats, validity  # noqa: E402
 from bench.io import atomic_path, atomic_write_text  # noqa: E402
 from metrics import higher_is_better, is_frechet  # noqa: E402
 
@@ -460,9 +460,6 @@ def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[st
     return caption, pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
 
 
-# ------------------------------------------------------------------------------------------- HTML
-
-
 # ------------------------------------------------------------------------------------------- provenance
 
 
@@ -493,7 +490,7 @@ def provenance_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
         "git commit": _distinct(r.get("git_commit") for r in runs),
         "python": _distinct(r.get("python") for r in runs),
     }
-    for name in ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "torchmetrics", "hydra-core"):
+    for name in provenance.PACKAGES:
         rows[name] = _distinct(r.get("packages", {}).get(name) for r in runs)
     rows.update({
         "CPU": _distinct(h.get("cpu") for h in hw),
@@ -516,8 +513,7 @@ def resolved_config_html(runs: list[dict]) -> str:
         return ""
     import yaml
 
-    config = {k: v for k, v in runs[0].get("config", {}).items()}
-    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110)
+    text = yaml.safe_dump(runs[0].get("config", {}), sort_keys=False, default_flow_style=None, width=110)
     return f"<details><summary>Resolved config (as run; `run.json` of each training run has its own)</summary><pre>{html.escape(text)}</pre></details>"
 
 
@@ -614,6 +610,9 @@ def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
     return save_figure(fig, out, "loss")
 
 
+# ------------------------------------------------------------------------------------------- HTML
+
+
 def embed_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -682,7 +681,8 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     add("About these numbers", "provenance", "What produced this report: code, packages, hardware, date, and how many concepts, runs and seeds "
         "stand behind every number.", provenance_table(df, runs))
     add("Definitions", "definitions", "What adapter weight w does in each method, and each metric's unit, direction and definition.", definitions_table(df, runs))
-    add("Prompts", "prompts", "The sweep's prompts as written (Textual Inversion reads its placeholder where the token is).", prompts_table(df, results_dirs))
+    prompt_texts = prompts_table(df, results_dirs)
+    add("Prompts", "prompts", "The sweep's prompts as written (Textual Inversion reads its placeholder where the token is).", prompt_texts)
     add("Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df))
     add("Cost", "cost", "Cost of training under identical conditions: mean over training runs [95 % interval]. Training memory is the run's own peak "
         "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it.", cost_table(df, settings))
@@ -702,9 +702,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     add("Degenerate images", "blank", "Blank or uniform images (what a NaN or collapsed generation decodes to; judged by pixels: under 1 % of "
         "pixels away from the median colour), per adapter weight, over every prompt, generation seed and training run.", blank_table(df))
     fig_dir = out / "figures"
-    prompt_texts = prompts_table(df, results_dirs)
-    texts = {k: v for k, v in prompt_texts.text.items()} if len(prompt_texts) else {}
-    grids = xy_grids(df, results_dirs, fig_dir, texts)
+    grids = xy_grids(df, results_dirs, fig_dir, dict(prompt_texts.text.items()) if len(prompt_texts) else {})
     figures = []
     instances = instance_figure(df, results_dirs, fig_dir)
     if instances:

@@ -36,7 +36,7 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
         raise MethodConfigError(f"tune.concepts: {sorted(overlap)} belong to the evaluation suite; tune on concepts the comparison does not report")
     if len(t.factors) < 3 or any(float(f) <= 0 for f in t.factors):
         raise MethodConfigError(f"tune.factors: need at least 3 positive multiples of the configured lr, got {list(t.factors)}")
-    options = OmegaConf.to_container(t.get("options") or {}, resolve=True)
+    options = tune_options(cfg)
     for name, keys in options.items():
         if name in cfg.method:
             unknown = [k for k in keys if k not in cfg.method[name] or k == "lr"]
@@ -83,13 +83,13 @@ def tune(cfg: DictConfig) -> int:
         index = ok[cfg.tune.objective].idxmax() if len(ok) else g.drift.idxmin()
         pick = g.loc[index]
         chosen[name] = float(pick.lr)
-        chosen_options[name] = {key: _plain(pick[key]) for key in arms_options(arms, name)}
+        chosen_options[name] = {key: _plain(pick[key]) for key in tune_options(cfg).get(name, {})}
         picked.append(index)
     grid_table["chosen"] = grid_table.index.isin(picked)
     grid_table["date"] = datetime.date.today().isoformat()
     # What else each method was configured with while its lr was tuned (an lr is tuned for that config).
     settings = {name: {k: v for k, v in OmegaConf.to_container(cfg.method[name], resolve=True).items() if k not in ("lr", "_target_")} for name in chosen}
-    record = {"chosen": chosen, "chosen_options": chosen_options, "options": OmegaConf.to_container(cfg.tune.get("options") or {}, resolve=True),
+    record = {"chosen": chosen, "chosen_options": chosen_options, "options": tune_options(cfg),
               "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
               "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
               "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings}
@@ -122,10 +122,15 @@ def merge_previous(record: dict, grid: pd.DataFrame) -> tuple[dict, pd.DataFrame
     merged = pd.concat([pd.DataFrame(kept), grid], ignore_index=True) if kept else grid
     order = list(dict.fromkeys([*(r["method"] for r in old.get("grid", [])), *grid.method]))
     merged = merged.sort_values("method", key=lambda m: m.map(order.index), kind="stable").reset_index(drop=True)
-    chosen = {**{k: v for k, v in old.get("chosen", {}).items() if k not in record["chosen"]}, **record["chosen"]}
-    record["chosen_options"] = {**{k: v for k, v in old.get("chosen_options", {}).items() if k not in record["chosen"]}, **record.get("chosen_options", {})}
-    settings = {**{k: v for k, v in old.get("settings", {}).items() if k not in record["chosen"]}, **record["settings"]}
-    return {**record, "chosen": {m: chosen[m] for m in order if m in chosen}, "settings": settings, "grid": merged.to_dict("records")}, merged
+
+    def keep(field: str) -> dict:
+        """The old per-method entries of `field` for methods not retuned, then this tuning's."""
+        return {**{m: v for m, v in old.get(field, {}).items() if m not in record["chosen"]}, **record.get(field, {})}
+
+    chosen = keep("chosen")
+    merged_record = {**record, "chosen": {m: chosen[m] for m in order if m in chosen}, "chosen_options": keep("chosen_options"),
+                     "settings": keep("settings"), "grid": merged.to_dict("records")}
+    return merged_record, merged
 
 
 def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
@@ -133,7 +138,7 @@ def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
     head = (f"# Learning rates (and tuned options) chosen by `mode=tune`\n\n"
             f"Tuning concepts {', '.join(t.concepts)} (not in the evaluation suite), training seeds {list(t.seeds)}, "
             f"{cfg.train.steps} steps at batch {cfg.train.batch_size}; grid: {list(t.factors)} x each method's previous lr"
-            + "".join(f", crossed for {m} with {', '.join(f'{k} in {v}' for k, v in keys.items())}" for m, keys in OmegaConf.to_container(t.get("options") or {}, resolve=True).items())
+            + "".join(f", crossed for {m} with {', '.join(f'{k} in {v}' for k, v in keys.items())}" for m, keys in tune_options(cfg).items())
             + ". "
             f"Chosen: the highest {t.objective} at weight 1 (mean over tuning runs) with drift at weight 1 <= {t.max_drift}. "
             f"Run with `python run.py mode=tune` (a method's rows keep the date it was last tuned).\n\n")
@@ -142,8 +147,9 @@ def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
     return head + shown.to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
-def arms_options(arms: dict, name: str) -> list[str]:
-    return list(dict.fromkeys(key for method, _, choice in arms.values() if method == name for key in choice))
+def tune_options(cfg: DictConfig) -> dict:
+    """`tune.options` as plain data: method -> {hyper-parameter: [values]} crossed with the lr grid."""
+    return OmegaConf.to_container(cfg.tune.get("options") or {}, resolve=True)
 
 
 def _plain(value):

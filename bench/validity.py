@@ -33,10 +33,11 @@ def proxies(df: pd.DataFrame) -> list[str]:
 def cells(df: pd.DataFrame, metric: str) -> pd.Series:
     """(arm..., concept, weight) -> mean over the concept's training runs of `metric` (higher is better)."""
     q = stats.quality_rows(df)
-    q = q[q.metric == metric]
-    if q.empty:
+    weights = sorted(q[q.metric == metric].weight.unique())
+    if not weights:
         return pd.Series(dtype=float)
-    units = q.groupby([*stats.ARM, *stats.UNIT, "weight"], dropna=False).value.mean().reset_index()
+    # A run's value at a weight is stats.unit_values' (its prompts and generation seeds averaged).
+    units = pd.concat([stats.unit_values(df, metric, float(w)).assign(weight=w) for w in weights], ignore_index=True)
     out = units.groupby([*stats.ARM, "concept", "weight"], dropna=False).value.mean()
     return out if higher_is_better(metric) else -out
 
@@ -58,17 +59,18 @@ def agreement(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> 
         if len(both) < 3:
             continue
         concepts = both.index.get_level_values("concept")
-        by = {c: both[concepts == c] for c in sorted(set(concepts))}
+        names = sorted(set(concepts))
+        # Per concept its (proxy, truth) cells as arrays: the bootstrap below only concatenates them.
+        by = [(both.proxy.to_numpy()[concepts == c], both.truth.to_numpy()[concepts == c]) for c in names]
         pooled = _rho(both.proxy.to_numpy(), both.truth.to_numpy())
-        within = [_rho(g.proxy.to_numpy(), g.truth.to_numpy()) for g in by.values()]
+        within = np.array([_rho(p, t) for p, t in by])
         rng = np.random.default_rng(settings.seed)
-        names = list(by)
         boot_pooled, boot_within = [], []
         for _ in range(settings.n_boot):
-            pick = [names[i] for i in rng.integers(0, len(names), len(names))]
-            sample = pd.concat([by[c] for c in pick])
-            boot_pooled.append(_rho(sample.proxy.to_numpy(), sample.truth.to_numpy()))
-            boot_within.append(np.nanmean([within[names.index(c)] for c in pick]) if any(np.isfinite(within[names.index(c)]) for c in pick) else math.nan)
+            pick = rng.integers(0, len(names), len(names))
+            boot_pooled.append(_rho(np.concatenate([by[i][0] for i in pick]), np.concatenate([by[i][1] for i in pick])))
+            drawn = within[pick]
+            boot_within.append(float(np.nanmean(drawn)) if np.isfinite(drawn).any() else math.nan)
         alpha = (1 - settings.confidence) / 2
 
         def interval(values: list[float]) -> tuple[float, float]:

@@ -14,8 +14,6 @@ Targets (issue #15): hit rate >= 95 % on fresh renders, false presence <= 5 %.
 from __future__ import annotations
 
 import argparse
-import itertools
-import random
 import sys
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.images import generate
     from bench.models import load_pipeline
     from bench.oracle import NONE, load_oracle, vae_round_trip
+    from bench.quality import world_prompts
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--renders", type=int, default=64, help="fresh renders per concept")
@@ -52,12 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     pipe = load_pipeline(OmegaConf.load(ROOT / "conf" / "model" / "micro.yaml"), "cpu")
 
     # World prompts: every shape x colour, backgrounds rotating; two generation seeds each.
-    prompts, seeds = [], []
-    for (shape, colour), seed in itertools.product(itertools.product(world.SHAPES, world.COLOURS), (0, 1)):
-        background = random.Random(f"{shape}:{colour}:{seed}").choice(list(world.BACKGROUNDS))
-        prompts.append(world.caption(shape, colour, background))
-        seeds.append(seed)
-    world_images = generate(pipe, prompts, seeds, 10)
+    rows = world_prompts([0, 1])
+    world_images = generate(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], 10)
     untrained = {prompt: generate(pipe, [prompt] * 16, list(range(16)), 10) for prompt in {c.instance_prompt for c in world.CONCEPTS.values()}}
 
     rows = []
