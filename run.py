@@ -31,18 +31,25 @@ def main(cfg: DictConfig) -> None:
     exit_status = max(exit_status, job(cfg))
 
 
-def job(cfg: DictConfig) -> int:
+def usage_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean "the config or an input file is wrong": one line naming the key or file, exit 2."""
     from bench.data import ConceptDataError
     from bench.models import ModelConfigError
     from bench.regression import BaselineError
-    from bench.runner import main as run_main
+    from bench.stats import StatsConfigError
     from bench.sweep import SweepError
     from methods.base import MethodConfigError
     from metrics.fd import InceptionUnavailable
 
+    return (BaselineError, ConceptDataError, ModelConfigError, MethodConfigError, StatsConfigError, SweepError, InceptionUnavailable)
+
+
+def job(cfg: DictConfig) -> int:
+    from bench.runner import main as run_main
+
     try:
         return run_main(cfg)
-    except (BaselineError, ConceptDataError, ModelConfigError, MethodConfigError, SweepError, InceptionUnavailable) as e:
+    except usage_errors() as e:
         print(f"adapterbench: error: {e}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -3,19 +3,23 @@
 Memory is the run's own: on CUDA `max_memory_allocated` after a reset; on the CPU the peak of live tensor
 bytes (`bench.memory.TensorPeak`, model weights included, like the CUDA number). The process's peak RSS is
 recorded beside it. Time is wall-clock time of `Method.train` (setup and every step); steps/s is the
-steady rate after the memory probe's steps, which run slower under the probe.
+steady rate after the memory probe's steps, which run slower under the probe. Beside the time, the
+machine's other load while it was measured: the cores other processes kept busy (the CPU time the whole
+machine spent, from /proc/stat, minus this process's own), so a time taken under someone else's training
+says so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from bench.memory import MIB, TensorPeak, module_bytes, process_peak_rss_mib, reset_process_peak_rss
+from bench.memory import MIB, TensorPeak, module_storages, process_peak_rss_mib, reset_process_peak_rss
 
 PROBE_STEPS = 2  # steps watched by the CPU memory probe (see bench.memory)
 
@@ -32,6 +36,7 @@ class TrainCost:
     artifact_bytes: int
     artifact_file: str  # relative to the run's folder, so a results directory can move
     threads: int
+    other_load_cores: float = float("nan")  # cores other processes kept busy during training (NaN: not Linux)
     losses: list[float] = field(default_factory=list)
 
     def rows(self) -> list[dict]:
@@ -44,6 +49,7 @@ class TrainCost:
             {"metric": "trainable_params", "value": float(self.trainable_params), "unit": "count", "scorer": "parameters"},
             {"metric": "artifact_bytes", "value": float(self.artifact_bytes), "unit": "B", "scorer": "file_size"},
             {"metric": "threads", "value": float(self.threads), "unit": "count", "scorer": "torch"},
+            {"metric": "other_load", "value": self.other_load_cores, "unit": "cores", "scorer": "proc_stat"},
         ]
         out += [{"metric": "train_loss", "step": i, "value": v, "unit": "mse", "scorer": "training"} for i, v in enumerate(self.losses)]
         return out
@@ -54,6 +60,34 @@ class TrainCost:
     @classmethod
     def from_json(cls, text: str) -> "TrainCost":
         return cls(**json.loads(text))
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (NaN where /proc/stat is absent)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    # user..steal; guest time is already counted inside user/nice.
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class LoadMeter:
+    """Cores kept busy by other processes between `__enter__` and `__exit__`: the machine's busy CPU time
+    minus this process's own, over the wall time."""
+
+    def __enter__(self) -> "LoadMeter":
+        self.machine, self.own, self.wall = machine_cpu_seconds(), time.process_time(), time.perf_counter()
+        self.other_cores = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.wall
+        others = (machine_cpu_seconds() - self.machine) - (time.process_time() - self.own)
+        # /proc/stat counts whole clock ticks (10 ms), so an idle machine can come out a little below 0.
+        self.other_cores = max(0.0, others / wall) if wall > 0 else float("nan")
 
 
 def size_on_disk(path: Path) -> int:
@@ -72,8 +106,9 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         model_bytes = torch.cuda.memory_allocated(device)
         probe = None
     else:
-        model_bytes = module_bytes(pipe.unet, pipe.text_encoder, pipe.vae)
-        probe = TensorPeak(model_bytes)
+        weights = module_storages(pipe.unet, pipe.text_encoder, pipe.vae)
+        model_bytes = sum(s.nbytes() for s in weights)
+        probe = TensorPeak(model_bytes, known=weights)
     step_ends: list[float] = []
 
     def on_step(step: int) -> None:
@@ -85,7 +120,8 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         probe.start()
     start = time.perf_counter()
     try:
-        result = method.train(pipe, data, replace(settings, on_step=on_step))
+        with LoadMeter() as load:
+            result = method.train(pipe, data, replace(settings, on_step=on_step))
     finally:
         if probe is not None:
             probe.stop()
@@ -110,6 +146,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         artifact_bytes=size_on_disk(path),
         artifact_file=str(Path(path).relative_to(out_dir)),
         threads=torch.get_num_threads(),
+        other_load_cores=load.other_cores,
         losses=list(result.losses),
     )
     return result, cost

@@ -4,6 +4,7 @@ that a rerun would mistake for a finished stage."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -48,6 +49,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a published folder should read like any other
     try:
         yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():  # some writers (safetensors) create private files; published ones read like any other
+                f.chmod(0o666 & ~_umask())
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -62,3 +66,42 @@ def publish(text: str, out: Path, write: bool) -> None:
     if write:
         atomic_write_text(out, text)
         print(f"written: {out}")
+
+
+# ------------------------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_under(*paths: Path) -> list[Path]:
+    """The files of these paths: a file itself, every file inside a folder (hidden temporaries excluded)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return out
+
+
+def checksums(files: list[Path], root: Path) -> dict[str, dict]:
+    """{path relative to `root`: {"sha256", "bytes"}} for these files, so the record survives a move of `root`."""
+    return {f.relative_to(root).as_posix(): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files}
+
+
+def damage(recorded: dict[str, dict], root: Path) -> list[str]:
+    """What no longer matches a `checksums` record under `root`: one phrase per file, empty when all match."""
+    out = []
+    for rel, want in recorded.items():
+        f = Path(root) / rel
+        if not f.is_file():
+            out.append(f"{rel} is missing")
+        elif f.stat().st_size != want["bytes"] or sha256_file(f) != want["sha256"]:
+            out.append(f"{rel} is corrupt (its checksum changed)")
+    return out

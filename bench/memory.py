@@ -23,14 +23,19 @@ from torch.utils._pytree import tree_flatten
 MIB = 2**20
 
 
-def module_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the distinct parameter and buffer storages of these modules."""
-    seen: dict[int, int] = {}
+def module_storages(*modules: torch.nn.Module) -> list:
+    """The distinct parameter and buffer storages of these modules."""
+    seen: dict[int, object] = {}
     for module in modules:
         for t in [*module.parameters(), *module.buffers()]:
             s = t.untyped_storage()
-            seen[s.data_ptr()] = s.nbytes()
-    return sum(seen.values())
+            seen.setdefault(s.data_ptr(), s)
+    return list(seen.values())
+
+
+def module_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the distinct parameter and buffer storages of these modules."""
+    return sum(s.nbytes() for s in module_storages(*modules))
 
 
 class _Watch(TorchDispatchMode):
@@ -48,13 +53,16 @@ class _Watch(TorchDispatchMode):
 
 class TensorPeak:
     """Peak bytes of live CPU tensors while active: `baseline_bytes` (what was already live and is needed,
-    e.g. the model weights) plus the peak of what was allocated since `start()`."""
+    e.g. the model weights) plus the peak of what was allocated since `start()`. `known` storages (those
+    weights) are in the baseline already: an op that returns a view of one allocates nothing."""
 
-    def __init__(self, baseline_bytes: int = 0) -> None:
+    def __init__(self, baseline_bytes: int = 0, known=()) -> None:
         self.baseline_bytes = int(baseline_bytes)
         self.live = 0
         self.peak = 0
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        for storage in known:
+            self._seen[storage] = 0
         self._mode: _Watch | None = None
 
     def _track(self, storage) -> None:

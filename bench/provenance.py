@@ -40,6 +40,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def core_budget() -> tuple[int, str]:
+    """(cores this job may keep busy, where that number comes from). A launcher that runs several jobs
+    at once says how many threads each may use through OMP_NUM_THREADS (joblib's loky workers set it to
+    cores / n_jobs, SLURM users set it per task); without it, every usable core."""
+    cores = usable_cores()
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) >= 1:
+        return min(cores, int(limit)), f"OMP_NUM_THREADS={limit}"
+    return cores, "usable cores"
+
+
 @lru_cache(maxsize=1)
 def packages() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -57,10 +68,11 @@ def environment(device: str | None = None) -> dict:
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    budget, budget_source = core_budget()
     return {
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "packages": packages(),
-        "hardware": {"cpu": cpu_model(), "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(), "gpu": gpu, "device": device},
+        "hardware": {"cpu": cpu_model(), "usable_cores": usable_cores(), "core_budget": budget, "core_budget_source": budget_source, "torch_threads": torch.get_num_threads(), "gpu": gpu, "device": device},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

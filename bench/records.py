@@ -1,17 +1,24 @@
 """The tidy results table: one row per measured number.
 
 Each finished stage writes its own rows file (`rows/<stage>.parquet`, atomically); the table is their
-union. A stage whose rows file exists is finished, which is what makes reruns reuse work.
+union. A stage whose rows file exists is finished, which is what makes reruns reuse work. Beside it,
+written first, `rows/<stage>.outputs.json` holds the checksums of the files the stage made (paths relative
+to the results directory, so it can move): `stage_done` checks them before anything is reused, and a
+stage with a missing or corrupt output, or an unreadable rows file, is reported in one line and redone.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from bench.io import atomic_path
+from bench.io import atomic_path, atomic_write_text, checksums, damage, files_under
+
+log = logging.getLogger(__name__)
 
 # run_id: the training run (the unit of analysis); config: hash of the method's config; kind: the concept's
 # kind (object/style); train_seed: the training seed; sweep: hash of the sweep config that made the images;
@@ -47,11 +54,58 @@ def stage_file(results_dir: Path, stage: str) -> Path:
     return Path(results_dir) / "rows" / f"{stage}.parquet"
 
 
-def write_stage(results_dir: Path, stage: str, rows: Iterable[dict]) -> Path:
+def outputs_file(results_dir: Path, stage: str) -> Path:
+    return Path(results_dir) / "rows" / f"{stage}.outputs.json"
+
+
+def write_stage(results_dir: Path, stage: str, rows: Iterable[dict], outputs: Iterable[Path] = ()) -> Path:
+    """The stage's rows, after the checksums of its output files (files, or every file in folders)."""
+    results_dir = Path(results_dir)
+    files = files_under(*outputs)
+    if files:
+        atomic_write_text(outputs_file(results_dir, stage), json.dumps(checksums(files, results_dir), indent=1, sort_keys=True))
+    else:
+        outputs_file(results_dir, stage).unlink(missing_ok=True)
     path = stage_file(results_dir, stage)
     with atomic_path(path) as tmp:
         frame(rows).to_parquet(tmp, index=False)
     return path
+
+
+def stage_problems(results_dir: Path, stage: str) -> list[str]:
+    """Why a finished stage cannot be reused (empty: it can): an unreadable rows file, or an output file
+    missing or changed since the stage wrote it."""
+    import pyarrow.parquet as pq
+
+    path = stage_file(results_dir, stage)
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # truncated or not parquet at all: pyarrow raises several kinds
+        return [f"{path.relative_to(results_dir).as_posix()} is unreadable ({type(e).__name__})"]
+    record = outputs_file(results_dir, stage)
+    if not record.is_file():
+        return []
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return [f"{record.relative_to(results_dir).as_posix()} is unreadable"]
+    return damage(recorded, Path(results_dir))
+
+
+def stage_done(results_dir: Path, stage: str) -> bool:
+    """Whether the stage is finished and intact. A damaged one is reported in one line and its rows
+    removed, so it is redone; its other outputs are overwritten when it is."""
+    results_dir = Path(results_dir)
+    if not stage_file(results_dir, stage).exists():
+        return False
+    problems = stage_problems(results_dir, stage)
+    if not problems:
+        return True
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    log.warning("%s: stage %s: %s%s; redoing the stage", results_dir, stage, problems[0], more)
+    stage_file(results_dir, stage).unlink(missing_ok=True)
+    outputs_file(results_dir, stage).unlink(missing_ok=True)
+    return False
 
 
 def read_table(*results_dirs: Path) -> pd.DataFrame:

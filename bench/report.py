@@ -40,6 +40,7 @@ COST_METRICS = {  # metric -> (column title, scale, format)
     "trainable_params": ("trainable params", 1.0, "{:,.0f}"),
     "artifact_bytes": ("file size", 1.0, "bytes"),
     "input_gen_time": ("class images (s)", 1.0, "{:,.1f}"),
+    "other_load": ("other load (cores)", 1.0, "{:,.1f}"),
 }
 QUALITY_TITLES = {"presence": "presence (oracle)", "clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity", "blank": "blank images"}
 

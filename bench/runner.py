@@ -26,7 +26,7 @@ from bench import records, stages, stats, worker
 from bench.data import load_concepts
 from bench.io import atomic_write_text
 from bench.models import ModelConfigError, model_path, resolve_device
-from bench.provenance import usable_cores
+from bench.provenance import core_budget
 from methods import build_method
 from methods.base import MethodConfigError, TrainSettings
 
@@ -81,9 +81,11 @@ def main(cfg: DictConfig) -> int:
 
 def parallelism(cfg: DictConfig, n_jobs: int) -> tuple[int, int]:
     """(workers, torch threads per worker). torch's threads spin while they wait, so workers x threads
-    never exceeds the cores this process may use: on these small models two 1-thread workers do about
-    twice the work of one 2-thread process. CUDA: one worker (one GPU), every core for it."""
-    cores = usable_cores()
+    never exceeds this job's core budget (`provenance.core_budget`: the usable cores, or fewer when a
+    launcher runs several jobs at once): on these small models two 1-thread workers do about twice the
+    work of one 2-thread process, and two 2-thread processes on 2 cores each run 4-5x slower than alone.
+    CUDA: one worker (one GPU), every core of the budget for it."""
+    cores, _ = core_budget()
     device = resolve_device(str(cfg.device))
     workers = cfg.get("workers")
     if workers is None:
@@ -124,6 +126,9 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
     TrainSettings.from_config(cfg)
     model_path(cfg.model)
     check_sweep_config(cfg.sweep)
+    stats.Settings.from_config(cfg.stats)
+    check_fidelity(str(cfg.stats.fidelity))
+    check_clip_spec(str(cfg.metrics.clip))
     concepts = load_concepts(cfg.data, int(cfg.model.resolution))
     for concept in concepts:
         sweep_prompts(cfg.sweep, concept)
@@ -133,6 +138,25 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
         inception_metric()
     runs = [stages.run_spec(cfg, m, c, s) for c in concepts for s in seeds for m in methods]
     return concepts, runs
+
+
+def check_fidelity(name: str) -> None:
+    from metrics import QUALITY, higher_is_better
+
+    if name != "auto" and higher_is_better(name) is None:
+        raise stats.StatsConfigError(f"stats.fidelity: {name!r} is not a quality metric; use auto or one of {', '.join(QUALITY)} or a Fréchet distance (fd_<space>)")
+
+
+def check_clip_spec(spec: str) -> None:
+    """metrics.clip names a feature space that exists here: without a hub, an open_clip architecture name
+    alone would build an untrained network and score with it, so only local weights are accepted."""
+    if spec == "micro":
+        return
+    if not spec.startswith("local-dir:"):
+        raise ModelConfigError(f"metrics.clip: {spec!r} is neither 'micro' nor 'local-dir:/path/to/open_clip/folder' (no model hub is reachable, so the weights must be local)")
+    folder = Path(spec.removeprefix("local-dir:"))
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelConfigError(f"metrics.clip: {folder} holds no open_clip_config.json (an open_clip model folder: config and weights)")
 
 
 def run(cfg: DictConfig) -> int:
@@ -145,7 +169,8 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     results = Path(cfg.results_dir)
     check_results_dir(results)
     concepts, runs = plan(cfg)
-    pending = [r for r in runs if not records.stage_file(results, f"scores_{r.scores_key}").exists()]
+    # Both stages checked (rows readable, outputs matching their checksums): a damaged one is redone.
+    pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
     if pending:
@@ -198,18 +223,28 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
 
 
 def report_stage(results: Path, cfg: DictConfig) -> Path:
-    """Rebuild the report unless it was built from exactly the rows files there are now."""
+    """Rebuild the report unless it was built from exactly the rows files there are now and every file
+    it wrote is still as it was (checksums kept in the stamp)."""
+    from bench.io import checksums, damage, files_under
     from bench.report import build_report
 
-    stamp_file = results / "report" / ".rows_stamp"
+    folder = results / "report"
+    stamp_file = folder / ".rows_stamp"
     files = sorted((results / "rows").glob("*.parquet"))
-    stamp = hashlib.sha256(json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()
-    html = results / "report" / "report.html"
-    if html.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
-        log.info("reusing %s", html)
-        return html
+    rows = hashlib.sha256(json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()
+    html = folder / "report.html"
+    try:
+        stamp = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+    except ValueError:
+        stamp = {}
+    if isinstance(stamp, dict) and stamp.get("rows") == rows and html.is_file():
+        problems = damage(stamp.get("files", {}), folder)
+        if not problems:
+            log.info("reusing %s", html)
+            return html
+        log.warning("%s: %s; building the report again", folder, problems[0])
     html = build_report([results], fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats))
-    atomic_write_text(stamp_file, stamp)
+    atomic_write_text(stamp_file, json.dumps({"rows": rows, "files": checksums(files_under(folder), folder)}))
     return html
 
 
@@ -242,6 +277,18 @@ def other_config_stages(results: Path, runs: list[stages.RunSpec]) -> int:
     mine = {f"train_{r.run_id}" for r in runs} | {f"scores_{r.scores_key}" for r in runs}
     found = {f.stem for f in (results / "rows").glob("*.parquet") if f.stem.startswith(("train_", "scores_"))}
     return len(found - mine)
+
+
+def contended_runs(table) -> int:
+    """Training runs whose threads plus the other load measured beside them exceeded the usable cores."""
+    from bench.provenance import usable_cores
+
+    cost = table[table.step.isna() & table.metric.isin(["threads", "other_load"]) & (table.status == "ok")]
+    wide = cost.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
+    if not {"threads", "other_load"} <= set(wide.columns):
+        return 0
+    # Half a core of slack: a worker's own start-up and the main process's bookkeeping are not contention.
+    return int((wide.threads + wide.other_load > usable_cores() + 0.5).sum())
 
 
 def human_seconds(s: float) -> str:
@@ -282,6 +329,10 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
             lines.append(row)
     if lines:
         print(pd.DataFrame(lines).set_index("method").to_string())
+        contended = contended_runs(table)
+        if contended:
+            print(f"adapterbench: note: {contended} training run(s) were timed while other processes kept more cores busy than this "
+                  "machine had left for them (the `other_load` cost rows); their times and steps/s are high")
     for spec, reason in failures:
         print(f"FAILED: {spec.method} on {spec.concept}, training seed {spec.train_seed}: {reason}")
     print(f"adapterbench: results table {results / 'results.csv'}")

@@ -34,6 +34,13 @@ UNIT = ["concept", "kind", "train_seed", "run_id"]
 SCOPES = ("overall", "object", "style")
 
 
+class StatsConfigError(ValueError):
+    """A `stats` value no interval can be computed with; the message names the key."""
+
+
+MIN_BOOT = 100  # fewer resamples cannot place the tails of a 95 % interval
+
+
 @dataclass(frozen=True)
 class Settings:
     confidence: float = 0.95
@@ -42,7 +49,14 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg) -> "Settings":
-        return cls(float(cfg.get("confidence", 0.95)), int(cfg.get("n_boot", 2000)))
+        """The `stats` config, checked: one line naming the key for a value no interval can use."""
+        confidence, n_boot = float(cfg.get("confidence", 0.95)), cfg.get("n_boot", 2000)
+        if not 0.5 <= confidence < 1:
+            raise StatsConfigError(f"stats.confidence: must be at least 0.5 and below 1 (e.g. 0.95), got {confidence}")
+        if not isinstance(n_boot, int) or n_boot < MIN_BOOT:
+            raise StatsConfigError(f"stats.n_boot: must be a whole number of at least {MIN_BOOT} resamples, got {n_boot!r}")
+        return cls(confidence, n_boot)
+
 
 
 # ------------------------------------------------------------------------------------------- units

@@ -6,6 +6,8 @@ draws it from the seed alone), so images differ only by what the adapter does.
 
 from __future__ import annotations
 
+import math
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +67,13 @@ def check_sweep_config(cfg) -> None:
         raise SweepError("sweep.seeds: empty; list at least one generation seed (two or more for intervals and best weights)")
     if len(set(map(int, seeds))) != len(seeds):
         raise SweepError(f"sweep.seeds: {seeds} lists a seed twice")
+    if not all(math.isfinite(float(w)) for w in weights):
+        raise SweepError(f"sweep.weights: {weights} holds a value that is not a finite number")
     for key in ("steps", "batch"):
         if int(cfg[key]) <= 0:
             raise SweepError(f"sweep.{key}: must be a positive whole number, got {cfg[key]}")
+    if not math.isfinite(float(cfg.guidance)) or float(cfg.guidance) < 0:
+        raise SweepError(f"sweep.guidance: must be a finite number >= 0 (1 or less turns classifier-free guidance off), got {cfg.guidance}")
 
 
 def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepPrompt], cfg, progress: bool = True) -> dict[tuple[str, int, float], Image.Image]:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from bench import stats, world
 from bench.io import atomic_write_text
 from methods.base import MethodConfigError
+from metrics import higher_is_better
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNING_JSON = ROOT / "results" / "benchmarks" / "tuning.json"
@@ -34,6 +35,12 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
     overlap = set(t.concepts) & set(world.SUITE)
     if overlap:
         raise MethodConfigError(f"tune.concepts: {sorted(overlap)} belong to the evaluation suite; tune on concepts the comparison does not report")
+    if not t.concepts or not t.seeds or len(set(t.seeds)) != len(t.seeds):
+        raise MethodConfigError(f"tune.concepts / tune.seeds: need at least one tuning concept and distinct tuning seeds, got {list(t.concepts)} / {list(t.seeds)}")
+    if higher_is_better(str(t.objective)) is not True:
+        raise MethodConfigError(f"tune.objective: {t.objective!r} is not a quality metric that is higher when better (e.g. clip_i, presence); the chosen lr maximises it")
+    if not float(t.max_drift) > 0:
+        raise MethodConfigError(f"tune.max_drift: must be a positive number, got {t.max_drift}")
     if len(t.factors) < 3 or any(float(f) <= 0 for f in t.factors):
         raise MethodConfigError(f"tune.factors: need at least 3 positive multiples of the configured lr, got {list(t.factors)}")
     options = tune_options(cfg)

@@ -7,14 +7,19 @@ reuses the loaded pipeline, scorer and concept data. Two kinds of job:
   and the inputs a method generates before training (DreamBooth's class images, timed on their own);
 - `run`: one training run's stages (train -> images -> scores), each skipped when its output exists.
 
-A stage writes its outputs atomically and its rows file last, so a killed job leaves no half stage. A
-stage that fails writes a `failed_` rows file with its error and the job goes on to the next run.
+A stage writes its outputs atomically, then their checksums, then its rows file, so a killed job leaves
+no half stage and a damaged output is found before it is reused (`records.stage_done`). A stage that
+fails writes a `failed_` rows file with its error and the job goes on to the next run. Each stage runs
+under a lock file of its own in the results directory, so two runs sharing that directory wait for each
+other's stage and then reuse it instead of computing it twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench import records, stages
-from bench.io import atomic_dir, atomic_path, atomic_write_text
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage
 
 log = logging.getLogger(__name__)
 _STATE: dict = {}
@@ -88,6 +93,25 @@ def _ident(spec: stages.RunSpec) -> dict:
     return spec.ident(str(_cfg().model.name))
 
 
+@contextlib.contextmanager
+def stage_lock(stage: str):
+    """Hold `stage` for this process: another process working in the same results directory waits here
+    (and then finds the stage done). The lock is the kernel's, so a killed holder releases it."""
+    from filelock import FileLock
+
+    lock = FileLock(str(_results() / ".locks" / f"{stage}.lock"))
+    (_results() / ".locks").mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        log.warning("%s: waiting for another process working on stage %s", _results(), stage)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 # ------------------------------------------------------------------------------------------- concepts
 
 
@@ -109,11 +133,22 @@ def prepare_concept(concept_name: str) -> dict:
     cfg, concept = _cfg(), _concept(concept_name)
     methods = {name: _method(name) for name in cfg.method}
     results = _results()
-    todo = [t for t in base_texts(cfg, concept, methods) if not all(stages.base_image_file(results, cfg.model, cfg.sweep, t, s).is_file() for s in cfg.sweep.seeds)]
-    if todo:
-        for (text, seed), im in base_images(_pipe(), todo, cfg.sweep).items():
-            with atomic_path(stages.base_image_file(results, cfg.model, cfg.sweep, text, seed)) as tmp:
-                im.save(tmp, format="PNG")
+    texts = base_texts(cfg, concept, methods)
+    files = {(t, int(s)): stages.base_image_file(results, cfg.model, cfg.sweep, t, s) for t in texts for s in cfg.sweep.seeds}
+    # Each prompt's seeds are one batch of their own, so regenerating some prompts gives the same pixels
+    # as generating all of them; the stage (and its checksums) covers every base image of the concept.
+    stage = f"base_{stages.digest({'model': stages.plain(cfg.model), 'sweep': stages.plain(cfg.sweep), 'texts': texts})}"
+    generated = 0
+    with stage_lock(stage):
+        if not records.stage_done(results, stage):
+            start = time.perf_counter()
+            for (text, seed), im in base_images(_pipe(), texts, cfg.sweep).items():
+                with atomic_path(files[(text, int(seed))]) as tmp:
+                    im.save(tmp, format="PNG")
+            generated = len(texts)
+            ident = {"model": str(cfg.model.name), "concept": concept.name, "kind": concept.kind}
+            records.write_stage(results, stage, [{**ident, "metric": "base_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}],
+                                outputs=list(files.values()))
     folder = stages.instance_dir(results, concept)
     if not folder.is_dir():
         with atomic_dir(folder) as tmp:
@@ -125,13 +160,14 @@ def prepare_concept(concept_name: str) -> dict:
             continue
         key = stages.digest({"model": stages.plain(cfg.model), "data": concept.fingerprint(), "method": stages.plain(cfg.method[name])})
         stage = f"inputs_{key}"
-        if records.stage_file(results, stage).exists():
-            continue
-        start = time.perf_counter()
-        method.generate_inputs(_pipe(), concept, settings)
-        ident = {"model": str(cfg.model.name), "method": name, "config": stages.config_hash(cfg, name), "concept": concept.name, "kind": concept.kind}
-        records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}])
-    return {"concept": concept_name, "base_texts": len(todo)}
+        with stage_lock(stage):
+            if records.stage_done(results, stage):
+                continue
+            start = time.perf_counter()
+            made = method.generate_inputs(_pipe(), concept, settings)
+            ident = {"model": str(cfg.model.name), "method": name, "config": stages.config_hash(cfg, name), "concept": concept.name, "kind": concept.kind}
+            records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}], outputs=made)
+    return {"concept": concept_name, "base_texts": generated}
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -143,17 +179,26 @@ def run(spec: stages.RunSpec) -> dict:
     status["train"] = _stage(spec, f"train_{spec.run_id}", lambda: train_stage(spec))
     if not status["train"].startswith(("ok", "reused")):
         return status
+    if status["train"] == "ok":
+        # A new artifact: images and scores made from an earlier one (a redone, damaged stage) are not its.
+        records.stage_file(_results(), f"scores_{spec.scores_key}").unlink(missing_ok=True)
+        shutil.rmtree(stages.images_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
     status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
     return status
 
 
 def _stage(spec: stages.RunSpec, stage: str, work) -> str:
+    with stage_lock(stage):
+        return _unlocked_stage(spec, stage, work)
+
+
+def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
     results = _results()
-    if records.stage_file(results, stage).exists():
+    if records.stage_done(results, stage):
         return "reused"
     failed = f"failed_{stage}"
     try:
-        rows = work()
+        rows, outputs = work()
     except Exception as e:  # recorded as a failed stage; the other runs carry on
         from methods.base import MethodConfigError, TrainingDiverged
 
@@ -161,13 +206,14 @@ def _stage(spec: stages.RunSpec, stage: str, work) -> str:
         log.error("%s %s/%s seed %s: %s failed: %s", stage.split("_")[0], spec.method, spec.concept, spec.train_seed, stage, message, exc_info=not isinstance(e, (MethodConfigError, TrainingDiverged)))
         records.write_stage(results, failed, [{**_ident(spec), "metric": f"{stage.split('_')[0]}_failed", "value": 1.0, "unit": "flag", "scorer": "runner", "status": f"failed: {message}"}])
         return f"failed: {message}"
-    records.write_stage(results, stage, [{**_ident(spec), **r, "status": "ok"} for r in rows])
+    records.write_stage(results, stage, [{**_ident(spec), **r, "status": "ok"} for r in rows], outputs=outputs)
     records.stage_file(results, failed).unlink(missing_ok=True)
     return "ok"
 
 
-def train_stage(spec: stages.RunSpec) -> list[dict]:
-    """Train, save the artifact, write cost, metadata and the loss curve; returns the cost rows."""
+def train_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
+    """Train, save the artifact, write cost, metadata and the loss curve; returns the cost rows and the
+    run's folder (its outputs)."""
     from bench.cost import measure_training
     from bench.provenance import environment
     from methods.base import TrainSettings
@@ -188,11 +234,12 @@ def train_stage(spec: stages.RunSpec) -> list[dict]:
     atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
     atomic_write_text(out / "train.log", "step\tloss\n" + "".join(f"{i}\t{v:.6f}\n" for i, v in enumerate(cost.losses)))
     atomic_write_text(out / "cost.json", cost.to_json())
-    return cost.rows()
+    return cost.rows(), [out]
 
 
-def sweep_and_score(spec: stages.RunSpec) -> list[dict]:
-    """The run's images (generated, or read back when that stage is done) and their scores."""
+def sweep_and_score(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
+    """The run's images (generated, or read back when that stage is done) and their scores; returns the
+    rows and the images folder (the outputs the report shows)."""
     from bench.score import sweep_rows
     from bench.sweep import sweep_prompts
 
@@ -208,7 +255,7 @@ def sweep_and_score(spec: stages.RunSpec) -> list[dict]:
     # Where the time goes: generating this run's images (near 0 when they were on disk) and scoring them.
     rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
              {"metric": "score_time", "value": time.perf_counter() - generated, "unit": "s", "scorer": "wall_clock"}]
-    return [{**r, "sweep": spec.sweep} for r in rows]
+    return [{**r, "sweep": spec.sweep} for r in rows], [stages.images_dir(results, spec.run_id, spec.sweep)]
 
 
 def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, dict]:
@@ -220,9 +267,15 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
     folder = stages.images_dir(results, spec.run_id, spec.sweep)
     manifest = folder / "images.json"
     if manifest.is_file():
-        done = json.loads(manifest.read_text())
-        images = {(pid, int(s), float(w)): _read(folder / name) for name, (pid, s, w) in done["images"].items()}
-        return images, {(pid, int(s)): int(d) for pid, s, d in done["weight_zero_diffs"]}
+        try:
+            done = json.loads(manifest.read_text())
+            problems = damage(done.get("checksums", {}), folder)
+        except (OSError, ValueError):
+            problems = [f"{manifest.name} is unreadable"]
+        if not problems:
+            images = {(pid, int(s), float(w)): _read(folder / name) for name, (pid, s, w) in done["images"].items()}
+            return images, {(pid, int(s)): int(d) for pid, s, d in done["weight_zero_diffs"]}
+        log.warning("%s: %s; generating the run's images again", folder, problems[0])
     train = stages.train_dir(results, spec)
     cost = TrainCost.from_json((train / "cost.json").read_text())
     artifact = method.load(train / cost.artifact_file)
@@ -238,7 +291,8 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
             im.save(tmp, format="PNG")
         names[path.name] = [pid, seed, weight]
     atomic_write_text(manifest, json.dumps({"images": names, "weight_zero_diffs": [[p, s, d] for (p, s), d in diffs.items()],
-                                            "prompts": {p.prompt_id: p.text for p in prompts}}))
+                                            "prompts": {p.prompt_id: p.text for p in prompts},
+                                            "checksums": checksums([folder / n for n in names], folder)}))
     return images, diffs
 
 

@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from bench.data import ConceptData
+from bench.stages import digest
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class TrainSettings:
     seed: int = 0
     progress: bool = True
     cache_dir: Path | None = None  # where generated inputs (DreamBooth's class images) are kept
+    model_key: str = ""  # identifies the base model by its config (not its path): keys those caches
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (the memory probe)
 
     def __post_init__(self) -> None:
@@ -77,6 +80,7 @@ class TrainSettings:
             seed=int(seed),
             progress=bool(cfg.get("progress", True)),
             cache_dir=Path(cfg.results_dir) / "cache",
+            model_key=digest({"model": OmegaConf.to_container(cfg.model, resolve=True)}),
         )
 
 
@@ -162,9 +166,11 @@ class Method(ABC):
         """An optional second image set and its loss weight (DreamBooth's prior preservation)."""
         return None
 
-    def generate_inputs(self, pipe, data: ConceptData, settings: TrainSettings) -> None:
+    def generate_inputs(self, pipe, data: ConceptData, settings: TrainSettings) -> list[Path]:
         """Make and cache whatever the base model must generate before training (DreamBooth's class
-        images), so that this work is timed apart from training and shared by every training seed."""
+        images), so that this work is timed apart from training and shared by every training seed;
+        returns the files or folders made (their checksums are kept with the stage)."""
+        return []
 
     # ---- the shared loop
 

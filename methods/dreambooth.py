@@ -19,10 +19,11 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.images import generate
-from bench.io import atomic_dir
+from bench.io import atomic_dir, checksums, damage
 from bench.single_file import save_single_file
 from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, check_positive, encode_set
 
+CHECKSUMS = "checksums.json"  # beside cached class images
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
 SINGLE_FILE = "dreambooth.safetensors"
 log = logging.getLogger(__name__)
@@ -71,32 +72,46 @@ class DreamBooth(Method):
 
     # ---- prior preservation
 
-    def class_images(self, pipe, data: ConceptData, cache_dir: Path | None) -> list[Image.Image]:
-        """`num_class_images` images of the class prompt from the base model, cached on disk by content."""
-        key = hashlib.sha256(
-            json.dumps([str(pipe.config.get("_name_or_path", "")), data.class_prompt, self.num_class_images, self.class_image_steps, self.class_image_guidance]).encode()
-        ).hexdigest()[:16]
-        folder = cache_dir / "class_images" / key if cache_dir else None
-        if folder and folder.is_dir():
-            files = sorted(folder.glob("*.png"))
-            if len(files) == self.num_class_images:
-                return [Image.open(f).convert("RGB") for f in files]
+    def class_images(self, pipe, data: ConceptData, settings: TrainSettings) -> list[Image.Image]:
+        """`num_class_images` images of the class prompt from the base model, cached on disk by content
+        (the model's config, not its path, so a results folder can move) and checked against the
+        checksums kept with them before they are reused."""
+        folder = self.class_image_dir(pipe, data, settings)
+        if folder and (folder / CHECKSUMS).is_file():
+            try:
+                problems = damage(json.loads((folder / CHECKSUMS).read_text()), folder)
+            except ValueError:
+                problems = [f"{CHECKSUMS} is unreadable"]
+            if not problems:
+                return [_read_rgb(f) for f in sorted(folder.glob("*.png"))]
+            log.warning("%s: %s; generating the class images again", folder, problems[0])
         seeds = [100_000 + i for i in range(self.num_class_images)]
         images = generate(pipe, [data.class_prompt] * len(seeds), seeds, self.class_image_steps, self.class_image_guidance)
         if folder:
             with atomic_dir(folder) as tmp:
                 for i, im in enumerate(images):
                     im.save(tmp / f"{i:04d}.png")
+                (tmp / CHECKSUMS).write_text(json.dumps(checksums(sorted(tmp.glob("*.png")), tmp)))
         return images
 
-    def generate_inputs(self, pipe, data: ConceptData, settings: TrainSettings) -> None:
-        if self.prior_preservation:
-            self.class_images(pipe, data, settings.cache_dir)
+    def class_image_dir(self, pipe, data: ConceptData, settings: TrainSettings) -> Path | None:
+        if not settings.cache_dir:
+            return None
+        model = settings.model_key or str(pipe.config.get("_name_or_path", ""))
+        key = hashlib.sha256(json.dumps([model, data.class_prompt, self.num_class_images, self.class_image_steps, self.class_image_guidance]).encode()).hexdigest()[:16]
+        return settings.cache_dir / "class_images" / key
+
+    def generate_inputs(self, pipe, data: ConceptData, settings: TrainSettings) -> list[Path]:
+        if not self.prior_preservation:
+            return []
+        self.class_images(pipe, data, settings)
+        folder = self.class_image_dir(pipe, data, settings)
+        return [folder] if folder else []
 
     def extra_images(self, pipe, data: ConceptData, settings: TrainSettings) -> tuple[TrainingSet, float] | None:
         if not self.prior_preservation:
             return None
-        images = self.class_images(pipe, data, settings.cache_dir)
+        images = self.class_images(pipe, data, settings)
         return encode_set(pipe, images, [data.class_prompt] * len(images), with_text=False), self.prior_loss_weight
 
     # ---- training
@@ -207,3 +222,8 @@ class DreamBooth(Method):
                 tensors.update({f"{name}.{k}": f.get_tensor(k) for k in f.keys()})
             configs[name] = json.loads((path / name / "config.json").read_text())
         return Artifact(self.name, tensors, {"components": info["components"], "configs": configs, "base_model": info["base_model"]})
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")

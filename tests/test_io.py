@@ -5,7 +5,10 @@ import stat
 
 import pytest
 
-from bench.io import atomic_dir, atomic_path, atomic_write_text
+import hashlib
+
+from bench import records
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under
 
 
 @pytest.fixture
@@ -19,8 +22,11 @@ def test_files_and_folders_follow_the_umask(tmp_path, umask_027):
     atomic_write_text(tmp_path / "a.txt", "x")
     with atomic_dir(tmp_path / "d") as d:
         (d / "f").write_text("y")
+        (d / "private").write_text("z")
+        (d / "private").chmod(0o600)  # as safetensors writes its files
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "d" / "private").stat().st_mode) == 0o640
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -31,3 +37,39 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
+
+
+def test_checksums_are_sha256_relative_to_the_root_and_find_every_kind_of_damage(tmp_path):
+    (tmp_path / "run" / "artifact").mkdir(parents=True)
+    files = {"run/artifact/a.safetensors": b"weights" * 100, "run/cost.json": b"{}", "run/.a.tmp": b"debris"}
+    for rel, data in files.items():
+        (tmp_path / rel).write_bytes(data)
+    record = checksums(files_under(tmp_path / "run"), tmp_path)
+    assert set(record) == {"run/artifact/a.safetensors", "run/cost.json"}  # hidden temporaries are not outputs
+    assert record["run/cost.json"] == {"sha256": hashlib.sha256(b"{}").hexdigest(), "bytes": 2}
+    assert damage(record, tmp_path) == []
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (tmp_path / "run").rename(moved / "run")
+    assert damage(record, moved) == []  # relative paths: the record moves with the folder
+    weights = moved / "run" / "artifact" / "a.safetensors"
+    weights.write_bytes(b"weightz" + weights.read_bytes()[7:])  # same size, one byte changed
+    (moved / "run" / "cost.json").unlink()
+    assert damage(record, moved) == ["run/artifact/a.safetensors is corrupt (its checksum changed)", "run/cost.json is missing"]
+
+
+def test_a_stage_with_damaged_outputs_or_rows_is_not_done_and_is_cleared(tmp_path, caplog):
+    out = tmp_path / "images" / "x.png"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"png")
+    rows = [{"run_id": "r", "metric": "m", "value": 1.0, "status": "ok"}]
+    records.write_stage(tmp_path, "scores_r", rows, outputs=[out.parent])
+    assert records.stage_done(tmp_path, "scores_r")
+    out.write_bytes(b"PNG")
+    with caplog.at_level("WARNING"):
+        assert not records.stage_done(tmp_path, "scores_r")
+    assert "stage scores_r: images/x.png is corrupt" in caplog.text and len(caplog.records) == 1
+    assert not records.stage_file(tmp_path, "scores_r").exists() and not records.outputs_file(tmp_path, "scores_r").exists()
+    records.write_stage(tmp_path, "train_r", rows)
+    records.stage_file(tmp_path, "train_r").write_bytes(b"PAR1 truncated")
+    assert not records.stage_done(tmp_path, "train_r") and "rows/train_r.parquet is unreadable" in caplog.text

@@ -2,7 +2,13 @@
 stages, and records a failing method as failed while the others complete."""
 
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,15 +17,48 @@ from hydra import compose, initialize_config_dir
 from bench import records
 from bench.config import register
 from bench.runner import run
-from methods.base import MethodConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SMOKE = ["train=smoke", "sweep=smoke", "progress=false", "workers=1", "threads=1"]
 register()
 
 
 def config(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["train=smoke", "sweep=smoke", f"results_dir={tmp_path}", "progress=false", "workers=1", "threads=1", *overrides])
+        return compose("config", overrides=[*SMOKE, f"results_dir={tmp_path}", *overrides])
+
+
+def command(results: Path, *overrides) -> list[str]:
+    """`python run.py` as a user types it, with the smoke config of `config`."""
+    return [sys.executable, str(ROOT / "run.py"), *SMOKE, f"results_dir={results}", *overrides]
+
+
+# The instruments' own readings (wall clock, RSS, the machine's other load) differ between any two runs.
+INSTRUMENTS = {"train_time", "steps_per_s", "process_rss_peak", "sweep_time", "score_time", "input_gen_time", "base_gen_time", "other_load"}
+KEY = ["run_id", "metric", "prompt_id", "seed", "weight", "step"]
+
+
+def numbers(results: Path):
+    t = records.read_table(results)
+    return t[~t.metric.isin(INSTRUMENTS)].sort_values(KEY).reset_index(drop=True)
+
+
+def published_images(results: Path) -> list[Path]:
+    """Every image of a results dir, without the hidden temporaries a killed write can leave."""
+    root = results / "images"
+    return sorted(p.relative_to(root) for p in root.rglob("*.png") if not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def assert_same_results(first: Path, second: Path) -> None:
+    """Identical tables (but the instruments) and identical images, byte for byte."""
+    a, b = numbers(first), numbers(second)
+    assert len(a) == len(b) and a[KEY].equals(b[KEY])
+    assert (a.value.fillna(-1) == b.value.fillna(-1)).all(), a[a.value.fillna(-1) != b.value.fillna(-1)].head()
+    images = published_images(first)
+    assert images == published_images(second)
+    differ = [str(p) for p in images if (first / "images" / p).read_bytes() != (second / "images" / p).read_bytes()]
+    assert not differ, differ
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +173,23 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
     assert "Failed runs" in html and "method.enable_sizes" in html  # the failure is on the page, with its error
 
 
-@pytest.mark.parametrize(("override", "key"), [("method.lora.rank=0", "method.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size"), ("train.steps=100000000000", "train.steps"), ("seeds=[]", "seeds"), ("workers=0", "workers")])
+@pytest.mark.parametrize(("override", "key"), [
+    ("method.lora.rank=0", "method.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size"),
+    ("train.steps=100000000000", "train.steps"), ("seeds=[]", "seeds"), ("seeds=[1,1]", "seeds"), ("workers=0", "workers"),
+    ("threads=-1", "threads"), ("sweep.weights=[]", "sweep.weights"), ("sweep.weights=[0,0.5]", "sweep.weights"),
+    ("sweep.seeds=[]", "sweep.seeds"), ("sweep.guidance=nan", "sweep.guidance"), ("sweep.steps=0", "sweep.steps"),
+    ("stats.confidence=2", "stats.confidence"), ("stats.n_boot=0", "stats.n_boot"), ("stats.fidelity=bogus", "stats.fidelity"),
+    ("metrics.clip=ViT-B-32", "metrics.clip"), ("metrics.clip=local-dir:/nowhere", "metrics.clip"),
+    ("data.concepts=[nope]", "data.concepts"), ("results_dir=/proc/version", "results_dir"),
+])
 def test_nonsense_config_fails_before_any_training(tmp_path, override, key):
-    with pytest.raises(MethodConfigError, match=key):
-        run(config(tmp_path, override))
+    """Every config value is checked up front, with an error run.py turns into one line and exit 2."""
+    sys.path.insert(0, str(ROOT))
+    from run import usage_errors
+
+    cfg = config(tmp_path, override)
+    with pytest.raises(usage_errors(), match=key):
+        run(cfg)
     assert not (tmp_path / "rows").exists()
 
 
@@ -195,16 +247,125 @@ def test_same_config_threads_and_machine_give_identical_tables_and_images(smoke_
     cfg, first = smoke_run
     again = config(tmp_path, "seeds=[0,1]")
     assert run(again) == 0
-    measured = {"train_time", "steps_per_s", "process_rss_peak", "sweep_time", "score_time", "input_gen_time"}
-    key = ["run_id", "metric", "prompt_id", "seed", "weight", "step"]
+    assert_same_results(first, tmp_path)
 
-    def numbers(d):
-        t = records.read_table(d)
-        return t[~t.metric.isin(measured)].sort_values(key).reset_index(drop=True)
 
-    a, b = numbers(first), numbers(tmp_path)
-    assert len(a) == len(b) and a[key].equals(b[key])
-    assert (a.value.fillna(-1) == b.value.fillna(-1)).all(), a[a.value != b.value].head()
-    images = sorted(p.relative_to(first / "images") for p in (first / "images").rglob("*.png"))
-    assert images == sorted(p.relative_to(tmp_path / "images") for p in (tmp_path / "images").rglob("*.png"))
-    assert all((first / "images" / p).read_bytes() == (tmp_path / "images" / p).read_bytes() for p in images)
+def _kill_when(cmd: list[str], condition, timeout: float = 600) -> bool:
+    """Run `cmd` and kill -9 its whole process group the moment `condition()` holds; False if it ended first."""
+    import tempfile
+
+    err = tempfile.TemporaryFile()  # not a pipe: a chatty child must never block on a full one
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if condition():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.01)
+    assert proc.poll() is not None, "the run neither reached the kill point nor ended"
+    err.seek(0)
+    assert proc.returncode == 0, err.read().decode()[-2000:]
+    return False
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_stage_resumes_to_exactly_the_uninterrupted_results(smoke_run, tmp_path):
+    """kill -9 while the base images are written, after some training, in the middle of writing a run's
+    sweep images, and after some scoring; each restart resumes; the finished table and every image equal
+    the uninterrupted run's byte for byte."""
+    _, first = smoke_run
+    cmd = command(tmp_path, "seeds=[0,1]")
+    rows = tmp_path / "rows"
+
+    def sweep_half_written() -> bool:
+        folders = [d for d in (tmp_path / "images").glob("*-*") if d.is_dir() and d.name != "base"]
+        return any(any(d.glob("*.png")) and not (d / "images.json").exists() for d in folders)
+
+    kill_points = {
+        "base images": lambda: any((tmp_path / "images" / "base").glob("*.png")),
+        "after 3 trainings": lambda: len(list(rows.glob("train_*.parquet"))) >= 3,
+        "half a sweep": sweep_half_written,
+        "after 9 scorings": lambda: len(list(rows.glob("scores_*.parquet"))) >= 9,
+    }
+    killed = [name for name, condition in kill_points.items() if _kill_when(cmd, condition)]
+    assert len(killed) >= 3, f"the run ended before most kill points: killed at {killed}"
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert_same_results(first, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_moved_results_dir_with_damaged_outputs_is_repaired_to_the_same_results(smoke_run, tmp_path, caplog):
+    """Results dirs are portable and self-checking: moved elsewhere, with a truncated artifact, a flipped
+    byte in a sweep image, a garbage rows file and a deleted base image, a rerun names each damage in one
+    line, redoes exactly those stages and ends with the original table and images."""
+    cfg, first = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    lora = sorted(moved.glob("train/*/artifact/lora_kohya.safetensors"))[0]
+    lora.write_bytes(lora.read_bytes()[:100])
+    image = sorted(moved.glob("images/*-*/instance_0_seed0_w+1.00.png"))[0]
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    image.write_bytes(bytes(data))
+    garbage = sorted(moved.glob("rows/scores_*.parquet"))[-1]
+    garbage.write_text("not parquet")
+    sorted(moved.glob("images/base/*.png"))[0].unlink()
+    untouched = {f: f.stat().st_mtime_ns for f in moved.glob("rows/train_*.parquet") if f.stem != f"train_{lora.parts[-3]}"}
+
+    with caplog.at_level("WARNING"):
+        assert run(config(moved, "seeds=[0,1]")) == 0
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    for damaged in (f"{lora.parts[-3]}/artifact/lora_kohya.safetensors is corrupt", f"{image.name} is corrupt", f"{garbage.name} is unreadable", "is missing"):
+        assert damaged in said, said
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+    assert {f: f.stat().st_mtime_ns for f in untouched} == untouched  # the other trainings were reused
+    assert_same_results(first, moved)
+    # Nothing inside points back at the old place (Hydra's own run logs are not results).
+    texts = [f for f in moved.rglob("*") if f.is_file() and f.suffix in (".json", ".csv", ".md", ".html", ".log") and "hydra" not in f.parts]
+    assert not [f for f in texts if str(first) in f.read_text(errors="replace")]
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_a_results_dir_do_each_stage_once(tmp_path):
+    """Started together on one results dir, two runs wait for each other's stages instead of computing
+    them twice: every stage file is written once (its inode never changes after it appears)."""
+    cmd = command(tmp_path, "method=[lora,hypernetwork]", "seeds=[0,1]")
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT) for log in logs]  # Hydra logs to stdout
+    first_seen: dict[str, int] = {}
+    rewritten = set()
+    while any(p.poll() is None for p in procs):
+        for f in (tmp_path / "rows").glob("*.parquet"):
+            try:
+                inode = f.stat().st_ino
+            except FileNotFoundError:
+                continue
+            if first_seen.setdefault(f.name, inode) != inode:
+                rewritten.add(f.name)
+        time.sleep(0.005)
+    outs = [log.read_text() for log in logs]
+    assert all(p.returncode == 0 for p in procs), [e[-1500:] for e in outs]
+    assert len([n for n in first_seen if n.startswith("train_")]) == 2 * 2 * 2
+    assert not rewritten, rewritten
+    assert any("waiting for another process" in err for err in outs)
+
+
+@pytest.mark.parametrize(("omp", "cores", "overrides", "expected"), [
+    (None, 2, [], (2, 1)),  # two 1-thread workers on two cores
+    ("1", 2, [], (1, 1)),  # a parallel joblib job's share: one core
+    (None, 8, [], (4, 2)),  # at most 4 CPU workers, the cores shared out
+    ("4", 8, [], (4, 1)),
+    ("1", 2, ["threads=2"], (1, 2)),  # an explicit setting wins
+])
+def test_threads_fit_the_core_budget_a_launcher_gives(tmp_path, monkeypatch, omp, cores, overrides, expected):
+    from bench import provenance, runner
+
+    monkeypatch.setattr(provenance, "usable_cores", lambda: cores)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    cfg = config(tmp_path, "workers=null", "threads=null", *overrides)
+    assert runner.parallelism(cfg, n_jobs=16) == expected
