@@ -31,12 +31,12 @@ JOB = ["method=lora", "data.concepts=[sks_crescent]", "seeds=[0]", "progress=fal
 
 
 def run_jobs(name: str, launcher: list[str], extra: list[str], folder: Path) -> dict:
-    """Run the two jobs one way; returns the row of the table."""
+    """Run the two jobs one way (in `folder`, fresh); returns the row of the table."""
     from bench import records
     from bench.provenance import usable_cores
 
-    dirs = [folder / name / f"job{i}" for i in range(2)]
-    cmd = [sys.executable, "run.py", "-m", *JOB, *launcher, *extra, f"results_dir={dirs[0]},{dirs[1]}", f"hydra.sweep.dir={folder / name / 'hydra'}"]
+    dirs = [folder / f"job{i}" for i in range(2)]
+    cmd = [sys.executable, "run.py", "-m", *JOB, *launcher, *extra, f"results_dir={dirs[0]},{dirs[1]}", f"hydra.sweep.dir={folder / 'hydra'}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="adapterbench_threads_") as tmp:
         rows = [
-            run_jobs("one after the other (default threads)", [], [], Path(tmp)),
-            run_jobs("at the same time (default threads)", ["hydra/launcher=local"], [], Path(tmp)),
-            run_jobs(f"at the same time, threads={cores} forced", ["hydra/launcher=local"], [f"threads={cores}", "workers=1"], Path(tmp)),
+            run_jobs("one after the other (default threads)", [], [], Path(tmp) / "sequential"),
+            run_jobs("at the same time (default threads)", ["hydra/launcher=local"], [], Path(tmp) / "parallel"),
+            run_jobs(f"at the same time, threads={cores} forced", ["hydra/launcher=local"], [f"threads={cores}", "workers=1"], Path(tmp) / "forced"),
         ]
     table = pd.DataFrame(rows)
     sequential = table["wall time, both jobs (s)"].iloc[0]
-    table["vs one after the other"] = [f"{sequential / w:.2f}x faster" if w <= sequential else f"{w / sequential:.2f}x slower" for w in table["wall time, both jobs (s)"]]
+    table["vs one after the other"] = ["(reference)"] + [f"{sequential / w:.2f}x faster" if w <= sequential else f"{w / sequential:.2f}x slower" for w in table["wall time, both jobs (s)"].iloc[1:]]
     text = (
         f"# Threads: two jobs at once vs one after the other\n\n`python run.py -m {' '.join(JOB)} results_dir=A,B` "
         f"(default training budget and sweep), on {cores} usable cores ({cpu_model()}).\n\n"
