@@ -166,6 +166,9 @@ def run(cfg: DictConfig) -> int:
 
 def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     """`run`, also returning the runs of this config (for the modes that read exactly their rows)."""
+    import time
+
+    started, wall_start = time.time(), time.perf_counter()
     results = Path(cfg.results_dir)
     check_results_dir(results)
     concepts, runs = plan(cfg)
@@ -173,37 +176,63 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
+    load_s = 0.0
     if pending:
         print(f"adapterbench: {len(runs)} training runs ({len(cfg.method)} methods x {len(concepts)} concepts x {len(cfg.seeds)} training seeds), "
               f"{len(pending)} to do; {workers} worker(s) x {threads} thread(s)")
-        execute(cfg, results, pending, workers, threads)
+        load_s = execute(cfg, results, pending, workers, threads)
     records.publish(results)
     failures = failed_runs(results, runs)
+    report_start = time.perf_counter()
     report = report_stage(results, cfg)
+    report_s = time.perf_counter() - report_start
     print_summary(config_table(results, runs), results, failures, cfg)
+    timing = stage_times(results, started, load_s, report_s, time.perf_counter() - wall_start, workers)
+    in_workers = ", ".join(f"{k} {human_seconds(timing[k])}" for k in ("load models", *STAGE_TIMES))
+    print(f"adapterbench: time in {workers} worker(s): {in_workers}; report {human_seconds(report_s)}; wall {human_seconds(timing['wall'])}")
+    atomic_write_text(results / "timing.json", json.dumps(timing, indent=1))
     print(f"adapterbench: report {report.resolve()}")
     return (1 if failures else 0), runs
 
 
-def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> None:
-    """Prepare each concept, then run every pending run, in `workers` processes (or this one)."""
+# Where a comparison's time goes: the wall-clock rows each stage writes, by stage.
+STAGE_TIMES = {"base images": "base_gen_time", "class images": "input_gen_time", "train": "train_time", "generate": "sweep_time", "score": "score_time"}
+
+
+def stage_times(results: Path, since: float, load_s: float, report_s: float, wall_s: float, workers: int) -> dict:
+    """Seconds per stage of this invocation: the stages' own wall-clock rows in the rows files written
+    since it started (reused stages cost nothing now), model loading in the workers, the report, and
+    the whole wall time. Stages run in `workers` processes at once, so they add up to about
+    workers x wall time."""
+    fresh = [f for f in (results / "rows").glob("*.parquet") if f.stat().st_mtime >= since and not f.stem.startswith("failed_")]
+    table = records.read_files(fresh)
+    out = {"load models": load_s}
+    out.update({name: float(table[table.metric == metric].value.sum()) for name, metric in STAGE_TIMES.items()})
+    out.update({"report": report_s, "wall": wall_s, "workers": workers})
+    return out
+
+
+def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> float:
+    """Prepare each concept, then run every pending run, in `workers` processes (or this one); returns
+    the seconds the workers spent loading models."""
     concept_names = list(dict.fromkeys(r.concept for r in pending))
     job_cfg = cfg.copy()
     if workers > 1:
         job_cfg.progress = False  # one bar for the whole comparison, not one per worker
     cfg_yaml = OmegaConf.to_yaml(job_cfg, resolve=True)
     bar = tqdm(total=len(concept_names) + len(pending), desc="comparison", unit="job", disable=not cfg.progress)
+    load_s = 0.0
     if workers == 1:
         worker.init(cfg_yaml, threads)
         for name in concept_names:
-            worker.prepare_concept(name)
+            load_s += worker.prepare_concept(name)["load_s"]
             bar.update()
         for spec in pending:
             bar.set_postfix_str(f"{spec.method} {spec.concept} seed {spec.train_seed}")
-            worker.run(spec)
+            load_s += worker.run(spec)["load_s"]
             bar.update()
         bar.close()
-        return
+        return load_s
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads)) as pool:
         try:
@@ -213,13 +242,14 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for f in done:
                         item = futures.pop(f)
-                        f.result()
+                        load_s += f.result()["load_s"]
                         bar.update()
                         if phase == "runs":
                             bar.set_postfix_str(f"{item.method} {item.concept} seed {item.train_seed}")
         except BrokenProcessPool as e:
             log.error("a worker process died (%s); finished stages are kept, the rest is recorded as not run", e)
     bar.close()
+    return load_s
 
 
 def report_stage(results: Path, cfg: DictConfig) -> Path:

@@ -52,8 +52,15 @@ def _pipe():
     if "pipe" not in _STATE:
         from bench.models import load_pipeline
 
+        start = time.perf_counter()
         _STATE["pipe"] = load_pipeline(_cfg().model, _cfg().device)
+        _STATE["load_s"] = _STATE.get("load_s", 0.0) + time.perf_counter() - start
     return _STATE["pipe"]
+
+
+def load_seconds() -> float:
+    """Seconds this process spent loading models since the last call (each job reports its share)."""
+    return _STATE.pop("load_s", 0.0)
 
 
 def _encoder():
@@ -167,7 +174,7 @@ def prepare_concept(concept_name: str) -> dict:
             made = method.generate_inputs(_pipe(), concept, settings)
             ident = {"model": str(cfg.model.name), "method": name, "config": stages.config_hash(cfg, name), "concept": concept.name, "kind": concept.kind}
             records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}], outputs=made)
-    return {"concept": concept_name, "base_texts": generated}
+    return {"concept": concept_name, "base_texts": generated, "load_s": load_seconds()}
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -178,13 +185,13 @@ def run(spec: stages.RunSpec) -> dict:
     status = {"spec": spec}
     status["train"] = _stage(spec, f"train_{spec.run_id}", lambda: train_stage(spec))
     if not status["train"].startswith(("ok", "reused")):
-        return status
+        return {**status, "load_s": load_seconds()}
     if status["train"] == "ok":
         # A new artifact: images and scores made from an earlier one (a redone, damaged stage) are not its.
         records.stage_file(_results(), f"scores_{spec.scores_key}").unlink(missing_ok=True)
         shutil.rmtree(stages.images_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
     status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
-    return status
+    return {**status, "load_s": load_seconds()}
 
 
 def _stage(spec: stages.RunSpec, stage: str, work) -> str:

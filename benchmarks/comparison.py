@@ -5,8 +5,9 @@
     python benchmarks/comparison.py --data suite --write   # and commit the tables under results/benchmarks/
 
 Prints three tables:
-- wall time of the whole `python run.py` and the worker-seconds spent per stage (workers run in
-  parallel, so the stages add up to about workers x wall time);
+- wall time of the whole `python run.py` and the seconds spent per stage (load, base images, class
+  images, train, generate, score in the workers, which run in parallel, so these add up to about
+  workers x wall time; then the report);
 - per method and concept: CLIP-I at weight 1 and at weight 0 (mean over training runs), the per-run gain,
   and whether the method learned it: the gain averaged over training runs is at least 0.05 (how many
   runs gain on their own is beside it, so a pass carried by one run shows);
@@ -48,17 +49,22 @@ def learning_table(df):
     return pd.DataFrame(rows)
 
 
-def time_table(df, wall_s: float, workers: str):
+def time_table(results: Path, wall_s: float, workers: str):
+    """Seconds per stage, as the run recorded them (`timing.json`): load, base and class images, train,
+    generate, score in the workers (they run in parallel, so these add up to about workers x wall time),
+    then the report in the main process, and the whole process's wall time."""
+    import json
+
     import pandas as pd
 
-    stage = {"class images": "input_gen_time", "train": "train_time", "generate (sweeps)": "sweep_time", "score": "score_time"}
-    ok = df[df.status == "ok"]
-    rows = [{"stage": name, "worker-seconds": ok[ok.metric == metric].value.sum()} for name, metric in stage.items()]
-    busy = sum(r["worker-seconds"] for r in rows)
-    rows.append({"stage": "all stages above", "worker-seconds": busy})
-    rows.append({"stage": f"wall time of `python run.py` ({workers})", "worker-seconds": wall_s})
+    timing = json.loads((results / "timing.json").read_text())
+    stages = ["load models", "base images", "class images", "train", "generate", "score", "report"]
+    rows = [{"stage": name, "seconds": timing[name]} for name in stages]
+    busy = sum(r["seconds"] for r in rows)
+    rows.append({"stage": "all stages above", "seconds": busy})
+    rows.append({"stage": f"wall time of `python run.py` ({workers})", "seconds": wall_s})
     out = pd.DataFrame(rows)
-    out["share of stage time"] = [f"{100 * v / busy:.0f} %" if i < len(stage) else "" for i, v in enumerate(out["worker-seconds"])]
+    out["share of stage time"] = [f"{100 * v / busy:.0f} %" if i < len(stages) else "" for i, v in enumerate(out["seconds"])]
     return out
 
 
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     learning = learning_table(df)
     text = (
         f"# Comparison benchmark: `python run.py data={args.data}`\n\n{header.removeprefix('adapterbench: ')}\n\n"
-        f"## Where the time goes\n\n{time_table(df, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
+        f"## Where the time goes\n\n{time_table(results, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
         f"## Every method learns every concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
         f"recontext prompts at weight 1 and 0, mean over training runs; 'learned': the gain averaged over training runs is at least {MIN_GAIN}. "
         f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned.\n\n"

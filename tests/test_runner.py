@@ -118,9 +118,15 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(smoke_run):
     assert all(f.is_file() and f.stat().st_size > 0 for f in outputs), [str(f) for f in outputs if not f.is_file()]
     assert "data:image/png;base64," in (report / "report.html").read_text()
 
+    # Where the time went, per stage of this invocation.
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert all(timing[k] > 0 for k in ("load models", "base images", "class images", "train", "generate", "score", "report", "wall"))
+
     stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")}
     html_stamp = (report / "report.html").stat().st_mtime_ns
     assert run(cfg) == 0
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["train"] == timing["generate"] == timing["load models"] == 0  # all reused: nothing loaded, trained or generated
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "rows").glob("*.parquet")} == stamps
     assert (report / "report.html").stat().st_mtime_ns == html_stamp  # nothing changed, nothing rebuilt
 
