@@ -686,7 +686,9 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     add("Prompts", "prompts", "The sweep's prompts as written (Textual Inversion reads its placeholder where the token is).", prompt_texts)
     add("Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df))
     add("Cost", "cost", "Cost of training under identical conditions: mean over training runs [95 % interval]. Training memory is the run's own peak "
-        "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it.", cost_table(df, settings))
+        "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it. "
+        "Other load: cores that other processes (the run's other workers included) kept busy while the run trained; "
+        "times measured while threads plus other load exceeded the cores are inflated.", cost_table(df, settings))
     add("How the learning rates were chosen", "learning_rates", *learning_rates_table(df, results_dirs))
     if (q.metric == fidelity).any():
         add("Quality at weight 1", "quality", "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind.", quality_table(df, settings))
