@@ -6,10 +6,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
+def _owner_tag() -> str:
+    # Whose temporary this is (host and pid), so a later run can tell a killed writer's debris from a
+    # write in progress: `remove_debris`.
+    return f"{_host()}~{os.getpid()}~"
+
+
+DEBRIS = re.compile(r"^\..+\.(?P<host>[^.~/]+)~(?P<pid>\d+)~[^/]*\.tmp$")
 
 
 def _umask() -> int:
@@ -24,7 +39,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should read like any file the user writes
     try:
@@ -45,7 +60,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a published folder should read like any other
     try:
         yield tmp
@@ -58,6 +73,30 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def remove_debris(root: Path) -> int:
+    """Delete the temporaries that writers on this host left when they were killed (their process is
+    gone); a temporary of a live process, or of another host sharing the folder, is left alone. Returns
+    how many were removed."""
+    host, removed = _host(), 0
+    for p in sorted(Path(root).rglob(".*.tmp")):
+        m = DEBRIS.match(p.name)
+        if not m or m["host"] != host or _alive(int(m["pid"])):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def publish(text: str, out: Path, write: bool) -> None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench import records, stages, stats, worker
 from bench.data import load_concepts
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, remove_debris
 from bench.models import ModelConfigError, model_path, resolve_device
 from bench.provenance import core_budget
 from methods import build_method
@@ -172,6 +172,9 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     results = Path(cfg.results_dir)
     check_results_dir(results)
     concepts, runs = plan(cfg)
+    removed = remove_debris(results)
+    if removed:
+        log.info("removed %d temporary file(s) that killed writers left in %s", removed, results)
     # Both stages checked (rows readable, outputs matching their checksums): a damaged one is redone.
     pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
     workers, threads = parallelism(cfg, len(pending))

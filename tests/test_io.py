@@ -8,7 +8,7 @@ import pytest
 import hashlib
 
 from bench import records
-from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under, remove_debris
 
 
 @pytest.fixture
@@ -73,3 +73,27 @@ def test_a_stage_with_damaged_outputs_or_rows_is_not_done_and_is_cleared(tmp_pat
     records.write_stage(tmp_path, "train_r", rows)
     records.stage_file(tmp_path, "train_r").write_bytes(b"PAR1 truncated")
     assert not records.stage_done(tmp_path, "train_r") and "rows/train_r.parquet is unreadable" in caplog.text
+
+
+def test_debris_of_killed_writers_is_removed_and_live_writes_are_not(tmp_path):
+    import subprocess
+    import sys
+
+    # A writer that is killed mid-write leaves its temporary behind: a child process stands in for it.
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from bench.io import atomic_path, atomic_dir\n"
+            "a = atomic_path(Path(sys.argv[2]) / 'x.png'); a.__enter__()\n"
+            "d = atomic_dir(Path(sys.argv[2]) / 'folder'); t = d.__enter__(); (t / 'f').write_text('y')\n"
+            "print('ready', flush=True); time.sleep(60)")
+    import pathlib
+
+    child = subprocess.Popen([sys.executable, "-c", code, str(pathlib.Path(__file__).resolve().parents[1]), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    with atomic_path(tmp_path / "mine.png") as live:  # this process's write in progress
+        live.write_bytes(b"png")
+        assert remove_debris(tmp_path) == 0  # the child is alive: its temporaries are writes in progress
+        child.kill()
+        child.wait()
+        assert remove_debris(tmp_path) == 2  # the killed child's file and folder
+        assert live.exists()
+    (tmp_path / ".other.png.otherhost~1~abc.tmp").write_text("another host's")
+    assert remove_debris(tmp_path) == 0 and sorted(p.name for p in tmp_path.iterdir()) == [".other.png.otherhost~1~abc.tmp", "mine.png"]

@@ -290,6 +290,7 @@ def test_a_run_killed_at_any_stage_resumes_to_exactly_the_uninterrupted_results(
     finished = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert_same_results(first, tmp_path)
+    assert not list(tmp_path.rglob(".*.tmp")), "the killed writers' temporaries were left behind"
 
 
 @pytest.mark.slow
