@@ -72,9 +72,10 @@ class StatsConfig:
 @dataclass
 class TuneConfig:
     concepts: list[str] = field(default_factory=lambda: ["sks_arrow", "zwx_bands"])
-    seeds: list[int] = field(default_factory=lambda: [100, 101])
+    seeds: list[int] = field(default_factory=lambda: [100, 101, 102])
     factors: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
-    objective: str = "clip_i"
+    centers: dict[str, Any] = field(default_factory=dict)  # method -> the lr its grid is centred on (else its configured lr)
+    objective: str = "presence"
     max_drift: float = 0.25
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
     write: bool = True

@@ -454,8 +454,10 @@ def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[st
         rows.append({"method": label_of(labels, model, method, config), "lr used": lr, "lr chosen by mode=tune": chosen if chosen is not None else "",
                      "source": "tuned default" if chosen is not None and lr is not None and math.isclose(float(lr), float(chosen)) else "set in the config, not the tuned default"})
     caption = ("Learning rates: the shipped defaults were chosen by `python run.py mode=tune` "
-               + (f"on {', '.join(tuned['concepts'])} (not in the evaluation suite), training seeds {tuned['seeds']}, grid {tuned['factors']} x the previous rate, "
-                  f"as the highest {tuned['objective']} at weight 1 with drift at weight 1 <= {tuned['max_drift']} ({tuned['date']}; results/benchmarks/tuning.md)."
+               + (f"on {', '.join(tuned['concepts'])} (not in the evaluation suite), training seeds {tuned['seeds']}, grid {tuned['factors']} x "
+                  + (f"a fixed centre per method ({', '.join(f'{m} {v:g}' for m, v in tuned['centers'].items())})" if tuned.get("centers") else "the previous rate")
+                  + f", as the highest {tuned['objective']} at weight 1 with drift at weight 1 <= {tuned['max_drift']} ({tuned['date']}; results/benchmarks/tuning.md)."
+                  + "".join(f" {m}'s {k} was tuned with its rate ({', '.join(map(str, v))})." for m, keys in tuned.get("options", {}).items() for k, v in keys.items())
                   if tuned else "(no tuning record found).")
                + " Other hyper-parameters are each method's configured defaults.")
     return caption, pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()

@@ -1,10 +1,11 @@
 """mode=tune: choose each method's learning rate before comparing, the same way for every method.
 
 Published comparisons tune each method first; otherwise the comparison measures the defaults someone
-happened to type. For every method, `tune.factors` x its configured lr is trained on the tuning concepts
-(`tune.concepts`, kept out of the evaluation suite) at the tuning seeds, through the same runner, stages
-and statistics as a comparison. The chosen lr maximises `tune.objective` at weight 1 (mean over tuning
-runs) among those whose drift at weight 1 is at most `tune.max_drift` (if none is, the least drifting).
+happened to type. For every method, `tune.factors` x its grid centre (`tune.centers`, else its configured
+lr) is trained on the tuning concepts (`tune.concepts`, kept out of the evaluation suite) at the tuning
+seeds, through the same runner, stages and statistics as a comparison. The chosen lr maximises
+`tune.objective` at weight 1 (mean over tuning runs) among those whose drift at weight 1 is at most
+`tune.max_drift` (if none is, the least drifting); equal objectives go to the lower drift.
 With `tune.write` the choice is written into conf/method/<name>.yaml, where the comparison reads it, and
 the whole grid into results/benchmarks/tuning.md.
 """
@@ -12,6 +13,7 @@ the whole grid into results/benchmarks/tuning.md.
 from __future__ import annotations
 
 import datetime
+import math
 import itertools
 import json
 import re
@@ -43,6 +45,12 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
         raise MethodConfigError(f"tune.max_drift: must be a positive number, got {t.max_drift}")
     if len(t.factors) < 3 or any(float(f) <= 0 for f in t.factors):
         raise MethodConfigError(f"tune.factors: need at least 3 positive multiples of the configured lr, got {list(t.factors)}")
+    centers = OmegaConf.to_container(t.get("centers") or {}, resolve=True)
+    for name, lr in centers.items():
+        if name not in cfg.method and name not in _known_methods():
+            raise MethodConfigError(f"tune.centers.{name}: not a method (known: {', '.join(_known_methods())})")
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+            raise MethodConfigError(f"tune.centers.{name}: the lr a grid is centred on must be a positive number, got {lr!r}")
     options = tune_options(cfg)
     for name, keys in options.items():
         if name in cfg.method:
@@ -51,7 +59,7 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
                 raise MethodConfigError(f"tune.options.{name}: each key must be a hyper-parameter of method.{name} (not lr) with a non-empty list of values; got {keys}")
     arms, methods = {}, {}
     for name in cfg.method:
-        base_lr = float(cfg.method[name].lr)
+        base_lr = float(centers.get(name, cfg.method[name].lr))
         keys = options.get(name, {})
         for combo in itertools.product(*keys.values()):
             choice = dict(zip(keys, combo))
@@ -86,8 +94,7 @@ def tune(cfg: DictConfig) -> int:
     grid_table = pd.DataFrame(rows)
     chosen, chosen_options, picked = {}, {}, []
     for name, g in grid_table.groupby("method", sort=False):
-        ok = g[(g.drift <= float(cfg.tune.max_drift)) & g[cfg.tune.objective].notna()]
-        index = ok[cfg.tune.objective].idxmax() if len(ok) else g.drift.idxmin()
+        index = choose(g, str(cfg.tune.objective), float(cfg.tune.max_drift))
         pick = g.loc[index]
         chosen[name] = float(pick.lr)
         chosen_options[name] = {key: _plain(pick[key]) for key in tune_options(cfg).get(name, {})}
@@ -98,7 +105,7 @@ def tune(cfg: DictConfig) -> int:
     settings = {name: {k: v for k, v in OmegaConf.to_container(cfg.method[name], resolve=True).items() if k not in ("lr", "_target_")} for name in chosen}
     record = {"chosen": chosen, "chosen_options": chosen_options, "options": tune_options(cfg),
               "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
-              "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
+              "centers": OmegaConf.to_container(cfg.tune.get("centers") or {}, resolve=True), "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
               "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings}
     record, grid_table = merge_previous(record, grid_table)
     text = render(cfg, grid_table)
@@ -114,14 +121,24 @@ def tune(cfg: DictConfig) -> int:
     return status
 
 
+def choose(arms: pd.DataFrame, objective: str, max_drift: float):
+    """The index of the arm with the best `objective` among those drifting at most `max_drift`; among
+    equals (presence is a rate: ties happen) the one that changes the base model less. If every arm
+    drifts too far, the least drifting."""
+    ok = arms[(arms.drift <= max_drift) & arms[objective].notna()]
+    if not len(ok):
+        return arms.drift.idxmin()
+    return ok.sort_values([objective, "drift"], ascending=[False, True], kind="stable").index[0]
+
+
 def merge_previous(record: dict, grid: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """Keep the earlier tuning of methods not tuned this time (`mode=tune method=textual_inversion`
     retunes one method), when it was made under the same protocol; otherwise this tuning stands alone."""
     if not TUNING_JSON.is_file():
         return record, grid
     old = json.loads(TUNING_JSON.read_text())
-    protocol = ("concepts", "seeds", "factors", "objective", "max_drift", "train")
-    if any(old.get(k) != record[k] for k in protocol):
+    protocol = ("concepts", "seeds", "factors", "centers", "objective", "max_drift", "train")
+    if any(old.get(k) != record.get(k) for k in protocol):
         return record, grid
     kept = [r for r in old.get("grid", []) if r["method"] not in record["chosen"]]
     for r in kept:
@@ -144,14 +161,20 @@ def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
     t = cfg.tune
     head = (f"# Learning rates (and tuned options) chosen by `mode=tune`\n\n"
             f"Tuning concepts {', '.join(t.concepts)} (not in the evaluation suite), training seeds {list(t.seeds)}, "
-            f"{cfg.train.steps} steps at batch {cfg.train.batch_size}; grid: {list(t.factors)} x each method's previous lr"
+            f"{cfg.train.steps} steps at batch {cfg.train.batch_size}; grid: {list(t.factors)} x each method's grid centre"
+            f" ({', '.join(f'{m} {v:g}' for m, v in OmegaConf.to_container(t.get('centers') or {}).items()) or 'its configured lr'})"
             + "".join(f", crossed for {m} with {', '.join(f'{k} in {v}' for k, v in keys.items())}" for m, keys in tune_options(cfg).items())
             + ". "
-            f"Chosen: the highest {t.objective} at weight 1 (mean over tuning runs) with drift at weight 1 <= {t.max_drift}. "
+            f"Chosen: the highest {t.objective} at weight 1 (mean over tuning runs) with drift at weight 1 <= {t.max_drift}, "
+            f"on equal {t.objective} the lower drift. "
             f"Run with `python run.py mode=tune` (a method's rows keep the date it was last tuned).\n\n")
     # Options tuned for one method only are blank, not NaN, in the other methods' rows.
     shown = grid.astype(object).where(grid.notna(), "")
     return head + shown.to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def _known_methods() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
 
 
 def tune_options(cfg: DictConfig) -> dict:

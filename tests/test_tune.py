@@ -20,18 +20,34 @@ def config(tmp_path, *overrides):
 
 
 def test_grid_is_every_method_at_every_factor_on_the_tuning_concepts(tmp_path):
-    grid, arms = grid_config(config(tmp_path, "method=[lora,textual_inversion]", "method.lora.lr=0.002"))
+    # The grid is centred on tune.centers, not on the configured lr (which mode=tune overwrites).
+    grid, arms = grid_config(config(tmp_path, "method=[lora,textual_inversion]", "method.lora.lr=0.05"))
     # Textual Inversion's vector count is crossed with its lr (conf/tune/default.yaml: tune.options).
     assert sorted(arms) == ["lora-lr0", "lora-lr1", "lora-lr2", *(f"textual_inversion-lr{k}-num_vectors{n}" for k in range(3) for n in (1, 2, 4))]
     assert [arms[f"lora-lr{k}"][1] for k in range(3)] == [0.0006, 0.002, 0.006]
     assert arms["textual_inversion-lr1-num_vectors4"][2] == {"num_vectors": 4} and grid.method["textual_inversion-lr1-num_vectors4"].num_vectors == 4
     assert grid.method["lora-lr2"].lr == 0.006 and grid.method["lora-lr2"]._target_ == "methods.lora.LoRA"
-    assert list(grid.data.concepts) == ["sks_arrow", "zwx_bands"] and list(grid.seeds) == [100, 101]
+    assert [arms[f"textual_inversion-lr{k}-num_vectors1"][1] for k in range(3)] == [0.006, 0.02, 0.06]
+    assert list(grid.data.concepts) == ["sks_arrow", "zwx_bands"] and list(grid.seeds) == [100, 101, 102]
     assert list(grid.sweep.weights) == [0.0, 1.0] and grid.results_dir == str(tmp_path / "tune")
+    _, arms = grid_config(config(tmp_path, "method=[lora]", "method.lora.lr=0.05", "~tune.centers.lora"))
+    assert [arms[f"lora-lr{k}"][1] for k in range(3)] == [0.015, 0.05, 0.15]  # no centre: the configured lr
+
+
+def test_choice_is_the_best_objective_within_the_drift_bound_ties_to_the_lower_drift():
+    import pandas as pd
+
+    from bench.tune import choose
+
+    arms = pd.DataFrame({"lr": [1, 2, 3, 4], "presence": [0.5, 0.9, 0.9, 1.0], "drift": [0.1, 0.2, 0.15, 0.3]})
+    assert choose(arms, "presence", 0.25) == 2  # lr 4 drifts too far; lr 2 and 3 tie, lr 3 drifts less
+    assert choose(arms, "presence", 0.35) == 3
+    assert choose(arms, "presence", 0.05) == 0  # none within the bound: the least drifting
 
 
 @pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3"),
-                                                  ("+tune.options.lora.rnak=[4,8]", "options.lora.*rnak")])
+                                                  ("+tune.options.lora.rnak=[4,8]", "options.lora.*rnak"), ("tune.centers.lora=-0.1", "centers.lora.*positive"),
+                                                  ("+tune.centers.lorra=0.1", "centers.lorra.*not a method")])
 def test_bad_tuning_configs_name_the_key(tmp_path, override, match):
     with pytest.raises(MethodConfigError, match=f"tune.*{match}"):
         grid_config(config(tmp_path, override))
@@ -69,7 +85,7 @@ def test_retuning_one_method_keeps_the_others_from_the_same_protocol(tmp_path, m
 
     from bench import tune
 
-    protocol = {"concepts": ["sks_arrow"], "seeds": [100], "factors": [0.3, 1, 3], "objective": "clip_i", "max_drift": 0.25, "train": {"steps": 150}}
+    protocol = {"concepts": ["sks_arrow"], "seeds": [100], "factors": [0.3, 1, 3], "centers": {"lora": 2e-3}, "objective": "clip_i", "max_drift": 0.25, "train": {"steps": 150}}
     old_grid = [{"method": m, "lr": lr, "clip_i": 0.3, "drift": 0.1, "runs": 2, "chosen": True} for m, lr in (("dreambooth", 2e-4), ("lora", 2e-3))]
     monkeypatch.setattr(tune, "TUNING_JSON", tmp_path / "tuning.json")
     (tmp_path / "tuning.json").write_text(json.dumps({**protocol, "chosen": {"dreambooth": 2e-4, "lora": 2e-3}, "date": "2026-01-01", "grid": old_grid,
