@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> None:
 def usage_errors() -> tuple[type[Exception], ...]:
     """The errors that mean "the config or an input file is wrong": one line naming the key or file, exit 2."""
     from bench.data import ConceptDataError
+    from bench.estimate import EstimateConfigError
     from bench.models import ModelConfigError
     from bench.regression import BaselineError
     from bench.stats import StatsConfigError
@@ -41,7 +42,7 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from methods.base import MethodConfigError
     from metrics.fd import InceptionUnavailable
 
-    return (BaselineError, ConceptDataError, ModelConfigError, MethodConfigError, StatsConfigError, SweepError, InceptionUnavailable)
+    return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, StatsConfigError, SweepError, InceptionUnavailable)
 
 
 def job(cfg: DictConfig) -> int:

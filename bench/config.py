@@ -83,6 +83,16 @@ class TuneConfig:
 
 
 @dataclass
+class EstimateConfig:
+    gpu: str = "A100-40GB"  # bench.estimate.GPUS
+    precision: str = "fp32"  # the GPU's math mode the time estimate divides by
+    efficiency: float = 0.35  # fraction of that peak rate a training step reaches
+    device: str = "cuda"  # whose memory counts: cuda (the model's tensors) or cpu (every tensor, as a CPU run counts)
+    gen_batch: int = 1  # images per denoising step (twice the samples with guidance)
+    attention: str = "efficient"  # efficient: a fused kernel as on CUDA (no attention matrices kept); math: all kept
+
+
+@dataclass
 class CheckConfig:
     # metric -> {abs: ..., rel: ...}; the larger allowance wins. 'fd' covers every Fréchet distance,
     # 'default' any metric not named.
@@ -110,11 +120,12 @@ class BenchConfig:
     threads: Optional[int] = None
     progress: bool = True
     results_dir: str = "results/default"
-    mode: str = "run"  # run | baseline | check | report | tune
+    mode: str = "run"  # run | baseline | check | report | tune | estimate
     baseline: Optional[str] = None  # baseline JSON for mode=baseline / mode=check
     merge: list[str] = field(default_factory=list)  # mode=report: more results dirs to merge
     check: CheckConfig = field(default_factory=CheckConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
 
 
 def register() -> None:
@@ -127,3 +138,4 @@ def register() -> None:
     cs.store(group="sweep", name="sweep_schema", node=SweepConfig)
     cs.store(group="check", name="check_schema", node=CheckConfig)
     cs.store(group="tune", name="tune_schema", node=TuneConfig)
+    cs.store(group="estimate", name="estimate_schema", node=EstimateConfig)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,12 +112,54 @@ def publish(text: str, out: Path, write: bool) -> None:
 # ------------------------------------------------------------------------------------------- checksums
 
 
+# Hashes this process has computed or checked, by file identity: path -> (size, mtime_ns, inode, sha256).
+# A file whose size, modification time and inode are unchanged since is not hashed again (at SD scale a
+# DreamBooth artifact is gigabytes, and a stage is checked by the main process and again by its worker).
+_HASHED: dict[str, tuple[int, int, int, str]] = {}
+RACY_NS = 2_000_000_000
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def sha256_file(path: Path) -> str:
+    path = Path(path)
+    key = str(path.resolve())
+    ident = _identity(path)
+    known = _HASHED.get(key)
+    if known is not None and known[:3] == ident:
+        return known[3]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    # Remembered only if not rewritten while read and not modified in the last RACY_NS: a same-size rewrite
+    # within the file system's timestamp granularity would keep the mtime (git's "racy clean" problem).
+    if _identity(path) == ident and ident[1] < time.time_ns() - RACY_NS:
+        _HASHED[key] = (*ident, h.hexdigest())
     return h.hexdigest()
+
+
+def known_hashes(paths) -> dict[str, list]:
+    """This process's hashes of these files (those still unchanged), to hand to another process."""
+    out = {}
+    for p in paths:
+        key = str(Path(p).resolve())
+        known = _HASHED.get(key)
+        try:
+            if known is not None and known[:3] == _identity(Path(p)):
+                out[key] = list(known)
+        except OSError:
+            pass
+    return out
+
+
+def trust_hashes(entries: dict[str, list]) -> None:
+    """Take another process's hashes (`known_hashes`); each is used only while its file is unchanged."""
+    for key, (size, mtime_ns, ino, digest) in entries.items():
+        _HASHED[key] = (int(size), int(mtime_ns), int(ino), str(digest))
 
 
 def files_under(*paths: Path) -> list[Path]:
@@ -132,6 +176,17 @@ def files_under(*paths: Path) -> list[Path]:
 def checksums(files: list[Path], root: Path) -> dict[str, dict]:
     """{path relative to `root`: {"sha256", "bytes"}} for these files, so the record survives a move of `root`."""
     return {f.relative_to(root).as_posix(): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files}
+
+
+def record_damage(record: Path, root: Path, key: str | None = None) -> list[str]:
+    """`damage` of the checksums kept in the JSON file `record` (under `key`, when they are one entry of
+    it); an unreadable record is damage too."""
+    try:
+        data = json.loads(Path(record).read_text())
+        recorded = data.get(key, {}) if key else data
+        return damage(recorded, root)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return [f"{Path(record).name} is unreadable"]
 
 
 def damage(recorded: dict[str, dict], root: Path) -> list[str]:

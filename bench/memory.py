@@ -29,7 +29,8 @@ def module_storages(*modules: torch.nn.Module) -> list:
     for module in modules:
         for t in [*module.parameters(), *module.buffers()]:
             s = t.untyped_storage()
-            seen.setdefault(s.data_ptr(), s)
+            # By the storage itself (not its data_ptr: every fake tensor of mode=estimate has data_ptr 0).
+            seen.setdefault(s._cdata, s)
     return list(seen.values())
 
 
@@ -46,17 +47,20 @@ class _Watch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            if isinstance(t, torch.Tensor) and t.device.type in self.owner.device_types:
                 self.owner._track(t.untyped_storage())
         return out
 
 
 class TensorPeak:
-    """Peak bytes of live CPU tensors while active: `baseline_bytes` (what was already live and is needed,
+    """Peak bytes of live tensors (CPU ones by default) while active: `baseline_bytes` (what was already live and is needed,
     e.g. the model weights) plus the peak of what was allocated since `start()`. `known` storages (those
     weights) are in the baseline already: an op that returns a view of one allocates nothing."""
 
-    def __init__(self, baseline_bytes: int = 0, known=()) -> None:
+    def __init__(self, baseline_bytes: int = 0, known=(), device_types: tuple[str, ...] = ("cpu",)) -> None:
+        # device_types: whose tensors count. mode=estimate runs on fake tensors, the model's on "meta"
+        # (standing for the accelerator) beside host tensors on "cpu".
+        self.device_types = tuple(device_types)
         self.baseline_bytes = int(baseline_bytes)
         self.live = 0
         self.peak = 0

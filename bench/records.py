@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.io import atomic_path, atomic_write_text, checksums, damage, files_under
+from bench.io import atomic_path, atomic_write_text, checksums, files_under, record_damage
+from bench.io import known_hashes as io_known_hashes
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,18 @@ def stage_problems(results_dir: Path, stage: str) -> list[str]:
     except Exception as e:  # truncated or not parquet at all: pyarrow raises several kinds
         return [f"{path.relative_to(results_dir).as_posix()} is unreadable ({type(e).__name__})"]
     record = outputs_file(results_dir, stage)
-    if not record.is_file():
-        return []
-    try:
-        recorded = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return [f"{record.relative_to(results_dir).as_posix()} is unreadable"]
-    return damage(recorded, Path(results_dir))
+    return record_damage(record, Path(results_dir)) if record.is_file() else []
+
+
+def known_hashes(results_dir: Path, *stage_names: str) -> dict:
+    """This process's hashes of these stages' recorded outputs (`io.known_hashes`), to pass to a worker."""
+    paths = []
+    for stage in stage_names:
+        try:
+            paths += [Path(results_dir) / rel for rel in json.loads(outputs_file(results_dir, stage).read_text())]
+        except (OSError, ValueError, TypeError):
+            pass
+    return io_known_hashes(paths)
 
 
 def stage_done(results_dir: Path, stage: str) -> bool:

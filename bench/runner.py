@@ -35,7 +35,7 @@ MAX_CPU_WORKERS = 4
 
 
 def main(cfg: DictConfig) -> int:
-    """Dispatch on `mode`: run (default), baseline, check or report; returns the exit code."""
+    """Dispatch on `mode`: run (default), baseline, check, report, tune or estimate; returns the exit code."""
     from bench import regression
 
     results = Path(cfg.results_dir)
@@ -52,8 +52,12 @@ def main(cfg: DictConfig) -> int:
         from bench.tune import tune
 
         return tune(cfg)
+    if mode == "estimate":
+        from bench.estimate import run_estimate
+
+        return run_estimate(cfg)
     if mode not in ("baseline", "check"):
-        raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report, tune")
+        raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report, tune, estimate")
     if not cfg.get("baseline"):
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
@@ -232,7 +236,7 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
             bar.update()
         for spec in pending:
             bar.set_postfix_str(f"{spec.method} {spec.concept} seed {spec.train_seed}")
-            load_s += worker.run(spec)["load_s"]
+            load_s += worker.run(spec)["load_s"]  # same process: the hashes checked above are known here
             bar.update()
         bar.close()
         return load_s
@@ -240,7 +244,9 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads)) as pool:
         try:
             for phase, fn, items in (("prepare", worker.prepare_concept, concept_names), ("runs", worker.run, pending)):
-                futures = {pool.submit(fn, item): item for item in items}
+                # A run's stages were just checked here: its worker gets those hashes instead of redoing them.
+                futures = {pool.submit(fn, item, *([records.known_hashes(results, f"train_{item.run_id}", f"scores_{item.scores_key}")] if phase == "runs" else [])): item
+                           for item in items}
                 while futures:
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for f in done:
@@ -258,7 +264,7 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
 def report_stage(results: Path, cfg: DictConfig) -> Path:
     """Rebuild the report unless it was built from exactly the rows files there are now and every file
     it wrote is still as it was (checksums kept in the stamp)."""
-    from bench.io import checksums, damage, files_under
+    from bench.io import checksums, files_under, record_damage
     from bench.report import build_report
 
     folder = results / "report"
@@ -271,7 +277,7 @@ def report_stage(results: Path, cfg: DictConfig) -> Path:
     except ValueError:
         stamp = {}
     if isinstance(stamp, dict) and stamp.get("rows") == rows and html.is_file():
-        problems = damage(stamp.get("files", {}), folder)
+        problems = record_damage(stamp_file, folder, "files")
         if not problems:
             log.info("reusing %s", html)
             return html

@@ -106,6 +106,14 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.
 
 def save_single_file(pipe_components: dict, path: Path, dtype: torch.dtype | None = None) -> Path:
     """`pipe_components`: {'unet': (state, config), 'vae': (state, config), 'text_encoder': state}."""
+    tensors = single_file_tensors(pipe_components, dtype)
+    with atomic_path(Path(path)) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    return Path(path)
+
+
+def single_file_tensors(pipe_components: dict, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the original-layout checkpoint `save_single_file` writes."""
     unet_state, unet_config = pipe_components["unet"]
     vae_state, vae_config = pipe_components["vae"]
     tensors = {**unet_to_ldm(unet_state, unet_config), **vae_to_ldm(vae_state, vae_config)}
@@ -114,6 +122,4 @@ def save_single_file(pipe_components: dict, path: Path, dtype: torch.dtype | Non
     tensors.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in pipe_components["text_encoder"].items()})
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    with atomic_path(Path(path)) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    return Path(path)
+    return tensors

@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench import records, stages
-from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, record_damage, trust_hashes
 
 log = logging.getLogger(__name__)
 _STATE: dict = {}
@@ -180,8 +180,11 @@ def prepare_concept(concept_name: str) -> dict:
 # ------------------------------------------------------------------------------------------- runs
 
 
-def run(spec: stages.RunSpec) -> dict:
-    """Every missing stage of one training run; returns {"train": status, "images": ..., "scores": ...}."""
+def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
+    """Every missing stage of one training run; returns {"train": status, "images": ..., "scores": ...}.
+    `hashes`: the main process's checksums of this run's outputs (`io.known_hashes`), so a stage it has
+    just checked is not hashed again here unless a file changed since."""
+    trust_hashes(hashes or {})
     status = {"spec": spec}
     status["train"] = _stage(spec, f"train_{spec.run_id}", lambda: train_stage(spec))
     if not status["train"].startswith(("ok", "reused")):
@@ -274,12 +277,9 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
     folder = stages.images_dir(results, spec.run_id, spec.sweep)
     manifest = folder / "images.json"
     if manifest.is_file():
-        try:
-            done = json.loads(manifest.read_text())
-            problems = damage(done.get("checksums", {}), folder)
-        except (OSError, ValueError):
-            problems = [f"{manifest.name} is unreadable"]
+        problems = record_damage(manifest, folder, "checksums")
         if not problems:
+            done = json.loads(manifest.read_text())
             images = {(pid, int(s), float(w)): _read(folder / name) for name, (pid, s, w) in done["images"].items()}
             return images, {(pid, int(s)): int(d) for pid, s, d in done["weight_zero_diffs"]}
         log.warning("%s: %s; generating the run's images again", folder, problems[0])

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.images import generate
-from bench.io import atomic_dir, checksums, damage
+from bench.io import atomic_dir, checksums, record_damage
 from bench.single_file import save_single_file
 from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, check_positive, encode_set
 
@@ -78,10 +78,7 @@ class DreamBooth(Method):
         checksums kept with them before they are reused."""
         folder = self.class_image_dir(pipe, data, settings)
         if folder and (folder / CHECKSUMS).is_file():
-            try:
-                problems = damage(json.loads((folder / CHECKSUMS).read_text()), folder)
-            except ValueError:
-                problems = [f"{CHECKSUMS} is unreadable"]
+            problems = record_damage(folder / CHECKSUMS, folder)
             if not problems:
                 return [_read_rgb(f) for f in sorted(folder.glob("*.png"))]
             log.warning("%s: %s; generating the class images again", folder, problems[0])
@@ -118,7 +115,9 @@ class DreamBooth(Method):
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
         self._components_trained = list(self._components(pipe))
-        self._base = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in self._components(pipe).items()}
+        # The base weights (for `finish`'s diff and restore) wait in host memory: on a GPU a second copy
+        # of the UNet there would cost what the fine-tune's gradients cost.
+        self._base = {n: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for n, m in self._components(pipe).items()}
         params = []
         for module in self._components(pipe).values():
             if next(module.parameters()).dtype == torch.float16:
@@ -133,7 +132,7 @@ class DreamBooth(Method):
             module.requires_grad_(False)
             tuned = module.state_dict()
             for k, base in self._base.get(name, {}).items():
-                if tuned[k].is_floating_point() and not torch.equal(tuned[k], base):
+                if tuned[k].is_floating_point() and not torch.equal(tuned[k].to(base.device), base):
                     tensors[f"{name}.{k}"] = tuned[k].detach().cpu().clone()
             if name in self._base:
                 module.load_state_dict(self._base[name])
@@ -179,6 +178,23 @@ class DreamBooth(Method):
         unet, vae = (_read_component(folder / n) for n in ("unet", "vae"))
         text_encoder, _ = _read_component(folder / "text_encoder")
         return save_single_file({"unet": unet, "vae": vae, "text_encoder": text_encoder}, out_dir / SINGLE_FILE)
+
+    def file_content(self, artifact: Artifact | None, pipe=None):
+        """The single-file checkpoint of `pipe`'s components with the tuned tensors (all of `pipe`'s own
+        when `artifact` is None: `mode=estimate` sizes the file a full fine-tune writes)."""
+        from bench.single_file import single_file_tensors
+
+        parts = {}
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(pipe, name)
+            state = dict(module.state_dict())
+            for key, tensor in (artifact.tensors.items() if artifact is not None else ()):
+                comp, k = key.split(".", 1)
+                if comp == name:
+                    state[k] = tensor
+            config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
+            parts[name] = state if name == "text_encoder" else (state, config)
+        return single_file_tensors(parts), None
 
     def save_folder(self, artifact: Artifact, out_dir: Path) -> Path:
         base = Path(artifact.meta.get("base_model", ""))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bench.data import ConceptData
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors, tensor_file_content
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
 A1111_FILE = "embedding_a1111.pt"
@@ -86,8 +86,6 @@ class TextualInversion(Method):
         def patch(module, inputs, output):
             ids = inputs[0]
             mask = (ids >= first) & (ids < first + self.num_vectors)
-            if not mask.any():
-                return output
             picked = self.vectors[(ids - first).clamp(0, self.num_vectors - 1)].to(output.dtype)
             return torch.where(mask[..., None], picked, output)
 
@@ -141,10 +139,16 @@ class TextualInversion(Method):
         AUTOMATIC1111 `.pt`; diffusers' `load_textual_inversion` reads both."""
         out_dir.mkdir(parents=True, exist_ok=True)
         emb = artifact.tensors["emb_params"].contiguous()
-        main = save_tensors(out_dir / SAFETENSORS_FILE, self.name, {"emb_params": emb}, artifact.meta)
+        main = save_tensors(out_dir / SAFETENSORS_FILE, self.name, *self._file_parts(artifact))
         body = {"string_to_token": {"*": 265}, "string_to_param": {"*": emb.clone()}}
         save_a1111_pt(out_dir / A1111_FILE, body, artifact.meta["placeholder"], artifact.meta.get("steps", 0))
         return main
+
+    def _file_parts(self, artifact: Artifact) -> tuple[dict, dict]:
+        return {"emb_params": artifact.tensors["emb_params"]}, artifact.meta
+
+    def file_content(self, artifact: Artifact, pipe=None):
+        return tensor_file_content(self.name, *self._file_parts(artifact))
 
     def load(self, path: Path) -> Artifact:
         path = Path(path)

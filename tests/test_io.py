@@ -6,9 +6,10 @@ import stat
 import pytest
 
 import hashlib
+import json
 
 from bench import records
-from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under, remove_debris
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under, record_damage, remove_debris
 
 
 @pytest.fixture
@@ -56,6 +57,33 @@ def test_checksums_are_sha256_relative_to_the_root_and_find_every_kind_of_damage
     weights.write_bytes(b"weightz" + weights.read_bytes()[7:])  # same size, one byte changed
     (moved / "run" / "cost.json").unlink()
     assert damage(record, moved) == ["run/artifact/a.safetensors is corrupt (its checksum changed)", "run/cost.json is missing"]
+    (moved / "manifest.json").write_text('{"checksums": ' + json.dumps(record) + "}")
+    assert record_damage(moved / "manifest.json", moved, "checksums") == damage(record, moved)
+    (moved / "manifest.json").write_text('{"checksums": [1, 2')
+    assert record_damage(moved / "manifest.json", moved, "checksums") == ["manifest.json is unreadable"]
+
+
+def test_an_unchanged_file_is_hashed_once_per_process_and_a_changed_one_again(tmp_path, monkeypatch):
+    from bench import io
+
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(io.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(io, "_HASHED", {})
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"a" * 1000)
+    os.utime(old, ns=(1_000_000_000, 1_000_000_000))  # last modified long ago
+    new = tmp_path / "new.bin"
+    new.write_bytes(b"b" * 1000)
+    record = checksums([old, new], tmp_path)
+    assert damage(record, tmp_path) == [] and len(calls) == 3  # the fresh file is hashed again: it may still change unseen
+    handed = io.known_hashes([old, new])
+    assert list(handed) == [str(old.resolve())]
+    monkeypatch.setattr(io, "_HASHED", {})  # another process: nothing known until it is handed over
+    io.trust_hashes(handed)
+    assert damage(record, tmp_path) == [] and len(calls) == 4
+    old.write_bytes(b"c" + b"a" * 999)  # a same-size rewrite gets a new mtime: hashed, and found
+    assert damage(record, tmp_path) == ["old.bin is corrupt (its checksum changed)"] and len(calls) == 6
 
 
 def test_a_stage_with_damaged_outputs_or_rows_is_not_done_and_is_cleared(tmp_path, caplog):

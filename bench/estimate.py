@@ -1,0 +1,358 @@
+"""mode=estimate: what each method would cost on a model, from its architecture alone.
+
+A user without the GPU at hand wants to know before renting one: how big is each method's file, how much
+memory does its training need, how long is a step. This builds the model's real diffusers modules from
+its configs (`bench/arch/<name>/`, JSON only: no weights, no hub) as fake tensors (shapes and dtypes, no
+data: `torch._subclasses.FakeTensorMode`), and then runs each method's own code on them:
+
+- `Method.train`, unchanged, with its optimizer loop replaced by two `TrainStep`s (the same forward,
+  loss, backward and AdamW step the real loop runs), watched by the `TensorPeak` probe the CPU
+  measurement uses: the peak of live tensor bytes on the model's device, model weights included;
+- `torch.utils.flop_counter` over the second training step and over one denoising step at weight 1;
+- `Method.file_content` (what `save` writes to the reported file), sized byte for byte as safetensors
+  lays it out, without writing it.
+
+The model's tensors are on the "meta" device, standing for the GPU; what the code keeps in host memory
+(cached latents, DreamBooth's base copy) is on the CPU and counts only with `estimate.device=cpu` (what a
+CPU run's tensor peak counts). A time per step is FLOPs over the named GPU's peak rate times a stated
+efficiency: a rough figure, labelled so. `benchmarks/estimate.py` compares all of it with real trainings
+of the micro model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from torch.overrides import TorchFunctionMode
+
+from bench.memory import MIB, TensorPeak, module_storages
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = Path(__file__).resolve().parent / "arch"
+MICRO = Path(__file__).resolve().parent / "zoo" / "micro_sd"
+
+# Dense peak rates in TFLOP/s from the vendors' data sheets (no sparsity), per math mode.
+GPUS: dict[str, dict] = {
+    "T4": {"memory_gib": 16, "tflops": {"fp32": 8.1, "fp16": 65.0}},
+    "A10G": {"memory_gib": 24, "tflops": {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0}},
+    "L4": {"memory_gib": 24, "tflops": {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}},
+    "RTX4090": {"memory_gib": 24, "tflops": {"fp32": 82.6, "bf16": 165.2, "fp16": 165.2}},
+    "A100-40GB": {"memory_gib": 40, "tflops": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}},
+    "A100-80GB": {"memory_gib": 80, "tflops": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}},
+    "H100-SXM": {"memory_gib": 80, "tflops": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}},
+}
+SAFETENSORS_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
+                      torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+# safetensors writes tensors sorted by dtype (this order, descending), then by name.
+_DTYPE_ORDER = ["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
+
+
+class EstimateConfigError(ValueError):
+    """An estimate that cannot be made as configured; the message names the key."""
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> int:
+    """The exact size of the file `safetensors.torch.save_file(tensors, path, metadata)` writes: an 8-byte
+    length, the JSON header (compact, padded with spaces to 8 bytes), then the raw data."""
+    items = sorted(tensors.items(), key=lambda kv: (-_DTYPE_ORDER.index(SAFETENSORS_DTYPES[kv[1].dtype]), kv[0]))
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in items:
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    h = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
+    return 8 + h + (8 - h % 8) % 8 + offset
+
+
+def arch_folder(model: DictConfig) -> Path:
+    """The folder of component configs for `model`: the embedded micro model's own, a shipped architecture
+    (bench/arch/<name>), or the user's local diffusers folder (`model.path`; only its configs are read)."""
+    if model.get("embedded"):
+        return MICRO
+    path = model.get("path")
+    if path not in (None, "???") and Path(str(path)).is_dir():
+        return Path(str(path))
+    folder = ARCH / str(model.name)
+    if not (folder / "unet" / "config.json").is_file():
+        known = sorted(p.name for p in ARCH.iterdir() if (p / "unet" / "config.json").is_file())
+        raise EstimateConfigError(f"model.name: no architecture configs for {model.name!r} in {ARCH} (shipped: {', '.join(known)}, micro), "
+                                  "and model.path is not a local diffusers folder")
+    return folder
+
+
+def _config(folder: Path, component: str) -> dict:
+    for name in ("config.json", "scheduler_config.json"):
+        f = folder / component / name
+        if f.is_file():
+            return json.loads(f.read_text())
+    raise EstimateConfigError(f"model: {folder / component} has no config.json")
+
+
+def fake_pipeline(folder: Path):
+    """A StableDiffusionPipeline whose modules are built from `folder`'s configs as fake tensors on "meta".
+    Call inside a FakeTensorMode. The tokenizer is the micro model's (its token ids are valid in any CLIP
+    vocabulary), padded to the text encoder's length: costs depend on lengths, not on which words."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
+
+    if (folder / "text_encoder_2").is_dir():
+        raise EstimateConfigError(f"model: {folder.name} has two text encoders (SDXL); this version estimates single-encoder models (SD 1.x/2.x, micro)")
+    text_config = CLIPTextConfig(**_config(folder, "text_encoder"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(_config(folder, "unet"))
+        vae = AutoencoderKL.from_config(_config(folder, "vae"))
+        text_encoder = CLIPTextModel(text_config)
+    tokenizer = CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=text_config.max_position_embeddings)
+    scheduler = DDPMScheduler.from_config(_config(folder, "scheduler"))
+    for m in (unet, vae, text_encoder):
+        m.eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.register_to_config(_name_or_path=str(folder))
+    return pipe
+
+
+@contextlib.contextmanager
+def _fake_modules():
+    """Make the methods' module code run on fake tensors. `Module.to()` on fake parameters always swaps
+    tensors, which fails ("has weakref") even when nothing moves; a move to where a tensor already is
+    can keep it, so that failure is skipped. And new modules (peft's LoRA layers, hypernetwork MLPs, a
+    resized token table) are created on "meta", next to the model, as they would be on its device."""
+    real_swap = torch.utils.swap_tensors
+
+    def swap(t1, t2):
+        try:
+            real_swap(t1, t2)
+        except RuntimeError:
+            if (t1.device, t1.dtype, t1.shape) != (t2.device, t2.dtype, t2.shape):
+                raise
+
+    # transformers initialises rows added to a token table from the table's mean and covariance and checks
+    # the covariance numerically, which fake tensors cannot; Textual Inversion overwrites those rows at
+    # once, so the estimate skips that initialisation (a temporary of hidden_size^2 floats).
+    from transformers.modeling_utils import PreTrainedModel
+
+    real_init = PreTrainedModel._init_added_embeddings_weights_with_mean
+    torch.utils.swap_tensors = swap
+    PreTrainedModel._init_added_embeddings_weights_with_mean = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        torch.utils.swap_tensors = real_swap
+        PreTrainedModel._init_added_embeddings_weights_with_mean = real_init
+
+
+class _Attention(TorchFunctionMode):
+    """Attention as the GPU computes it. On "meta", PyTorch's scaled_dot_product_attention falls back to
+    its math path, which keeps every attention matrix (gigabytes at 512 px); CUDA picks a fused kernel
+    that keeps only the output and its log-sum-exp. `efficient` runs that kernel's op (memory-efficient
+    attention, whose shapes and FLOP formula torch registers); `math` leaves the fallback."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+        a = {**dict(zip(names, args)), **kwargs}
+        if a.get("enable_gqa") or a["query"].shape[-3] != a["key"].shape[-3]:
+            return func(*args, **kwargs)
+        grad = torch.is_grad_enabled() and any(a[n].requires_grad for n in ("query", "key", "value"))
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            a["query"], a["key"], a["value"], a.get("attn_mask"), grad, float(a.get("dropout_p", 0.0)), bool(a.get("is_causal", False)),
+            scale=a.get("scale"))[0]
+
+
+def _on_meta(fn):
+    def wrapped(*args, **kwargs):
+        with torch.device("meta"):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tuple[str, ...] = ("meta",), steps: bool = True) -> dict:
+    """Parameters, file bytes, training peak memory and FLOPs of one method on the model in `folder`
+    (`steps=False`: parameters and file bytes only, without running the training steps)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.data import load_world_concept
+    from methods import build_method
+    from methods.base import TrainSettings, TrainStep
+
+    resolution = int(cfg.model.resolution)
+    method = build_method(cfg, name)
+    settings = TrainSettings.from_config(cfg)
+    settings = TrainSettings(steps=2, batch_size=settings.batch_size, seed=0, progress=False)
+    concept = load_world_concept("sks_crescent", int(cfg.data.n_images), resolution)
+    if hasattr(method, "class_images"):  # DreamBooth's prior: the base model's images, here stand-ins of the same size
+        method.class_images = lambda pipe, data, s: [concept.images[0]] * int(method.num_class_images)
+    method.prepare, method.finish = _on_meta(method.prepare), _on_meta(method.finish)
+    out: dict = {}
+    attention = _Attention() if str(cfg.estimate.attention) == "efficient" else contextlib.nullcontext()
+    with FakeTensorMode(allow_non_fake_inputs=True), _fake_modules(), attention:
+        pipe = fake_pipeline(folder)
+        weights = module_storages(pipe.unet, pipe.text_encoder, pipe.vae)
+        model_bytes = sum(s.nbytes() for s in weights)
+        probe = TensorPeak(model_bytes, known=weights, device_types=device_types)
+
+        def two_steps(pipe, params, instance, prior, s):
+            step = TrainStep(method, pipe, params, instance, prior, s)
+            out["trainable_params"] = sum(p.numel() for p in params)
+            if not steps:
+                return []
+            step.update(step.loss())  # the first step creates the optimizer state
+            counter = FlopCounterMode(display=False)
+            with counter:
+                step.update(step.loss())
+            out["train_step_flops"] = counter.get_total_flops()
+            # One denoising step with the method in place as trained (weight 1), guidance doubling the batch.
+            n = 2 * int(cfg.estimate.gen_batch)
+            latent = resolution // 8
+            x = torch.zeros(n, pipe.unet.config.in_channels, latent, latent, device="meta")
+            hidden = torch.zeros(n, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size, device="meta")
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                pipe.unet(x, torch.zeros(n, dtype=torch.long, device="meta"), encoder_hidden_states=hidden)
+            out["gen_step_flops"] = counter.get_total_flops()
+            return []
+
+        probe.start()
+        try:
+            artifact = method.train(pipe, concept, settings, loop=two_steps).artifact
+        except Exception as e:  # noqa: BLE001 - DreamBooth's finish compares values, which fake tensors do not have
+            if "trainable_params" not in out or type(e).__name__ not in ("DataDependentOutputException", "DynamicOutputShapeException"):
+                raise
+            artifact = None
+        finally:
+            probe.stop()
+        if steps:
+            out["peak_bytes"] = probe.peak_bytes
+        out["model_bytes"] = model_bytes
+        tensors, metadata = method.file_content(artifact, pipe)  # DreamBooth's (artifact None) from the pipe's own weights
+        out["file_bytes"] = safetensors_bytes(tensors, metadata)
+    return out
+
+
+def estimate(cfg: DictConfig) -> pd.DataFrame:
+    e = cfg.estimate
+    if str(e.gpu) not in GPUS:
+        raise EstimateConfigError(f"estimate.gpu: unknown GPU {e.gpu!r}; known: {', '.join(GPUS)}")
+    precision = str(e.precision)
+    if precision not in GPUS[str(e.gpu)]["tflops"]:
+        raise EstimateConfigError(f"estimate.precision: {precision!r} has no listed rate on {e.gpu} (listed: {', '.join(GPUS[str(e.gpu)]['tflops'])})")
+    if not 0 < float(e.efficiency) <= 1:
+        raise EstimateConfigError(f"estimate.efficiency: the fraction of peak FLOP rate reached, in (0, 1], got {e.efficiency}")
+    if str(e.device) not in ("cuda", "cpu"):
+        raise EstimateConfigError(f"estimate.device: 'cuda' (memory on the GPU) or 'cpu' (every tensor, as a CPU run counts), got {e.device!r}")
+    if str(e.attention) not in ("efficient", "math"):
+        raise EstimateConfigError(f"estimate.attention: 'efficient' (a fused kernel, as CUDA runs it) or 'math' (every attention matrix kept), got {e.attention!r}")
+    if int(e.gen_batch) < 1:
+        raise EstimateConfigError(f"estimate.gen_batch: images per denoising step, at least 1, got {e.gen_batch}")
+    folder = arch_folder(cfg.model)
+    device_types = ("meta",) if e.device == "cuda" else ("meta", "cpu")
+    rate = GPUS[str(e.gpu)]["tflops"][precision] * 1e12 * float(e.efficiency)
+    rows = []
+    for name in cfg.method:
+        start = time.perf_counter()
+        r = estimate_method(cfg, name, folder, device_types)
+        log.info("estimated %s on %s in %.1f s", name, cfg.model.name, time.perf_counter() - start)
+        step_s = r["train_step_flops"] / rate
+        rows.append({
+            "model": str(cfg.model.name), "method": name, "resolution": int(cfg.model.resolution), "batch": int(cfg.train.batch_size),
+            "trainable params": r["trainable_params"], "file (bytes)": r["file_bytes"],
+            "train peak memory (MiB)": r["peak_bytes"] / MIB, "model weights (MiB)": r["model_bytes"] / MIB,
+            "train step (GFLOP)": r["train_step_flops"] / 1e9, "gen step (GFLOP)": r["gen_step_flops"] / 1e9,
+            "gpu": str(e.gpu), "precision": precision, "efficiency": float(e.efficiency),
+            "est. s/step": step_s, f"est. train time, {int(cfg.train.steps)} steps (s)": step_s * int(cfg.train.steps),
+            "fits in GPU memory": r["peak_bytes"] / 2**30 <= GPUS[str(e.gpu)]["memory_gib"],
+        })
+    return pd.DataFrame(rows)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.3g} GB"
+
+
+def render(cfg: DictConfig, table: pd.DataFrame) -> str:
+    e = cfg.estimate
+    shown = table.copy()
+    shown["file"] = shown["file (bytes)"].map(human_bytes)
+    shown["trainable params"] = shown["trainable params"].map(lambda n: f"{n:,}")
+    steps_col = next(c for c in shown.columns if c.startswith("est. train time"))
+    cols = ["method", "trainable params", "file", "train peak memory (MiB)", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
+    where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
+    head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
+            f"From the architecture configs alone (`python run.py mode=estimate model={cfg.model.name}`): each method's own training code run "
+            f"on fake tensors. Memory: peak of live tensor bytes {where} during two fp32 training steps with AdamW, model weights included. "
+            f"FLOPs: one training step (forward + backward) and one denoising step ({2 * int(e.gen_batch)} samples with guidance). "
+            f"Time: training FLOPs / ({e.gpu} {e.precision} peak x efficiency {float(e.efficiency):g}), a rough figure. "
+            f"File: the size `save` writes, exact.\n\n")
+    return head + shown[cols].to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def figure(table: pd.DataFrame, path_stem: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps_col = next(c for c in table.columns if c.startswith("est. train time"))
+    panels = [("file (bytes)", "file size (MB)", 1e-6), ("train peak memory (MiB)", "training memory (MiB)", 1.0), (steps_col, steps_col.replace("est. ", "estimated "), 1.0)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    colours = plt.get_cmap("tab10").colors
+    for ax, (col, label, scale) in zip(axes, panels):
+        values = table[col] * scale
+        ax.barh(table.method, values, color=[colours[i % 10] for i in range(len(table))])
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
+        ax.margins(x=0.35)
+    axes[0].invert_yaxis()
+    for ax in axes[1:]:
+        ax.set_yticklabels([])
+        ax.invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = []
+    for ext in ("png", "svg"):
+        p = path_stem.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=130)
+        out.append(p)
+    plt.close(fig)
+    return out
+
+
+def run_estimate(cfg: DictConfig) -> int:
+    from bench.io import atomic_path, atomic_write_text
+
+    table = estimate(cfg)
+    text = render(cfg, table)
+    print(text)
+    folder = Path(cfg.results_dir) / "estimate"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"estimate_{cfg.model.name}"
+    atomic_write_text(stem.with_suffix(".md"), text)
+    with atomic_path(stem.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    figure(table, stem, f"{cfg.model.name}, {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}: file, training memory, "
+           f"time on {cfg.estimate.gpu} ({cfg.estimate.precision}, efficiency {float(cfg.estimate.efficiency):g})")
+    print(f"adapterbench: estimate written to {stem}.{{md,csv,png,svg}}")
+    return 0

@@ -1,0 +1,101 @@
+"""mode=estimate: file sizes exact against safetensors itself and against real trainings' files, the SD 1.5
+parameter facts of ../shared/REFERENCE.md from the architecture configs alone, and bad keys named."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import save_file
+
+from bench.config import register
+from bench.estimate import EstimateConfigError, arch_folder, estimate, estimate_method, safetensors_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+register()
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_safetensors_size_is_exact_for_any_dtypes_shapes_and_metadata(tmp_path):
+    rng = random.Random(0)
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool, torch.float64, torch.int8]
+    for trial in range(60):
+        tensors = {f"k{rng.randint(0, 10 ** rng.randint(1, 6))}.w{i}": torch.zeros([rng.randint(0, 70) for _ in range(rng.randint(0, 3))], dtype=rng.choice(dtypes))
+                   for i in range(rng.randint(1, 25))}
+        metadata = rng.choice([None, {"a": "x" * rng.randint(0, 40)}, {"adapterbench": json.dumps({"name": "é\n\"q", "n": list(range(rng.randint(0, 20)))}), "b": "c"}])
+        path = tmp_path / f"{trial}.safetensors"
+        save_file(tensors, str(path), metadata=metadata)
+        assert path.stat().st_size == safetensors_bytes(tensors, metadata), trial
+
+
+def test_sd15_parameters_and_file_sizes_from_the_architecture_alone():
+    """../shared/REFERENCE.md §2: DreamBooth's UNet 859,520,964; LoRA rank 4 on the UNet attention
+    projections 797,184; the default AUTOMATIC1111 hypernetwork 21,939,840 (87.8 MB fp32); TI 768 values
+    per vector."""
+    cfg = config("model=sd15", "method=[dreambooth,lora,hypernetwork,textual_inversion]")
+    folder = arch_folder(cfg.model)
+    got = {name: estimate_method(cfg, name, folder, steps=False) for name in cfg.method}
+    assert got["dreambooth"]["trainable_params"] == 859_520_964
+    assert got["lora"]["trainable_params"] == 797_184
+    assert got["hypernetwork"]["trainable_params"] == 21_939_840
+    assert got["textual_inversion"]["trainable_params"] == 768 * int(cfg.method.textual_inversion.num_vectors)
+    # Weights: UNet + text encoder + VAE (123,060,480 and 83,653,863) in fp32, and the text encoder's 77
+    # int64 position ids; DreamBooth's single file holds all three.
+    assert got["dreambooth"]["model_bytes"] == 4 * (859_520_964 + 123_060_480 + 83_653_863) + 77 * 8
+    assert 4 * (859_520_964 + 123_060_480 + 83_653_863) < got["dreambooth"]["file_bytes"] < 4.27e9 + 1e6
+    assert 87.7e6 < got["hypernetwork"]["file_bytes"] < 87.9e6 and 3.1e6 < got["lora"]["file_bytes"] < 3.3e6
+
+
+def test_micro_estimate_matches_real_trainings_parameters_and_files_exactly(tmp_path):
+    """The estimate's parameter counts and file bytes against what training the micro model writes."""
+    from bench.data import load_world_concept
+    from bench.models import load_pipeline
+    from methods import build_method
+    from methods.base import TrainSettings
+
+    cfg = config("method=[dreambooth,lora,hypernetwork,textual_inversion]", "method.dreambooth.num_class_images=2")
+    pipe = load_pipeline(cfg.model, "cpu")
+    concept = load_world_concept("sks_crescent", 8, 64)
+    for name in cfg.method:
+        method = build_method(cfg, name)
+        result = method.train(pipe, concept, TrainSettings(steps=2, batch_size=2, progress=False, cache_dir=tmp_path / "cache"))
+        written = method.save(result.artifact, tmp_path / name)
+        est = estimate_method(cfg, name, arch_folder(cfg.model), steps=False)
+        assert est["trainable_params"] == result.trainable_params, name
+        assert est["file_bytes"] == written.stat().st_size, name
+
+
+def test_estimate_counts_memory_and_flops_on_the_micro_model():
+    cfg = config("method=[lora,dreambooth]", "estimate.device=cpu")
+    table = estimate(cfg).set_index("method")
+    # DreamBooth keeps gradients and two AdamW moments for every UNet weight; LoRA for a few thousand.
+    unet_mib = 4_222_948 * 4 / 2**20
+    assert table.loc["dreambooth", "train peak memory (MiB)"] > table.loc["lora", "train peak memory (MiB)"] + 3 * unet_mib
+    assert table.loc["dreambooth", "train step (GFLOP)"] > 2 * table.loc["lora", "train step (GFLOP)"]  # twice the batch (prior), full backward
+    assert table.loc["lora", "gen step (GFLOP)"] > table.loc["dreambooth", "gen step (GFLOP)"]  # the adapter's own matmuls
+
+
+@pytest.mark.parametrize(("override", "key"), [("estimate.gpu=B200X", "estimate.gpu"), ("estimate.efficiency=0", "estimate.efficiency"),
+                                               ("estimate.attention=flash9", "estimate.attention"), ("estimate.precision=fp8", "estimate.precision")])
+def test_bad_estimate_settings_name_the_key(override, key):
+    with pytest.raises(EstimateConfigError, match=key.replace(".", r"\.")):
+        estimate(config(override))
+
+
+def test_mode_estimate_writes_its_table_and_figure_and_refuses_an_unknown_gpu_in_one_line(tmp_path):
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    ok = subprocess.run([sys.executable, "run.py", "mode=estimate", "method=[lora]", f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| lora" in ok.stdout
+    for ext in ("md", "csv", "png", "svg"):
+        assert (tmp_path / "estimate" / f"estimate_micro.{ext}").stat().st_size > 0
+    bad = subprocess.run([sys.executable, "run.py", "mode=estimate", "estimate.gpu=Z1", f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "estimate.gpu" in bad.stderr
