@@ -97,7 +97,7 @@ def tune(cfg: DictConfig) -> int:
         index = choose(g, str(cfg.tune.objective), float(cfg.tune.max_drift))
         pick = g.loc[index]
         chosen[name] = float(pick.lr)
-        chosen_options[name] = {key: _plain(pick[key]) for key in tune_options(cfg).get(name, {})}
+        chosen_options[name] = {key: _as_option(pick[key], values) for key, values in tune_options(cfg).get(name, {}).items()}
         picked.append(index)
     grid_table["chosen"] = grid_table.index.isin(picked)
     grid_table["date"] = datetime.date.today().isoformat()
@@ -180,6 +180,13 @@ def _known_methods() -> list[str]:
 def tune_options(cfg: DictConfig) -> dict:
     """`tune.options` as plain data: method -> {hyper-parameter: [values]} crossed with the lr grid."""
     return OmegaConf.to_container(cfg.tune.get("options") or {}, resolve=True)
+
+
+def _as_option(value, values: list):
+    """The grid's value as the option list wrote it: a column shared with methods without this option
+    holds NaN for them, which turns its integers into floats (4 -> 4.0)."""
+    value = _plain(value)
+    return next((v for v in values if v == value), value)
 
 
 def _plain(value):

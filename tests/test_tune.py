@@ -45,6 +45,15 @@ def test_choice_is_the_best_objective_within_the_drift_bound_ties_to_the_lower_d
     assert choose(arms, "presence", 0.05) == 0  # none within the bound: the least drifting
 
 
+def test_a_chosen_option_keeps_the_type_its_list_gave_it():
+    import numpy as np
+
+    from bench.tune import _as_option
+
+    value = _as_option(np.float64(4.0), [1, 2, 4])  # a column shared with other methods holds NaN: floats
+    assert value == 4 and type(value) is int
+
+
 @pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3"),
                                                   ("+tune.options.lora.rnak=[4,8]", "options.lora.*rnak"), ("tune.centers.lora=-0.1", "centers.lora.*positive"),
                                                   ("+tune.centers.lorra=0.1", "centers.lorra.*not a method")])
