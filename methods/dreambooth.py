@@ -77,11 +77,22 @@ class DreamBooth(Method):
         (the model's config, not its path, so a results folder can move) and checked against the
         checksums kept with them before they are reused."""
         folder = self.class_image_dir(pipe, data, settings)
-        if folder and (folder / CHECKSUMS).is_file():
-            problems = record_damage(folder / CHECKSUMS, folder)
-            if not problems:
-                return [_read_rgb(f) for f in sorted(folder.glob("*.png"))]
-            log.warning("%s: %s; generating the class images again", folder, problems[0])
+        if not folder:
+            return self._generate_class_images(pipe, data, None)
+        # Concepts sharing a class prompt share the folder: two workers preparing two of them at once
+        # take turns, and the second reuses what the first made.
+        from filelock import FileLock
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder.parent / f".{folder.name}.lock")):
+            if (folder / CHECKSUMS).is_file():
+                problems = record_damage(folder / CHECKSUMS, folder)
+                if not problems:
+                    return [_read_rgb(f) for f in sorted(folder.glob("*.png"))]
+                log.warning("%s: %s; generating the class images again", folder, problems[0])
+            return self._generate_class_images(pipe, data, folder)
+
+    def _generate_class_images(self, pipe, data: ConceptData, folder: Path | None) -> list[Image.Image]:
         seeds = [100_000 + i for i in range(self.num_class_images)]
         images = generate(pipe, [data.class_prompt] * len(seeds), seeds, self.class_image_steps, self.class_image_guidance)
         if folder:

@@ -73,16 +73,6 @@ def test_micro_estimate_matches_real_trainings_parameters_and_files_exactly(tmp_
         assert est["file_bytes"] == written.stat().st_size, name
 
 
-def test_estimate_counts_memory_and_flops_on_the_micro_model():
-    cfg = config("method=[lora,dreambooth]", "estimate.device=cpu")
-    table = estimate(cfg).set_index("method")
-    # DreamBooth keeps gradients and two AdamW moments for every UNet weight; LoRA for a few thousand.
-    unet_mib = 4_222_948 * 4 / 2**20
-    assert table.loc["dreambooth", "train peak memory (MiB)"] > table.loc["lora", "train peak memory (MiB)"] + 3 * unet_mib
-    assert table.loc["dreambooth", "train step (GFLOP)"] > 2 * table.loc["lora", "train step (GFLOP)"]  # twice the batch (prior), full backward
-    assert table.loc["lora", "gen step (GFLOP)"] > table.loc["dreambooth", "gen step (GFLOP)"]  # the adapter's own matmuls
-
-
 @pytest.mark.parametrize(("override", "key"), [("estimate.gpu=B200X", "estimate.gpu"), ("estimate.efficiency=0", "estimate.efficiency"),
                                                ("estimate.attention=flash9", "estimate.attention"), ("estimate.precision=fp8", "estimate.precision")])
 def test_bad_estimate_settings_name_the_key(override, key):
@@ -90,12 +80,21 @@ def test_bad_estimate_settings_name_the_key(override, key):
         estimate(config(override))
 
 
-def test_mode_estimate_writes_its_table_and_figure_and_refuses_an_unknown_gpu_in_one_line(tmp_path):
+def test_mode_estimate_counts_memory_and_flops_writes_table_and_figure_and_names_a_bad_key(tmp_path):
+    import pandas as pd
+
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    ok = subprocess.run([sys.executable, "run.py", "mode=estimate", "method=[lora]", f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    ok = subprocess.run([sys.executable, "run.py", "mode=estimate", "method=[lora,dreambooth]", "estimate.device=cpu", f"results_dir={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "| lora" in ok.stdout
+    assert "| lora" in ok.stdout and "| dreambooth" in ok.stdout
     for ext in ("md", "csv", "png", "svg"):
         assert (tmp_path / "estimate" / f"estimate_micro.{ext}").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "estimate" / "estimate_micro.csv").set_index("method")
+    # DreamBooth keeps gradients and two AdamW moments for every UNet weight; LoRA for a few thousand.
+    unet_mib = 4_222_948 * 4 / 2**20
+    assert table.loc["dreambooth", "train peak memory (MiB)"] > table.loc["lora", "train peak memory (MiB)"] + 3 * unet_mib
+    assert table.loc["dreambooth", "train step (GFLOP)"] > 2 * table.loc["lora", "train step (GFLOP)"]  # twice the batch (prior), full backward
+    assert table.loc["lora", "gen step (GFLOP)"] > table.loc["dreambooth", "gen step (GFLOP)"]  # the adapter's own matmuls
     bad = subprocess.run([sys.executable, "run.py", "mode=estimate", "estimate.gpu=Z1", f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "estimate.gpu" in bad.stderr
