@@ -296,7 +296,8 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     shown["file"] = shown["file (bytes)"].map(human_bytes)
     shown["trainable params"] = shown["trainable params"].map(lambda n: f"{n:,}")
     steps_col = next(c for c in shown.columns if c.startswith("est. train time"))
-    cols = ["method", "trainable params", "file", "train peak memory (MiB)", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
+    shown["train peak memory"] = shown["train peak memory (MiB)"].map(lambda m: f"{m / 1024:.3g} GiB" if m >= 1024 else f"{m:.3g} MiB")
+    cols = ["method", "trainable params", "file", "train peak memory", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
     where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
     head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
             f"From the architecture configs alone (`python run.py mode=estimate model={cfg.model.name}`): each method's own training code run "
