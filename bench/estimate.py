@@ -308,28 +308,37 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     return head + shown[cols].to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
-def figure(table: pd.DataFrame, path_stem: Path, title: str) -> list[Path]:
+def figure(table: pd.DataFrame, path_stem: Path, title: str, gpu_gib: float | None = None) -> list[Path]:
+    """File size (log scale: bytes to gigabytes), training memory (with the GPU's memory as a line) and
+    estimated training time per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps_col = next(c for c in table.columns if c.startswith("est. train time"))
-    panels = [("file (bytes)", "file size (MB)", 1e-6), ("train peak memory (MiB)", "training memory (MiB)", 1.0), (steps_col, steps_col.replace("est. ", "estimated "), 1.0)]
+    gib = table["train peak memory (MiB)"] / 1024
+    panels = [(table["file (bytes)"], "file size", True, [human_bytes(v) for v in table["file (bytes)"]]),
+              (gib, "training memory (GiB)", False, [f"{v:.3g} GiB" for v in gib]),
+              (table[steps_col], steps_col.replace("est. ", "estimated ").replace(" (s)", " (s)"), False, [f"{v:.3g} s" for v in table[steps_col]])]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     colours = plt.get_cmap("tab10").colors
-    for ax, (col, label, scale) in zip(axes, panels):
-        values = table[col] * scale
+    for ax, (values, label, log, texts) in zip(axes, panels):
         ax.barh(table.method, values, color=[colours[i % 10] for i in range(len(table))])
-        ax.set_xscale("log")
+        if log:
+            ax.set_xscale("log")
+            ax.set_xticks([1e3, 1e6, 1e9])
+            ax.set_xticklabels(["1 KB", "1 MB", "1 GB"])
         ax.set_xlabel(label)
-        for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
-        ax.margins(x=0.35)
-    axes[0].invert_yaxis()
+        for y, (v, text) in enumerate(zip(values, texts)):
+            ax.text(v, y, f" {text}", va="center", fontsize=8)
+        ax.margins(x=0.3)
+        ax.invert_yaxis()
+    if gpu_gib:
+        axes[1].axvline(gpu_gib, color="grey", linestyle="--", linewidth=1)
+        axes[1].text(gpu_gib, len(table) - 0.45, f" GPU {gpu_gib:g} GiB", color="grey", fontsize=8, va="bottom")
     for ax in axes[1:]:
         ax.set_yticklabels([])
-        ax.invert_yaxis()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = []
@@ -354,6 +363,7 @@ def run_estimate(cfg: DictConfig) -> int:
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)
     figure(table, stem, f"{cfg.model.name}, {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}: file, training memory, "
-           f"time on {cfg.estimate.gpu} ({cfg.estimate.precision}, efficiency {float(cfg.estimate.efficiency):g})")
+           f"time on {cfg.estimate.gpu} ({cfg.estimate.precision}, efficiency {float(cfg.estimate.efficiency):g})",
+           gpu_gib=GPUS[str(cfg.estimate.gpu)]["memory_gib"] if cfg.estimate.device == "cuda" else None)
     print(f"adapterbench: estimate written to {stem}.{{md,csv,png,svg}}")
     return 0
