@@ -31,14 +31,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-
 from torch.overrides import TorchFunctionMode
 
 from bench.memory import MIB, TensorPeak, module_storages
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCH = Path(__file__).resolve().parent / "arch"
 MICRO = Path(__file__).resolve().parent / "zoo" / "micro_sd"
 
@@ -185,7 +183,7 @@ def _on_meta(fn):
 def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tuple[str, ...] = ("meta",), steps: bool = True) -> dict:
     """Parameters, file bytes, training peak memory and FLOPs of one method on the model in `folder`
     (`steps=False`: parameters and file bytes only, without running the training steps)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.data import load_world_concept
@@ -194,8 +192,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
 
     resolution = int(cfg.model.resolution)
     method = build_method(cfg, name)
-    settings = TrainSettings.from_config(cfg)
-    settings = TrainSettings(steps=2, batch_size=settings.batch_size, seed=0, progress=False)
+    settings = TrainSettings(steps=2, batch_size=int(cfg.train.batch_size), seed=0, progress=False)
     concept = load_world_concept("sks_crescent", int(cfg.data.n_images), resolution)
     if hasattr(method, "class_images"):  # DreamBooth's prior: the base model's images, here stand-ins of the same size
         method.class_images = lambda pipe, data, s: [concept.images[0]] * int(method.num_class_images)
@@ -232,8 +229,10 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
         probe.start()
         try:
             artifact = method.train(pipe, concept, settings, loop=two_steps).artifact
-        except Exception as e:  # noqa: BLE001 - DreamBooth's finish compares values, which fake tensors do not have
-            if "trainable_params" not in out or type(e).__name__ not in ("DataDependentOutputException", "DynamicOutputShapeException"):
+        except (DataDependentOutputException, DynamicOutputShapeException):
+            # DreamBooth's finish compares tensor values, which fake tensors do not have; its file comes
+            # from the pipe's own weights below.
+            if "trainable_params" not in out:
                 raise
             artifact = None
         finally:
@@ -282,15 +281,9 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.3g} GB"
-
-
 def render(cfg: DictConfig, table: pd.DataFrame) -> str:
+    from bench.report import human_bytes
+
     e = cfg.estimate
     shown = table.copy()
     shown["file"] = shown["file (bytes)"].map(human_bytes)
@@ -308,23 +301,20 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     return head + shown[cols].to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
-def figure(table: pd.DataFrame, path_stem: Path, title: str, gpu_gib: float | None = None) -> list[Path]:
+def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float | None = None) -> Path:
     """File size (log scale: bytes to gigabytes), training memory (with the GPU's memory as a line) and
-    estimated training time per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    estimated training time per method, as out/name.{png,svg}."""
+    from bench.report import colours, human_bytes, plt, save_figure
 
     steps_col = next(c for c in table.columns if c.startswith("est. train time"))
     gib = table["train peak memory (MiB)"] / 1024
     panels = [(table["file (bytes)"], "file size", True, [human_bytes(v) for v in table["file (bytes)"]]),
               (gib, "training memory (GiB)", False, [f"{v:.3g} GiB" for v in gib]),
-              (table[steps_col], steps_col.replace("est. ", "estimated ").replace(" (s)", " (s)"), False, [f"{v:.3g} s" for v in table[steps_col]])]
+              (table[steps_col], steps_col.replace("est. ", "estimated "), False, [f"{v:.3g} s" for v in table[steps_col]])]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    colours = plt.get_cmap("tab10").colors
+    colour = colours(list(table.method))  # each method in the report's colour
     for ax, (values, label, log, texts) in zip(axes, panels):
-        ax.barh(table.method, values, color=[colours[i % 10] for i in range(len(table))])
+        ax.barh(table.method, values, color=[colour[m] for m in table.method])
         if log:
             ax.set_xscale("log")
             ax.set_xticks([1e3, 1e6, 1e9])
@@ -341,13 +331,7 @@ def figure(table: pd.DataFrame, path_stem: Path, title: str, gpu_gib: float | No
         ax.set_yticklabels([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = []
-    for ext in ("png", "svg"):
-        p = path_stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=130)
-        out.append(p)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, name)
 
 
 def run_estimate(cfg: DictConfig) -> int:
@@ -362,7 +346,7 @@ def run_estimate(cfg: DictConfig) -> int:
     atomic_write_text(stem.with_suffix(".md"), text)
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)
-    figure(table, stem, f"{cfg.model.name}, {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}: file, training memory, "
+    figure(table, folder, stem.name, f"{cfg.model.name}, {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}: file, training memory, "
            f"time on {cfg.estimate.gpu} ({cfg.estimate.precision}, efficiency {float(cfg.estimate.efficiency):g})",
            gpu_gib=GPUS[str(cfg.estimate.gpu)]["memory_gib"] if cfg.estimate.device == "cuda" else None)
     print(f"adapterbench: estimate written to {stem}.{{md,csv,png,svg}}")

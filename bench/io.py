@@ -124,12 +124,18 @@ def _identity(path: Path) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
+def _remembered(key: str, ident: tuple[int, int, int]) -> tuple | None:
+    """The remembered hash entry of the file at `key`, if the file is still the one that was hashed."""
+    known = _HASHED.get(key)
+    return known if known is not None and known[:3] == ident else None
+
+
 def sha256_file(path: Path) -> str:
     path = Path(path)
     key = str(path.resolve())
     ident = _identity(path)
-    known = _HASHED.get(key)
-    if known is not None and known[:3] == ident:
+    known = _remembered(key, ident)
+    if known is not None:
         return known[3]
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -147,12 +153,12 @@ def known_hashes(paths) -> dict[str, list]:
     out = {}
     for p in paths:
         key = str(Path(p).resolve())
-        known = _HASHED.get(key)
         try:
-            if known is not None and known[:3] == _identity(Path(p)):
-                out[key] = list(known)
+            known = _remembered(key, _identity(Path(p)))
         except OSError:
-            pass
+            continue
+        if known is not None:
+            out[key] = list(known)
     return out
 
 

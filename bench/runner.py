@@ -243,10 +243,11 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads)) as pool:
         try:
-            for phase, fn, items in (("prepare", worker.prepare_concept, concept_names), ("runs", worker.run, pending)):
-                # A run's stages were just checked here: its worker gets those hashes instead of redoing them.
-                futures = {pool.submit(fn, item, *([records.known_hashes(results, f"train_{item.run_id}", f"scores_{item.scores_key}")] if phase == "runs" else [])): item
-                           for item in items}
+            # A run's stages were just checked here: its worker gets those hashes instead of redoing them.
+            jobs = (("prepare", worker.prepare_concept, [(name,) for name in concept_names]),
+                    ("runs", worker.run, [(spec, records.known_hashes(results, f"train_{spec.run_id}", f"scores_{spec.scores_key}")) for spec in pending]))
+            for phase, fn, calls in jobs:
+                futures = {pool.submit(fn, *args): args[0] for args in calls}
                 while futures:
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for f in done:

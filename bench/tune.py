@@ -13,8 +13,8 @@ the whole grid into results/benchmarks/tuning.md.
 from __future__ import annotations
 
 import datetime
-import math
 import itertools
+import math
 import json
 import re
 from pathlib import Path
@@ -45,7 +45,7 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
         raise MethodConfigError(f"tune.max_drift: must be a positive number, got {t.max_drift}")
     if len(t.factors) < 3 or any(float(f) <= 0 for f in t.factors):
         raise MethodConfigError(f"tune.factors: need at least 3 positive multiples of the configured lr, got {list(t.factors)}")
-    centers = OmegaConf.to_container(t.get("centers") or {}, resolve=True)
+    centers = tune_centers(cfg)
     for name, lr in centers.items():
         if name not in cfg.method and name not in _known_methods():
             raise MethodConfigError(f"tune.centers.{name}: not a method (known: {', '.join(_known_methods())})")
@@ -105,7 +105,7 @@ def tune(cfg: DictConfig) -> int:
     settings = {name: {k: v for k, v in OmegaConf.to_container(cfg.method[name], resolve=True).items() if k not in ("lr", "_target_")} for name in chosen}
     record = {"chosen": chosen, "chosen_options": chosen_options, "options": tune_options(cfg),
               "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
-              "centers": OmegaConf.to_container(cfg.tune.get("centers") or {}, resolve=True), "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
+              "centers": tune_centers(cfg), "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
               "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings}
     record, grid_table = merge_previous(record, grid_table)
     text = render(cfg, grid_table)
@@ -162,7 +162,7 @@ def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
     head = (f"# Learning rates (and tuned options) chosen by `mode=tune`\n\n"
             f"Tuning concepts {', '.join(t.concepts)} (not in the evaluation suite), training seeds {list(t.seeds)}, "
             f"{cfg.train.steps} steps at batch {cfg.train.batch_size}; grid: {list(t.factors)} x each method's grid centre"
-            f" ({', '.join(f'{m} {v:g}' for m, v in OmegaConf.to_container(t.get('centers') or {}).items()) or 'its configured lr'})"
+            f" ({', '.join(f'{m} {v:g}' for m, v in tune_centers(cfg).items()) or 'its configured lr'})"
             + "".join(f", crossed for {m} with {', '.join(f'{k} in {v}' for k, v in keys.items())}" for m, keys in tune_options(cfg).items())
             + ". "
             f"Chosen: the highest {t.objective} at weight 1 (mean over tuning runs) with drift at weight 1 <= {t.max_drift}, "
@@ -175,6 +175,11 @@ def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
 
 def _known_methods() -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+
+
+def tune_centers(cfg: DictConfig) -> dict:
+    """`tune.centers` as plain data: method -> the lr its grid is centred on."""
+    return OmegaConf.to_container(cfg.tune.get("centers") or {}, resolve=True)
 
 
 def tune_options(cfg: DictConfig) -> dict:

@@ -29,6 +29,15 @@ SINGLE_FILE = "dreambooth.safetensors"
 log = logging.getLogger(__name__)
 
 
+def _overlay(state: dict[str, torch.Tensor], artifact: Artifact | None, name: str) -> dict[str, torch.Tensor]:
+    """`state` (one component's weights) with the artifact's tuned tensors of that component put in."""
+    for key, tensor in (artifact.tensors.items() if artifact is not None else ()):
+        comp, k = key.split(".", 1)
+        if comp == name:
+            state[k] = tensor
+    return state
+
+
 def _read_component(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """A diffusers/transformers component folder: its weights (all shards) and its config."""
     state: dict[str, torch.Tensor] = {}
@@ -198,11 +207,7 @@ class DreamBooth(Method):
         parts = {}
         for name in ("unet", "vae", "text_encoder"):
             module = getattr(pipe, name)
-            state = dict(module.state_dict())
-            for key, tensor in (artifact.tensors.items() if artifact is not None else ()):
-                comp, k = key.split(".", 1)
-                if comp == name:
-                    state[k] = tensor
+            state = _overlay(dict(module.state_dict()), artifact, name)
             config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
             parts[name] = state if name == "text_encoder" else (state, config)
         return single_file_tensors(parts), None
@@ -231,11 +236,7 @@ class DreamBooth(Method):
         if base_file.is_file():
             with safe_open(str(base_file), "pt") as f:
                 full = {k: f.get_tensor(k) for k in f.keys()}
-        for key, tensor in artifact.tensors.items():
-            comp, k = key.split(".", 1)
-            if comp == name:
-                full[k] = tensor
-        return full
+        return _overlay(full, artifact, name)
 
     def load(self, path: Path) -> Artifact:
         """The tuned tensors of what `save` wrote (every weight of each tuned component)."""
