@@ -37,6 +37,12 @@ class DataConfig:
 class TrainConfig:
     steps: int = 150
     batch_size: int = 4
+    # What a GPU needs at SD scale (methods/base.py TrainSettings): mixed precision (fp32 master weights),
+    # activation recomputation, an 8-bit optimizer state, the attention kernel.
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast forward; fp16 with loss scaling)
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, the `bnb` extra)
+    attention: str = "sdpa"  # sdpa (torch picks a fused kernel) | eager (attention matrices kept) | xformers
 
 
 @dataclass

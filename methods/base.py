@@ -7,10 +7,12 @@ loss, optimizer, divergence check — is the same code for all of them, so that 
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,10 +64,32 @@ class TrainSettings:
     cache_dir: Path | None = None  # where generated inputs (DreamBooth's class images) are kept
     model_key: str = ""  # identifies the base model by its config (not its path): keys those caches
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (the memory probe)
+    # What a GPU needs at SD scale; the defaults are plain fp32 training.
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the forward's autocast dtype; trained weights stay fp32
+    gradient_checkpointing: bool = False  # recompute activations in backward instead of keeping them
+    optimizer: str = "adamw"  # adamw | adamw8bit
+    attention: str = "sdpa"  # sdpa | eager | xformers
 
     def __post_init__(self) -> None:
         check_positive("train.steps", self.steps)
         check_positive("train.batch_size", self.batch_size)
+        for key, value, allowed in (("precision", self.precision, PRECISIONS), ("optimizer", self.optimizer, OPTIMIZERS),
+                                    ("attention", self.attention, ATTENTION)):
+            if value not in allowed:
+                raise MethodConfigError(f"train.{key}: {value!r} is not one of {', '.join(allowed)}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise MethodConfigError(f"train.gradient_checkpointing: true or false, got {self.gradient_checkpointing!r}")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.precision]
+
+    def check_packages(self) -> None:
+        """Before any real training: the optional packages the chosen options need are installed."""
+        for key, value, package, hint in (("optimizer", self.optimizer, "bitsandbytes", "pip install -e '.[bnb]'"),
+                                          ("attention", self.attention, "xformers", "a CUDA build of xformers matching torch")):
+            if value == OPTIONAL_PACKAGE[key] and importlib.util.find_spec(package) is None:
+                raise MethodConfigError(f"train.{key}: {value} needs the {package} package, which is not installed ({hint})")
 
     @classmethod
     def from_config(cls, cfg, seed: int = 0) -> "TrainSettings":
@@ -74,17 +98,27 @@ class TrainSettings:
             value = cfg.train[key]
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_COUNT:
                 raise MethodConfigError(f"train.{key}: must be a whole number from 1 to {MAX_COUNT:,}, got {value!r}")
-        return cls(
+        settings = cls(
             steps=int(cfg.train.steps),
             batch_size=int(cfg.train.batch_size),
             seed=int(seed),
             progress=bool(cfg.get("progress", True)),
             cache_dir=Path(cfg.results_dir) / "cache",
             model_key=digest({"model": OmegaConf.to_container(cfg.model, resolve=True)}),
+            precision=str(cfg.train.get("precision", "fp32")),
+            gradient_checkpointing=cfg.train.get("gradient_checkpointing", False),
+            optimizer=str(cfg.train.get("optimizer", "adamw")),
+            attention=str(cfg.train.get("attention", "sdpa")),
         )
+        settings.check_packages()
+        return settings
 
 
 MAX_COUNT = 10_000_000  # steps, batch sizes: anything larger is a typo, not an experiment
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZERS = ("adamw", "adamw8bit")
+ATTENTION = ("sdpa", "eager", "xformers")
+OPTIONAL_PACKAGE = {"optimizer": "adamw8bit", "attention": "xformers"}  # the option values that need a package
 
 
 def check_positive(key: str, value: float) -> None:
@@ -189,13 +223,19 @@ class Method(ABC):
         # generator: seed it, or two runs with the same train.seed start from different adapters.
         torch.manual_seed(settings.seed)
         params = self.prepare(pipe, data)
+        for p in params:
+            # Master weights in fp32 whatever the model's dtype: half-precision updates lose small steps
+            # (lr x update below the weight's resolution); autocast gives the forward its low precision.
+            if p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
         instance = encode_set(pipe, data.images, [self.prompt(c, data) for c in data.captions], with_text=False)
         if not self.trains_text:
             for s in [instance] + ([prior[0]] if prior else []):
                 s.hidden_states = encode_text(pipe, s.input_ids)
         n_params = sum(p.numel() for p in params)
         try:
-            losses = (loop or self._loop)(pipe, params, instance, prior, settings)
+            with training_options(pipe, self, settings):
+                losses = (loop or self._loop)(pipe, params, instance, prior, settings)
         except BaseException:
             self.finish(pipe, data)  # never leave a half-trained pipe behind
             raise
@@ -237,10 +277,21 @@ class TrainStep:
         self.method, self.pipe, self.batch_size = method, pipe, settings.batch_size
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.v_prediction = self.scheduler.config.prediction_type == "v_prediction"
-        self.opt = make_optimizer(params, method.lr, method.weight_decay)
+        self.opt = make_optimizer(params, method.lr, method.weight_decay, settings.optimizer)
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
         self.sets = [(instance, 1.0)] + ([prior] if prior else [])
+        self.low_dtype = settings.autocast_dtype
+        # fp16's range is narrow: small gradients underflow to 0 unless the loss is scaled up first (and
+        # a step is skipped when the scaled gradients overflow). bf16 has fp32's range and needs none.
+        real = self.device.type in ("cpu", "cuda")  # mode=estimate's fake "meta" model: the scaler's two scalars are not worth counting
+        self.scaler = torch.amp.GradScaler(self.device.type) if real and self.low_dtype is torch.float16 else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward's precision: autocast to `train.precision` (mode=estimate replaces this on "meta")."""
+        if self.low_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.low_dtype)
 
     def loss(self) -> torch.Tensor:
         # Each image set draws its own batch; all sets then go through the UNet as one batch (one forward
@@ -255,19 +306,58 @@ class TrainStep:
             xts.append(scheduler.add_noise(x0, noise, t))
             targets.append(scheduler.get_velocity(x0, noise, t) if self.v_prediction else noise)
             ts.append(t)
-            states.append(s.hidden_states[idx].to(device, dtype) if s.hidden_states is not None else self.method.encode(self.pipe, s.input_ids[idx].to(device)))
-        pred = self.pipe.unet(torch.cat(xts), torch.cat(ts), encoder_hidden_states=torch.cat(states)).sample
+            with self.autocast():
+                states.append(s.hidden_states[idx].to(device, dtype) if s.hidden_states is not None else self.method.encode(self.pipe, s.input_ids[idx].to(device)))
+        with self.autocast():
+            pred = self.pipe.unet(torch.cat(xts), torch.cat(ts), encoder_hidden_states=torch.cat(states)).sample
         return sum(w * F.mse_loss(p.float(), target.float()) for (_, w), p, target in zip(self.sets, pred.split(self.batch_size), targets))
 
     def update(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+@contextlib.contextmanager
+def training_options(pipe, method: "Method", settings: TrainSettings) -> Iterator[None]:
+    """The attention implementation and gradient checkpointing for the length of one training; the
+    pipe's own processors and mode come back afterwards (sweeps generate with the model as loaded)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
+
+    unet = pipe.unet
+    processors = unet.attn_processors
+    texts = [pipe.text_encoder] if method.trains_text else []
+    try:
+        unet.set_attn_processor({"sdpa": AttnProcessor2_0, "eager": AttnProcessor, "xformers": XFormersAttnProcessor}[settings.attention]())
+        if settings.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            for text in texts:
+                text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        yield
+    finally:
+        if settings.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+            for text in texts:
+                text.activation_checkpointing_disable()
+        unet.set_attn_processor(processors)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
     """AdamW, fused where torch has a fused kernel for these parameters (CPU and CUDA, float types): on
-    DreamBooth's full UNet the per-tensor loop costs several times the fused step."""
+    DreamBooth's full UNet the per-tensor loop costs several times the fused step. `adamw8bit`:
+    bitsandbytes' AdamW with both moments stored in 8 bits (blockwise quantised), a quarter of AdamW's
+    state (tensors under 4,096 values keep 32-bit moments: bitsandbytes' own rule)."""
+    if kind == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise MethodConfigError(f"train.optimizer: adamw8bit needs the bitsandbytes package ({e}); pip install -e '.[bnb]'") from e
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
         try:
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)

@@ -75,6 +75,7 @@ class DreamBooth(Method):
         self.class_image_guidance = class_image_guidance
         self._base: dict[str, dict[str, torch.Tensor]] = {}
         self._components_trained: list[str] = []
+        self._dtypes: dict[str, torch.dtype] = {}
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
         return {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if self.train_text_encoder else {})}
@@ -138,10 +139,12 @@ class DreamBooth(Method):
         # The base weights (for `finish`'s diff and restore) wait in host memory: on a GPU a second copy
         # of the UNet there would cost what the fine-tune's gradients cost.
         self._base = {n: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for n, m in self._components(pipe).items()}
+        # A half-precision model trains with fp32 master weights (the diffusers example's rule: the trained
+        # UNet in fp32, autocast for the forward); `finish` returns it to its dtype.
+        self._dtypes = {n: next(m.parameters()).dtype for n, m in self._components(pipe).items()}
         params = []
         for module in self._components(pipe).values():
-            if next(module.parameters()).dtype == torch.float16:
-                raise MethodConfigError("model.dtype: DreamBooth fine-tunes the weights themselves; use float32 or bfloat16, not float16")
+            module.to(torch.float32)
             module.requires_grad_(True)
             params.extend(module.parameters())
         return params
@@ -150,13 +153,15 @@ class DreamBooth(Method):
         tensors = {}
         for name, module in self._components(pipe).items():
             module.requires_grad_(False)
+            if name in self._dtypes:
+                module.to(self._dtypes[name])  # the tuned model in the base model's dtype, as it is saved
             tuned = module.state_dict()
             for k, base in self._base.get(name, {}).items():
                 if tuned[k].is_floating_point() and not torch.equal(tuned[k].to(base.device), base):
                     tensors[f"{name}.{k}"] = tuned[k].detach().cpu().clone()
             if name in self._base:
                 module.load_state_dict(self._base[name])
-        self._base = {}
+        self._base, self._dtypes = {}, {}
         meta = {
             "components": self._components_trained,
             "configs": {n: dict(m.config) if hasattr(m, "config") and isinstance(m.config, dict) else m.config.to_dict() for n, m in self._components(pipe).items()},

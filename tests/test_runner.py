@@ -187,6 +187,7 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
     ("stats.confidence=2", "stats.confidence"), ("stats.n_boot=0", "stats.n_boot"), ("stats.fidelity=bogus", "stats.fidelity"),
     ("metrics.clip=ViT-B-32", "metrics.clip"), ("metrics.clip=local-dir:/nowhere", "metrics.clip"),
     ("data.concepts=[nope]", "data.concepts"), ("results_dir=/proc/version", "results_dir"),
+    ("train.precision=fp8", "train.precision"), ("train.optimizer=sgd", "train.optimizer"), ("train.attention=flash3", "train.attention"),
 ])
 def test_nonsense_config_fails_before_any_training(tmp_path, override, key):
     """Every config value is checked up front, with an error run.py turns into one line and exit 2."""
