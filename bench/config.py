@@ -91,7 +91,9 @@ class TuneConfig:
 @dataclass
 class EstimateConfig:
     gpu: str = "A100-40GB"  # bench.estimate.GPUS
-    precision: str = "fp32"  # the GPU's math mode the time estimate divides by
+    precision: str = "fp32"  # the GPU's math mode for fp32 training's time (fp32 or tf32); mixed precision uses its dtype's rate
+    # Ways of training to estimate (bench/estimate.py Variant): <fp32|bf16|fp16>[+ckpt][+adamw8bit].
+    variants: list[str] = field(default_factory=lambda: ["fp32", "fp16", "fp16+ckpt", "fp16+ckpt+adamw8bit"])
     efficiency: float = 0.35  # fraction of that peak rate a training step reaches
     device: str = "cuda"  # whose memory counts: cuda (the model's tensors) or cpu (every tensor, as a CPU run counts)
     gen_batch: int = 1  # images per denoising step (twice the samples with guidance)

@@ -109,6 +109,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         weights = module_storages(pipe.unet, pipe.text_encoder, pipe.vae)
         model_bytes = sum(s.nbytes() for s in weights)
         probe = TensorPeak(model_bytes, known=weights)
+        del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so
     step_ends: list[float] = []
 
     def on_step(step: int) -> None:

@@ -25,11 +25,13 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from omegaconf import DictConfig
 from torch.overrides import TorchFunctionMode
 
@@ -98,8 +100,9 @@ def _config(folder: Path, component: str) -> dict:
     raise EstimateConfigError(f"model: {folder / component} has no config.json")
 
 
-def fake_pipeline(folder: Path):
-    """A StableDiffusionPipeline whose modules are built from `folder`'s configs as fake tensors on "meta".
+def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
+    """A StableDiffusionPipeline whose modules are built from `folder`'s configs as fake tensors on "meta",
+    its weights in `dtype`.
     Call inside a FakeTensorMode. The tokenizer is the micro model's (its token ids are valid in any CLIP
     vocabulary), padded to the text encoder's length: costs depend on lengths, not on which words."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -116,6 +119,9 @@ def fake_pipeline(folder: Path):
     scheduler = DDPMScheduler.from_config(_config(folder, "scheduler"))
     for m in (unet, vae, text_encoder):
         m.eval()
+        for t in [*m.parameters(), *m.buffers()]:
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.register_to_config(_name_or_path=str(folder))
@@ -158,6 +164,9 @@ class _Attention(TorchFunctionMode):
     that keeps only the output and its log-sum-exp. `efficient` runs that kernel's op (memory-efficient
     attention, whose shapes and FLOP formula torch registers); `math` leaves the fallback."""
 
+    def fresh(self) -> "_Attention":
+        return _Attention()
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
@@ -172,6 +181,135 @@ class _Attention(TorchFunctionMode):
             scale=a.get("scale"))[0]
 
 
+# CUDA autocast's policy (torch/csrc/autocast_mode.cpp), at the level of the functions the models call:
+# these run in the low dtype...
+_LOW_PRECISION = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.linear, F.scaled_dot_product_attention,
+                  torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm, torch.baddbmm, torch.addmm,
+                  torch.Tensor.baddbmm, torch.Tensor.bmm, torch.einsum}
+# ...these in fp32 on CUDA (normalisations, softmax, losses, upsampling, exp/log/pow). The CPU's list keeps
+# only the losses (and has no normalisation or softmax in fp32): `policy="cpu"`, checked against torch's
+# own CPU autocast by benchmarks/estimate.py.
+_FP32_CUDA = {F.layer_norm, F.group_norm, torch.group_norm, torch.layer_norm, F.softmax, F.log_softmax, torch.softmax,
+              torch.Tensor.softmax, F.mse_loss, F.interpolate, torch.exp, torch.log, torch.pow, torch.Tensor.pow, torch.rsqrt, torch.cumsum}
+_FP32_CPU = {F.mse_loss}
+
+
+class _Autocast(TorchFunctionMode):
+    """torch.autocast for the fake "meta" model, which autocast ignores (it acts per device, and has no
+    meta). Inputs of the listed functions are cast as autocast casts them, through autograd (so backward
+    keeps what the real one keeps); like autocast, one cast per trainable leaf weight is kept for the
+    length of the region (its weight cache), other casts are temporaries."""
+
+    def __init__(self, dtype: torch.dtype, policy: str = "cuda") -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.fp32 = _FP32_CUDA if policy == "cuda" else _FP32_CPU
+        self.policy = policy
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def fresh(self) -> "_Autocast":
+        return _Autocast(self.dtype, self.policy)
+
+    def _cast(self, x, dtype: torch.dtype):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dtype in (dtype, torch.float64):
+            return x
+        if dtype is self.dtype and x.is_leaf and x.requires_grad:
+            if id(x) not in self.cache:
+                self.cache[id(x)] = (x, x.to(dtype))  # the source kept too: its id stays its own
+            return self.cache[id(x)][1]
+        return x.to(dtype)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dtype = self.dtype if func in _LOW_PRECISION else torch.float32 if func in self.fp32 else None
+        if dtype is None:
+            return func(*args, **kwargs)
+        cast = lambda v: [self._cast(x, dtype) for x in v] if isinstance(v, (list, tuple)) else self._cast(v, dtype)  # noqa: E731
+        return func(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+
+
+class _AdamW8bitState(torch.optim.Optimizer):
+    """What bitsandbytes' AdamW8bit allocates, for fake tensors (bitsandbytes runs no meta kernels): per
+    tensor of at least 4,096 values two uint8 moments of its shape, a float32 absmax per block of 256
+    values for each and a 256-entry float32 code map for each; smaller tensors two float32 moments. Its
+    update works in place (a fused kernel). Checked against bitsandbytes' own state in the tests."""
+
+    MIN_8BIT, BLOCK = 4096, 256
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or self.state[p]:
+                    continue
+                if p.numel() >= self.MIN_8BIT:
+                    blocks = -(-p.numel() // self.BLOCK)
+                    self.state[p] = {f"{k}{i}": t for i in (1, 2) for k, t in (
+                        ("state", torch.zeros_like(p, dtype=torch.uint8)), ("absmax", torch.zeros(blocks, device=p.device)),
+                        ("qmap", torch.zeros(256, device=p.device)))}
+                else:
+                    self.state[p] = {"state1": torch.zeros_like(p, dtype=torch.float32), "state2": torch.zeros_like(p, dtype=torch.float32)}
+
+
+def bnb_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in an optimizer's state."""
+    return sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of training on the GPU: `precision` (fp32, or bf16/fp16 mixed: the frozen model in that
+    dtype, the trained weights fp32, the forward autocast), gradient checkpointing, the optimizer. Written
+    as in `estimate.variants`: `fp16+ckpt+adamw8bit`."""
+
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        from methods.base import PRECISIONS
+
+        precision, *rest = str(text).split("+")
+        unknown = [r for r in rest if r not in ("ckpt", "adamw8bit")]
+        if precision not in PRECISIONS or unknown or len(set(rest)) != len(rest):
+            raise EstimateConfigError(f"estimate.variants: {text!r} is not <precision>[+ckpt][+adamw8bit] with precision one of {', '.join(PRECISIONS)}")
+        return cls(precision, "ckpt" in rest, "adamw8bit" if "adamw8bit" in rest else "adamw")
+
+    @property
+    def label(self) -> str:
+        return "+".join([self.precision] + (["ckpt"] if self.gradient_checkpointing else []) + (["adamw8bit"] if self.optimizer == "adamw8bit" else []))
+
+
+def _checkpoint_keeping_modes(function, *args, **kwargs):
+    """torch.utils.checkpoint whose recomputation (in backward) runs under the torch-function modes of
+    the forward: the estimate's attention kernel and autocast stand-ins act only where they are active,
+    and backward does not carry them over; without them the recomputation differs from the forward."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    modes = [m for m in _get_current_function_mode_stack() if isinstance(m, (_Attention, _Autocast))]
+
+    @contextlib.contextmanager
+    def recompute_context():
+        with contextlib.ExitStack() as stack:
+            for mode in modes:
+                stack.enter_context(mode.fresh())
+            yield
+
+    kwargs.pop("use_reentrant", None)
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), recompute_context()), **kwargs)
+
+
+def _keep_modes_in_recomputation(*modules: torch.nn.Module) -> None:
+    for module in modules:
+        for m in module.modules():
+            if getattr(m, "gradient_checkpointing", False) and hasattr(m, "_gradient_checkpointing_func"):
+                m._gradient_checkpointing_func = _checkpoint_keeping_modes
+
+
 def _on_meta(fn):
     def wrapped(*args, **kwargs):
         with torch.device("meta"):
@@ -180,19 +318,22 @@ def _on_meta(fn):
     return wrapped
 
 
-def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tuple[str, ...] = ("meta",), steps: bool = True) -> dict:
-    """Parameters, file bytes, training peak memory and FLOPs of one method on the model in `folder`
-    (`steps=False`: parameters and file bytes only, without running the training steps)."""
+def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tuple[str, ...] = ("meta",), steps: bool = True,
+                    variant: Variant = Variant(), policy: str = "cuda") -> dict:
+    """Parameters, file bytes, training peak memory and FLOPs of one method on the model in `folder`,
+    trained as `variant` (`steps=False`: parameters and file bytes only, without running the training
+    steps; `policy`: whose autocast lists a mixed-precision variant follows, "cuda" or "cpu")."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.data import load_world_concept
     from methods import build_method
-    from methods.base import TrainSettings, TrainStep
+    from methods.base import PRECISIONS, TrainSettings, TrainStep
 
     resolution = int(cfg.model.resolution)
     method = build_method(cfg, name)
-    settings = TrainSettings(steps=2, batch_size=int(cfg.train.batch_size), seed=0, progress=False)
+    settings = TrainSettings(steps=2, batch_size=int(cfg.train.batch_size), seed=0, progress=False, precision=variant.precision,
+                             gradient_checkpointing=variant.gradient_checkpointing)
     concept = load_world_concept("sks_crescent", int(cfg.data.n_images), resolution)
     if hasattr(method, "class_images"):  # DreamBooth's prior: the base model's images, here stand-ins of the same size
         method.class_images = lambda pipe, data, s: [concept.images[0]] * int(method.num_class_images)
@@ -200,13 +341,20 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
     out: dict = {}
     attention = _Attention() if str(cfg.estimate.attention) == "efficient" else contextlib.nullcontext()
     with FakeTensorMode(allow_non_fake_inputs=True), _fake_modules(), attention:
-        pipe = fake_pipeline(folder)
+        pipe = fake_pipeline(folder, PRECISIONS[variant.precision] or torch.float32)
         weights = module_storages(pipe.unet, pipe.text_encoder, pipe.vae)
         model_bytes = sum(s.nbytes() for s in weights)
         probe = TensorPeak(model_bytes, known=weights, device_types=device_types)
+        del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so
 
         def two_steps(pipe, params, instance, prior, s):
             step = TrainStep(method, pipe, params, instance, prior, s)
+            if variant.gradient_checkpointing:
+                _keep_modes_in_recomputation(pipe.unet, pipe.text_encoder)
+            if variant.optimizer == "adamw8bit":
+                step.opt = _AdamW8bitState(params)
+            if s.autocast_dtype is not None:
+                step.autocast = lambda: _Autocast(s.autocast_dtype, policy)
             out["trainable_params"] = sum(p.numel() for p in params)
             if not steps:
                 return []
@@ -218,8 +366,8 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
             # One denoising step with the method in place as trained (weight 1), guidance doubling the batch.
             n = 2 * int(cfg.estimate.gen_batch)
             latent = resolution // 8
-            x = torch.zeros(n, pipe.unet.config.in_channels, latent, latent, device="meta")
-            hidden = torch.zeros(n, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size, device="meta")
+            x = torch.zeros(n, pipe.unet.config.in_channels, latent, latent, device="meta", dtype=pipe.unet.dtype)
+            hidden = torch.zeros(n, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size, device="meta", dtype=pipe.unet.dtype)
             counter = FlopCounterMode(display=False)
             with torch.no_grad(), counter:
                 pipe.unet(x, torch.zeros(n, dtype=torch.long, device="meta"), encoder_hidden_states=hidden)
@@ -262,22 +410,26 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
         raise EstimateConfigError(f"estimate.gen_batch: images per denoising step, at least 1, got {e.gen_batch}")
     folder = arch_folder(cfg.model)
     device_types = ("meta",) if e.device == "cuda" else ("meta", "cpu")
-    rate = GPUS[str(e.gpu)]["tflops"][precision] * 1e12 * float(e.efficiency)
+    variants = [Variant.parse(v) for v in (e.get("variants") or ["fp32"])]
     rows = []
     for name in cfg.method:
-        start = time.perf_counter()
-        r = estimate_method(cfg, name, folder, device_types)
-        log.info("estimated %s on %s in %.1f s", name, cfg.model.name, time.perf_counter() - start)
-        step_s = r["train_step_flops"] / rate
-        rows.append({
-            "model": str(cfg.model.name), "method": name, "resolution": int(cfg.model.resolution), "batch": int(cfg.train.batch_size),
-            "trainable params": r["trainable_params"], "file (bytes)": r["file_bytes"],
-            "train peak memory (MiB)": r["peak_bytes"] / MIB, "model weights (MiB)": r["model_bytes"] / MIB,
-            "train step (GFLOP)": r["train_step_flops"] / 1e9, "gen step (GFLOP)": r["gen_step_flops"] / 1e9,
-            "gpu": str(e.gpu), "precision": precision, "efficiency": float(e.efficiency),
-            "est. s/step": step_s, f"est. train time, {int(cfg.train.steps)} steps (s)": step_s * int(cfg.train.steps),
-            "fits in GPU memory": r["peak_bytes"] / 2**30 <= GPUS[str(e.gpu)]["memory_gib"],
-        })
+        for variant in variants:
+            start = time.perf_counter()
+            r = estimate_method(cfg, name, folder, device_types, variant=variant)
+            log.info("estimated %s (%s) on %s in %.1f s", name, variant.label, cfg.model.name, time.perf_counter() - start)
+            # fp32 training runs at the configured fp32 math mode (fp32 or tf32); mixed precision at its dtype's rate.
+            math = precision if variant.precision == "fp32" else variant.precision
+            tflops = GPUS[str(e.gpu)]["tflops"].get(math)
+            step_s = r["train_step_flops"] / (tflops * 1e12 * float(e.efficiency)) if tflops else float("nan")
+            rows.append({
+                "model": str(cfg.model.name), "method": name, "variant": variant.label, "resolution": int(cfg.model.resolution),
+                "batch": int(cfg.train.batch_size), "trainable params": r["trainable_params"], "file (bytes)": r["file_bytes"],
+                "train peak memory (MiB)": r["peak_bytes"] / MIB, "model weights (MiB)": r["model_bytes"] / MIB,
+                "train step (GFLOP)": r["train_step_flops"] / 1e9, "gen step (GFLOP)": r["gen_step_flops"] / 1e9,
+                "gpu": str(e.gpu), "math": math, "efficiency": float(e.efficiency),
+                "est. s/step": step_s, f"est. train time, {int(cfg.train.steps)} steps (s)": step_s * int(cfg.train.steps),
+                "fits in GPU memory": r["peak_bytes"] / 2**30 <= GPUS[str(e.gpu)]["memory_gib"],
+            })
     return pd.DataFrame(rows)
 
 
@@ -290,14 +442,17 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     shown["trainable params"] = shown["trainable params"].map(lambda n: f"{n:,}")
     steps_col = next(c for c in shown.columns if c.startswith("est. train time"))
     shown["train peak memory"] = shown["train peak memory (MiB)"].map(lambda m: f"{m / 1024:.3g} GiB" if m >= 1024 else f"{m:.3g} MiB")
-    cols = ["method", "trainable params", "file", "train peak memory", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
+    cols = ["method", "variant", "trainable params", "file", "train peak memory", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
     where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
     head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
             f"From the architecture configs alone (`python run.py mode=estimate model={cfg.model.name}`): each method's own training code run "
-            f"on fake tensors. Memory: peak of live tensor bytes {where} during two fp32 training steps with AdamW, model weights included. "
-            f"FLOPs: one training step (forward + backward) and one denoising step ({2 * int(e.gen_batch)} samples with guidance). "
-            f"Time: training FLOPs / ({e.gpu} {e.precision} peak x efficiency {float(e.efficiency):g}), a rough figure. "
-            f"File: the size `save` writes, exact.\n\n")
+            f"on fake tensors. Memory: peak of live tensor bytes {where} during two training steps, model weights included. "
+            "Variant: `fp32` trains and keeps the model in fp32 with AdamW; `fp16`/`bf16`: mixed precision (the frozen model in that dtype, "
+            "trained weights in fp32, the forward under autocast as CUDA casts it), `ckpt`: gradient checkpointing, `adamw8bit`: bitsandbytes' "
+            "8-bit AdamW (the `train.*` options of the same names). "
+            f"FLOPs: one training step (forward + backward; recomputation included with `ckpt`) and one denoising step ({2 * int(e.gen_batch)} samples with guidance). "
+            f"Time: training FLOPs / ({e.gpu} peak at the variant's math, fp32 as `{e.precision}`, x efficiency {float(e.efficiency):g}), a rough figure. "
+            f"File: the size `save` writes, exact (DreamBooth's in the model's dtype).\n\n")
     return head + shown[cols].to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
@@ -307,21 +462,25 @@ def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float
     from bench.report import colours, human_bytes, plt, save_figure
 
     steps_col = next(c for c in table.columns if c.startswith("est. train time"))
+    table = table.reset_index(drop=True)
+    labels = [f"{m} · {v}" for m, v in zip(table.method, table.variant)] if "variant" in table else list(table.method)
     gib = table["train peak memory (MiB)"] / 1024
     panels = [(table["file (bytes)"], "file size", True, [human_bytes(v) for v in table["file (bytes)"]]),
               (gib, "training memory (GiB)", False, [f"{v:.3g} GiB" for v in gib]),
               (table[steps_col], steps_col.replace("est. ", "estimated "), False, [f"{v:.3g} s" for v in table[steps_col]])]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 1.2 + 0.32 * len(table)))
     colour = colours(list(table.method))  # each method in the report's colour
     for ax, (values, label, log, texts) in zip(axes, panels):
-        ax.barh(table.method, values, color=[colour[m] for m in table.method])
+        ax.barh(range(len(table)), values, color=[colour[m] for m in table.method])
+        ax.set_yticks(range(len(table)), labels, fontsize=8)
         if log:
             ax.set_xscale("log")
             ax.set_xticks([1e3, 1e6, 1e9])
             ax.set_xticklabels(["1 KB", "1 MB", "1 GB"])
         ax.set_xlabel(label)
         for y, (v, text) in enumerate(zip(values, texts)):
-            ax.text(v, y, f" {text}", va="center", fontsize=8)
+            if v == v:  # no text for a missing (NaN) time
+                ax.text(v, y, f" {text}", va="center", fontsize=8)
         ax.margins(x=0.3)
         ax.invert_yaxis()
     if gpu_gib:

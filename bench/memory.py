@@ -67,6 +67,9 @@ class TensorPeak:
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         for storage in known:
             self._seen[storage] = 0
+            # A known weight freed while watched (e.g. a half-precision weight replaced by its fp32 master
+            # copy) leaves the baseline: it no longer needs memory.
+            weakref.finalize(storage, self._freed, storage.nbytes())
         self._mode: _Watch | None = None
 
     def _track(self, storage) -> None:

@@ -50,7 +50,7 @@ def micro_rows(steps: int) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_cfg(f"train.steps={steps}", f"results_dir={tmp}", "progress=false", "estimate.device=cpu")
+        cfg = compose_cfg(f"train.steps={steps}", f"results_dir={tmp}", "progress=false", "estimate.device=cpu", "estimate.variants=[fp32]")
         est = estimate(cfg).set_index("method")
         pipe = load_pipeline(cfg.model, "cpu")
         concept = load_world_concept("sks_crescent", int(cfg.data.n_images), int(cfg.model.resolution))

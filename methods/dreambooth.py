@@ -144,7 +144,7 @@ class DreamBooth(Method):
         self._dtypes = {n: next(m.parameters()).dtype for n, m in self._components(pipe).items()}
         params = []
         for module in self._components(pipe).values():
-            module.to(torch.float32)
+            _cast_parameters(module, torch.float32)
             module.requires_grad_(True)
             params.extend(module.parameters())
         return params
@@ -154,7 +154,7 @@ class DreamBooth(Method):
         for name, module in self._components(pipe).items():
             module.requires_grad_(False)
             if name in self._dtypes:
-                module.to(self._dtypes[name])  # the tuned model in the base model's dtype, as it is saved
+                _cast_parameters(module, self._dtypes[name])  # the tuned model in the base model's dtype, as it is saved
             tuned = module.state_dict()
             for k, base in self._base.get(name, {}).items():
                 if tuned[k].is_floating_point() and not torch.equal(tuned[k].to(base.device), base):
@@ -260,3 +260,11 @@ class DreamBooth(Method):
 def _read_rgb(path: Path) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Floating parameters and buffers to `dtype` in place (the same Parameter objects, so an optimizer or
+    hook holding them still does; `Module.to` may swap them for new ones, and cannot on fake tensors)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)

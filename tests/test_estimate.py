@@ -1,6 +1,7 @@
 """mode=estimate: file sizes exact against safetensors itself and against real trainings' files, the SD 1.5
 parameter facts of ../shared/REFERENCE.md from the architecture configs alone, and bad keys named."""
 
+import importlib.util
 import json
 import random
 import subprocess
@@ -74,7 +75,8 @@ def test_micro_estimate_matches_real_trainings_parameters_and_files_exactly(tmp_
 
 
 @pytest.mark.parametrize(("override", "key"), [("estimate.gpu=B200X", "estimate.gpu"), ("estimate.efficiency=0", "estimate.efficiency"),
-                                               ("estimate.attention=flash9", "estimate.attention"), ("estimate.precision=fp8", "estimate.precision")])
+                                               ("estimate.attention=flash9", "estimate.attention"), ("estimate.precision=fp8", "estimate.precision"),
+                                               ("estimate.variants=[fp16+ckpt+sgd]", "estimate.variants")])
 def test_bad_estimate_settings_name_the_key(override, key):
     with pytest.raises(EstimateConfigError, match=key.replace(".", r"\.")):
         estimate(config(override))
@@ -90,7 +92,15 @@ def test_mode_estimate_counts_memory_and_flops_writes_table_and_figure_and_names
     assert "| lora" in ok.stdout and "| dreambooth" in ok.stdout
     for ext in ("md", "csv", "png", "svg"):
         assert (tmp_path / "estimate" / f"estimate_micro.{ext}").stat().st_size > 0
-    table = pd.read_csv(tmp_path / "estimate" / "estimate_micro.csv").set_index("method")
+    every = pd.read_csv(tmp_path / "estimate" / "estimate_micro.csv")
+    assert set(every.variant) == {"fp32", "fp16", "fp16+ckpt", "fp16+ckpt+adamw8bit"}  # the default ladder, a row per method each
+    by = every.set_index(["method", "variant"])["train peak memory (MiB)"]
+    for name in ("lora", "dreambooth"):  # each rung needs less than the one before (8-bit moments: only DreamBooth has tensors that large)
+        assert by[name, "fp32"] > by[name, "fp16"] > by[name, "fp16+ckpt"] >= by[name, "fp16+ckpt+adamw8bit"], name
+    assert by["dreambooth", "fp16+ckpt"] - by["dreambooth", "fp16+ckpt+adamw8bit"] > 4_222_948 * 5 / 2**20  # 8 of AdamW's bytes per weight become ~2
+    files = every.set_index(["method", "variant"])["file (bytes)"]
+    assert abs(files["dreambooth", "fp16"] / files["dreambooth", "fp32"] - 0.5) < 0.01  # DreamBooth's file in the model's dtype
+    table = every[every.variant == "fp32"].set_index("method")
     # DreamBooth keeps gradients and two AdamW moments for every UNet weight; LoRA for a few thousand.
     unet_mib = 4_222_948 * 4 / 2**20
     assert table.loc["dreambooth", "train peak memory (MiB)"] > table.loc["lora", "train peak memory (MiB)"] + 3 * unet_mib
@@ -98,3 +108,31 @@ def test_mode_estimate_counts_memory_and_flops_writes_table_and_figure_and_names
     assert table.loc["lora", "gen step (GFLOP)"] > table.loc["dreambooth", "gen step (GFLOP)"]  # the adapter's own matmuls
     bad = subprocess.run([sys.executable, "run.py", "mode=estimate", "estimate.gpu=Z1", f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "estimate.gpu" in bad.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes (the bnb extra) is not installed")
+def test_mixed_precision_and_8bit_estimates_match_real_cpu_trainings(tmp_path):
+    """The autocast stand-in (with the CPU's autocast lists) and the 8-bit AdamW state stand-in against
+    torch's own CPU autocast and bitsandbytes on real micro trainings: the same tensor peak."""
+    from bench.cost import measure_training
+    from bench.data import load_world_concept
+    from bench.estimate import Variant, _AdamW8bitState, bnb_state_bytes
+    from bench.models import load_pipeline
+    from methods import build_method
+    from methods.base import TrainSettings, make_optimizer
+
+    cfg = config("method=[dreambooth]", "method.dreambooth.prior_preservation=false", "train.steps=3", f"results_dir={tmp_path}")
+    concept = load_world_concept("sks_crescent", 8, 64)
+    pipe = load_pipeline({"name": "micro", "embedded": True, "dtype": "bfloat16"}, "cpu")
+    variant = Variant.parse("bf16+adamw8bit")
+    est = estimate_method(cfg, "dreambooth", arch_folder(cfg.model), ("meta", "cpu"), variant=variant, policy="cpu")
+    settings = TrainSettings(steps=3, batch_size=4, progress=False, precision="bf16", optimizer="adamw8bit")
+    _, cost = measure_training(build_method(cfg, "dreambooth"), pipe, concept, settings, tmp_path / "db")
+    assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (est["peak_bytes"] / 2**20, cost.peak_mem_mib)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (10, 4095, 4096, 5000, 70_000)]
+    real, stand_in = make_optimizer(params, 1e-3, 0.0, "adamw8bit"), _AdamW8bitState(params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    real.step()
+    stand_in.step()
+    assert bnb_state_bytes(stand_in) == bnb_state_bytes(real)
