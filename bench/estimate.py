@@ -506,7 +506,7 @@ def run_estimate(cfg: DictConfig) -> int:
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)
     figure(table, folder, stem.name, f"{cfg.model.name}, {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}: file, training memory, "
-           f"time on {cfg.estimate.gpu} ({cfg.estimate.precision}, efficiency {float(cfg.estimate.efficiency):g})",
+           f"time on {cfg.estimate.gpu} (fp32 math {cfg.estimate.precision}, mixed at its dtype; efficiency {float(cfg.estimate.efficiency):g})",
            gpu_gib=GPUS[str(cfg.estimate.gpu)]["memory_gib"] if cfg.estimate.device == "cuda" else None)
     print(f"adapterbench: estimate written to {stem}.{{md,csv,png,svg}}")
     return 0
