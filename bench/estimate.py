@@ -284,6 +284,12 @@ class Variant:
         return "+".join([self.precision] + (["ckpt"] if self.gradient_checkpointing else []) + (["adamw8bit"] if self.optimizer == "adamw8bit" else []))
 
 
+def configured_variant(cfg: DictConfig) -> Variant:
+    """The variant `train.*` of this config trains as (what `mode=run` with the same overrides would do)."""
+    t = cfg.train
+    return Variant(str(t.get("precision", "fp32")), bool(t.get("gradient_checkpointing", False)), str(t.get("optimizer", "adamw")))
+
+
 def _checkpoint_keeping_modes(function, *args, **kwargs):
     """torch.utils.checkpoint whose recomputation (in backward) runs under the torch-function modes of
     the forward: the estimate's attention kernel and autocast stand-ins act only where they are active,
@@ -411,6 +417,9 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
     folder = arch_folder(cfg.model)
     device_types = ("meta",) if e.device == "cuda" else ("meta", "cpu")
     variants = [Variant.parse(v) for v in (e.get("variants") or ["fp32"])]
+    configured = configured_variant(cfg)
+    if configured not in variants:  # the run this config would train is always among the rows
+        variants.insert(0, configured)
     rows = []
     for name in cfg.method:
         for variant in variants:
@@ -422,7 +431,8 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
             tflops = GPUS[str(e.gpu)]["tflops"].get(math)
             step_s = r["train_step_flops"] / (tflops * 1e12 * float(e.efficiency)) if tflops else float("nan")
             rows.append({
-                "model": str(cfg.model.name), "method": name, "variant": variant.label, "resolution": int(cfg.model.resolution),
+                "model": str(cfg.model.name), "method": name, "variant": variant.label, "as configured": variant == configured,
+                "resolution": int(cfg.model.resolution),
                 "batch": int(cfg.train.batch_size), "trainable params": r["trainable_params"], "file (bytes)": r["file_bytes"],
                 "train peak memory (MiB)": r["peak_bytes"] / MIB, "model weights (MiB)": r["model_bytes"] / MIB,
                 "train step (GFLOP)": r["train_step_flops"] / 1e9, "gen step (GFLOP)": r["gen_step_flops"] / 1e9,
@@ -442,6 +452,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     shown["trainable params"] = shown["trainable params"].map(lambda n: f"{n:,}")
     steps_col = next(c for c in shown.columns if c.startswith("est. train time"))
     shown["train peak memory"] = shown["train peak memory (MiB)"].map(lambda m: f"{m / 1024:.3g} GiB" if m >= 1024 else f"{m:.3g} MiB")
+    shown["variant"] = [f"**{v}** (train.*)" if c else v for v, c in zip(shown["variant"], shown["as configured"])]
     cols = ["method", "variant", "trainable params", "file", "train peak memory", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
     where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
     head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
@@ -449,7 +460,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
             f"on fake tensors. Memory: peak of live tensor bytes {where} during two training steps, model weights included. "
             "Variant: `fp32` trains and keeps the model in fp32 with AdamW; `fp16`/`bf16`: mixed precision (the frozen model in that dtype, "
             "trained weights in fp32, the forward under autocast as CUDA casts it), `ckpt`: gradient checkpointing, `adamw8bit`: bitsandbytes' "
-            "8-bit AdamW (the `train.*` options of the same names). "
+            "8-bit AdamW (the `train.*` options of the same names); in bold, the variant this config's `train.*` trains. "
             f"FLOPs: one training step (forward + backward; recomputation included with `ckpt`) and one denoising step ({2 * int(e.gen_batch)} samples with guidance). "
             f"Time: training FLOPs / ({e.gpu} peak at the variant's math, fp32 as `{e.precision}`, x efficiency {float(e.efficiency):g}), a rough figure. "
             f"File: the size `save` writes, exact (DreamBooth's in the model's dtype).\n\n")

@@ -48,6 +48,10 @@ def core_budget() -> tuple[int, str]:
     limit = os.environ.get("OMP_NUM_THREADS", "").strip()
     if limit.isdigit() and int(limit) >= 1:
         return min(cores, int(limit)), f"OMP_NUM_THREADS={limit}"
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        # submitit's local executor (hydra/launcher=cluster_local) starts all jobs at once on this machine
+        # and says nothing of the cores: one thread each, or they spin against each other.
+        return 1, "submitit local executor"
     return cores, "usable cores"
 
 

@@ -424,7 +424,10 @@ def encode_images(pipe, images) -> torch.Tensor:
 
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) for im in images])
     x = (x / 127.5 - 1.0).to(pipe.vae.device, pipe.vae.dtype)
-    chunks = [pipe.vae.encode(x[i : i + 32]).latent_dist.mean for i in range(0, len(x), 32)]
+    # As many images per VAE call as 32 at 64 px: at 512 px the encoder's activations for a batch of 8
+    # would be the largest thing a LoRA training ever holds (several GiB), so SD-scale images go one at a time.
+    n = max(1, 32 * 64 * 64 // (x.shape[-2] * x.shape[-1]))
+    chunks = [pipe.vae.encode(x[i : i + n]).latent_dist.mean for i in range(0, len(x), n)]
     return torch.cat(chunks).float().cpu() * pipe.vae.config.scaling_factor
 
 

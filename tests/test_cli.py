@@ -1,6 +1,7 @@
 """Hydra's composition errors become the README's promise: one line naming the override, exit 2,
 before any work (and, for a multirun, before any of its jobs runs)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,22 @@ def test_a_multirun_with_one_bad_job_stops_before_the_first_job(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "method.rank" in lines[0] and "16x" in lines[0], r.stderr
     assert not (tmp_path / "train").exists()
+
+
+def test_the_cluster_launcher_runs_a_multirun_here_one_thread_per_job(tmp_path):
+    """Hydra's submitit launcher (slurm_gpu.yaml's) with its local executor: two jobs, each its own
+    process, each given one thread because they run at once; both finish into one results dir."""
+    import json
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "run.py", "-m", "method=lora,textual_inversion", "train=smoke", "sweep=smoke", "data.concepts=[sks_crescent]",
+                        "seeds=[0]", "metrics.oracle=false", "progress=false", f"results_dir={tmp_path}", "hydra/launcher=cluster_local"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((tmp_path / "hydra").glob("multirun_*/.submitit/*"))  # submitit ran the jobs
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "train").glob("*/run.json")]
+    assert sorted(next(iter(run["config"]["method"])) for run in runs) == ["lora", "textual_inversion"]
+    for run in runs:
+        hardware = run["hardware"]
+        assert hardware["core_budget"] == 1 and hardware["core_budget_source"] == "submitit local executor", hardware

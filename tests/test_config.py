@@ -17,7 +17,7 @@ REQUIRED = {("model", "sd15"): ["model.path=/models/sd15"], ("model", "sd21"): [
 
 
 def group_options():
-    for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
+    for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment")):  # experiments: below
         for yaml in sorted(group_dir.glob("*.yaml")):
             yield group_dir.name, yaml.stem
 
@@ -54,3 +54,29 @@ def test_every_option_composes(group, option):
 def test_misspelt_key_fails_at_composition():
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
         _compose(["model.resolutoin=32"])
+
+
+def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_path):
+    """conf/experiment/*.yaml: each composes with the paths a user supplies, every value passes the checks a
+    run makes before training, and mode=estimate with it includes the variant it trains."""
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import register
+    from bench.estimate import Variant, configured_variant
+    from methods import build_method
+    from methods.base import TrainSettings
+
+    register()
+    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert experiments
+    for name in experiments:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[f"+experiment={name}", "model.path=/models/sd15", "data.path=/data/10_sks dog",
+                                               f"results_dir={tmp_path}"])
+        assert cfg.model.name in ("sd15", "sd21") and cfg.data.path
+        settings = TrainSettings.from_config(cfg)
+        assert settings.precision in ("fp16", "bf16") and settings.gradient_checkpointing  # what fits a GPU
+        assert sorted(cfg.method) == ["dreambooth", "hypernetwork", "lora", "textual_inversion"], name
+        for method in cfg.method:
+            build_method(cfg, method)  # every hyper-parameter accepted
+        assert configured_variant(cfg) == Variant(settings.precision, settings.gradient_checkpointing, settings.optimizer)
