@@ -416,6 +416,10 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
         raise EstimateConfigError(f"estimate.gen_batch: images per denoising step, at least 1, got {e.gen_batch}")
     folder = arch_folder(cfg.model)
     device_types = ("meta",) if e.device == "cuda" else ("meta", "cpu")
+    from methods import build_method
+
+    for name in cfg.method:
+        build_method(cfg, name)  # every method's settings checked before the first (slow) estimate
     variants = [Variant.parse(v) for v in (e.get("variants") or ["fp32"])]
     configured = configured_variant(cfg)
     if configured not in variants:  # the run this config would train is always among the rows

@@ -16,6 +16,11 @@ def build_method(cfg, name: str):
     available = list(cfg.get("method") or {})
     if name not in available:
         raise MethodConfigError(f"method: unknown method {name!r}; configured: {', '.join(available) or 'none'}")
+    if "_target_" not in cfg.method[name]:
+        # Hyper-parameters without a method: e.g. an experiment's settings for a method that `method=[...]`
+        # left out. Hydra's `~method.<name>` removes them.
+        raise MethodConfigError(f"method.{name}: only {', '.join(cfg.method[name]) or 'nothing'} set and no method selected; "
+                                f"add {name} to method=[...] or drop its settings with '~method.{name}'")
     try:
         method = instantiate(cfg.method[name])
     except InstantiationException as e:

@@ -80,3 +80,13 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
         for method in cfg.method:
             build_method(cfg, method)  # every hyper-parameter accepted
         assert configured_variant(cfg) == Variant(settings.precision, settings.gradient_checkpointing, settings.optimizer)
+    # A subset of an experiment's methods: '~method.<name>' drops one; method=[...] alone leaves the
+    # experiment's settings of the others behind, and that is one clear error, not a failed import.
+    from methods.base import MethodConfigError
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        fewer = compose("config", overrides=[f"+experiment={experiments[0]}", "model.path=/m", "data.path=/d", "~method.dreambooth"])
+        stray = compose("config", overrides=[f"+experiment={experiments[0]}", "model.path=/m", "data.path=/d", "method=[lora]"])
+    assert sorted(fewer.method) == ["hypernetwork", "lora", "textual_inversion"]
+    with pytest.raises(MethodConfigError, match=r"~method\.dreambooth"):
+        build_method(stray, "dreambooth")
