@@ -474,7 +474,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
 def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float | None = None) -> Path:
     """File size (log scale: bytes to gigabytes), training memory (with the GPU's memory as a line) and
     estimated training time per method, as out/name.{png,svg}."""
-    from bench.report import colours, human_bytes, plt, save_figure
+    from bench.report import colours, human_bytes, method_rank, plt, save_figure
 
     steps_col = next(c for c in table.columns if c.startswith("est. train time"))
     table = table.reset_index(drop=True)
@@ -484,7 +484,7 @@ def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float
               (gib, "training memory (GiB)", False, [f"{v:.3g} GiB" for v in gib]),
               (table[steps_col], steps_col.replace("est. ", "estimated "), False, [f"{v:.3g} s" for v in table[steps_col]])]
     fig, axes = plt.subplots(1, 3, figsize=(13, 1.2 + 0.32 * len(table)))
-    colour = colours(list(table.method))  # each method in the report's colour
+    colour = colours(sorted(set(table.method), key=method_rank))  # each method in the report's colour (a row per variant)
     for ax, (values, label, log, texts) in zip(axes, panels):
         ax.barh(range(len(table)), values, color=[colour[m] for m in table.method])
         ax.set_yticks(range(len(table)), labels, fontsize=8)

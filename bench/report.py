@@ -281,10 +281,6 @@ def save_figure(fig, out: Path, name: str) -> Path:
     return png
 
 
-def colours(methods: list[str]) -> dict[str, str]:
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
-
-
 def arm_means(df: pd.DataFrame, metric: str) -> dict[str, float]:
     """Label -> mean over runs of a run-level metric (cost)."""
     labels = arm_labels(df.assign(sweep=None))
