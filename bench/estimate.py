@@ -5,7 +5,7 @@ memory does its training need, how long is a step. This builds the model's real 
 its configs (`bench/arch/<name>/`, JSON only: no weights, no hub) as fake tensors (shapes and dtypes, no
 data: `torch._subclasses.FakeTensorMode`), and then runs each method's own code on them:
 
-- `Method.train`, unchanged, with its optimizer loop replaced by two `TrainStep`s (the same forward,
+- `Method.train`, unchanged, with its optimizer loop replaced by `TrainStep`s (the same forward,
   loss, backward and AdamW step the real loop runs), watched by the `TensorPeak` probe the CPU
   measurement uses: the peak of live tensor bytes on the model's device, model weights included;
 - `torch.utils.flop_counter` over the second training step and over one denoising step at weight 1;
@@ -365,6 +365,10 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
             if not steps:
                 return []
             step.update(step.loss())  # the first step creates the optimizer state
+            step.update(step.loss())  # a steady step: the training's peak
+            # FLOPs on a third step, unwatched: the counter's module hooks keep a checkpointed block's
+            # recomputed tensors alive longer than training does (micro: +7-35 % when it was watched).
+            probe.stop()
             counter = FlopCounterMode(display=False)
             with counter:
                 step.update(step.loss())
@@ -461,7 +465,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
     head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
             f"From the architecture configs alone (`python run.py mode=estimate model={cfg.model.name}`): each method's own training code run "
-            f"on fake tensors. Memory: peak of live tensor bytes {where} during two training steps, model weights included. "
+            f"on fake tensors. Memory: peak of live tensor bytes {where} during the first two training steps, model weights included. "
             "Variant: `fp32` trains and keeps the model in fp32 with AdamW; `fp16`/`bf16`: mixed precision (the frozen model in that dtype, "
             "trained weights in fp32, the forward under autocast as CUDA casts it), `ckpt`: gradient checkpointing, `adamw8bit`: bitsandbytes' "
             "8-bit AdamW (the `train.*` options of the same names); in bold, the variant this config's `train.*` trains. "

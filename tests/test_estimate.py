@@ -111,7 +111,7 @@ def test_mode_estimate_counts_memory_and_flops_writes_table_and_figure_and_names
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes (the bnb extra) is not installed")
-def test_mixed_precision_and_8bit_estimates_match_real_cpu_trainings(tmp_path):
+def test_mixed_precision_checkpointing_and_8bit_estimates_match_real_cpu_trainings(tmp_path):
     """The autocast stand-in (with the CPU's autocast lists) and the 8-bit AdamW state stand-in against
     torch's own CPU autocast and bitsandbytes on real micro trainings: the same tensor peak."""
     from bench.cost import measure_training
@@ -121,13 +121,19 @@ def test_mixed_precision_and_8bit_estimates_match_real_cpu_trainings(tmp_path):
     from methods import build_method
     from methods.base import TrainSettings, make_optimizer
 
-    cfg = config("method=[dreambooth]", "method.dreambooth.prior_preservation=false", "train.steps=3", f"results_dir={tmp_path}")
+    cfg = config("method=[dreambooth,lora]", "method.dreambooth.prior_preservation=false", "train.steps=3", f"results_dir={tmp_path}")
     concept = load_world_concept("sks_crescent", 8, 64)
     pipe = load_pipeline({"name": "micro", "embedded": True, "dtype": "bfloat16"}, "cpu")
     variant = Variant.parse("bf16+adamw8bit")
     est = estimate_method(cfg, "dreambooth", arch_folder(cfg.model), ("meta", "cpu"), variant=variant, policy="cpu")
     settings = TrainSettings(steps=3, batch_size=4, progress=False, precision="bf16", optimizer="adamw8bit")
     _, cost = measure_training(build_method(cfg, "dreambooth"), pipe, concept, settings, tmp_path / "db")
+    assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (est["peak_bytes"] / 2**20, cost.peak_mem_mib)
+    # Gradient checkpointing: the recomputation in backward, on the fake tensors as on the real ones.
+    ckpt = Variant.parse("fp32+ckpt")
+    est = estimate_method(cfg, "lora", arch_folder(cfg.model), ("meta", "cpu"), variant=ckpt, policy="cpu")
+    full = load_pipeline({"name": "micro", "embedded": True, "dtype": "float32"}, "cpu")
+    _, cost = measure_training(build_method(cfg, "lora"), full, concept, TrainSettings(steps=3, batch_size=4, progress=False, gradient_checkpointing=True), tmp_path / "lora")
     assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (est["peak_bytes"] / 2**20, cost.peak_mem_mib)
     params = [torch.nn.Parameter(torch.randn(n)) for n in (10, 4095, 4096, 5000, 70_000)]
     real, stand_in = make_optimizer(params, 1e-3, 0.0, "adamw8bit"), _AdamW8bitState(params)
