@@ -108,6 +108,8 @@ def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
 
+    from methods.base import cast_parameters
+
     if (folder / "text_encoder_2").is_dir():
         raise EstimateConfigError(f"model: {folder.name} has two text encoders (SDXL); this version estimates single-encoder models (SD 1.x/2.x, micro)")
     text_config = CLIPTextConfig(**_config(folder, "text_encoder"))
@@ -119,9 +121,7 @@ def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
     scheduler = DDPMScheduler.from_config(_config(folder, "scheduler"))
     for m in (unet, vae, text_encoder):
         m.eval()
-        for t in [*m.parameters(), *m.buffers()]:
-            if t.is_floating_point():
-                t.data = t.data.to(dtype)
+        cast_parameters(m, dtype)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.register_to_config(_name_or_path=str(folder))

@@ -445,3 +445,11 @@ def encode_text(pipe, input_ids: torch.Tensor) -> torch.Tensor:
 def encode_set(pipe, images, prompts: list[str], with_text: bool) -> TrainingSet:
     ids = tokenize(pipe, prompts)
     return TrainingSet(encode_images(pipe, images), ids, encode_text(pipe, ids) if with_text else None)
+
+
+def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Floating parameters and buffers to `dtype` in place (the same Parameter objects, so an optimizer or
+    hook holding them still does; `Module.to` may swap them for new ones, and cannot on fake tensors)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)

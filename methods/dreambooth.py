@@ -21,7 +21,7 @@ from bench.data import ConceptData
 from bench.images import generate
 from bench.io import atomic_dir, checksums, record_damage
 from bench.single_file import save_single_file
-from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, check_positive, encode_set
+from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, cast_parameters, check_positive, encode_set
 
 CHECKSUMS = "checksums.json"  # beside cached class images
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
@@ -144,7 +144,7 @@ class DreamBooth(Method):
         self._dtypes = {n: next(m.parameters()).dtype for n, m in self._components(pipe).items()}
         params = []
         for module in self._components(pipe).values():
-            _cast_parameters(module, torch.float32)
+            cast_parameters(module, torch.float32)
             module.requires_grad_(True)
             params.extend(module.parameters())
         return params
@@ -154,7 +154,7 @@ class DreamBooth(Method):
         for name, module in self._components(pipe).items():
             module.requires_grad_(False)
             if name in self._dtypes:
-                _cast_parameters(module, self._dtypes[name])  # the tuned model in the base model's dtype, as it is saved
+                cast_parameters(module, self._dtypes[name])  # the tuned model in the base model's dtype, as it is saved
             tuned = module.state_dict()
             for k, base in self._base.get(name, {}).items():
                 if tuned[k].is_floating_point() and not torch.equal(tuned[k].to(base.device), base):
@@ -260,11 +260,3 @@ class DreamBooth(Method):
 def _read_rgb(path: Path) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")
-
-
-def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Floating parameters and buffers to `dtype` in place (the same Parameter objects, so an optimizer or
-    hook holding them still does; `Module.to` may swap them for new ones, and cannot on fake tensors)."""
-    for t in [*module.parameters(), *module.buffers()]:
-        if t.is_floating_point() and t.dtype != dtype:
-            t.data = t.data.to(dtype)
