@@ -98,6 +98,8 @@ def size_on_disk(path: Path) -> int:
 
 def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[object, TrainCost]:
     """Train `method` on `data`, save its artifact under `out_dir`, and measure both."""
+    from methods.base import text_encoders
+
     device = pipe.unet.device
     reset_process_peak_rss()
     if device.type == "cuda":
@@ -106,7 +108,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         model_bytes = torch.cuda.memory_allocated(device)
         probe = None
     else:
-        weights = module_storages(pipe.unet, pipe.text_encoder, pipe.vae)
+        weights = module_storages(pipe.unet, pipe.vae, *text_encoders(pipe))
         model_bytes = sum(s.nbytes() for s in weights)
         probe = TensorPeak(model_bytes, known=weights)
         del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so

@@ -101,29 +101,35 @@ def _config(folder: Path, component: str) -> dict:
 
 
 def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
-    """A StableDiffusionPipeline whose modules are built from `folder`'s configs as fake tensors on "meta",
-    its weights in `dtype`.
+    """The pipeline (SD, or SDXL when `folder` has a second text encoder) whose modules are built from
+    `folder`'s configs as fake tensors on "meta", its weights in `dtype`.
     Call inside a FakeTensorMode. The tokenizer is the micro model's (its token ids are valid in any CLIP
     vocabulary), padded to the text encoder's length: costs depend on lengths, not on which words."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast
 
     from methods.base import cast_parameters
 
-    if (folder / "text_encoder_2").is_dir():
-        raise EstimateConfigError(f"model: {folder.name} has two text encoders (SDXL); this version estimates single-encoder models (SD 1.x/2.x, micro)")
     text_config = CLIPTextConfig(**_config(folder, "text_encoder"))
+    sdxl = (folder / "text_encoder_2").is_dir()
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(_config(folder, "unet"))
         vae = AutoencoderKL.from_config(_config(folder, "vae"))
         text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_config(folder, "text_encoder_2"))) if sdxl else None
     tokenizer = CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=text_config.max_position_embeddings)
     scheduler = DDPMScheduler.from_config(_config(folder, "scheduler"))
-    for m in (unet, vae, text_encoder):
-        m.eval()
-        cast_parameters(m, dtype)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    for m in (unet, vae, text_encoder, text_encoder_2):
+        if m is not None:
+            m.eval()
+            cast_parameters(m, dtype)
+    if sdxl:
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                         tokenizer_2=CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=text_config.max_position_embeddings),
+                                         unet=unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.register_to_config(_name_or_path=str(folder))
     return pipe
 
@@ -334,7 +340,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
 
     from bench.data import load_world_concept
     from methods import build_method
-    from methods.base import PRECISIONS, TrainSettings, TrainStep
+    from methods.base import PRECISIONS, TrainSettings, TrainStep, added_conditions, text_condition, text_encoders, tokenize
 
     resolution = int(cfg.model.resolution)
     method = build_method(cfg, name)
@@ -348,7 +354,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
     attention = _Attention() if str(cfg.estimate.attention) == "efficient" else contextlib.nullcontext()
     with FakeTensorMode(allow_non_fake_inputs=True), _fake_modules(), attention:
         pipe = fake_pipeline(folder, PRECISIONS[variant.precision] or torch.float32)
-        weights = module_storages(pipe.unet, pipe.text_encoder, pipe.vae)
+        weights = module_storages(pipe.unet, pipe.vae, *text_encoders(pipe))
         model_bytes = sum(s.nbytes() for s in weights)
         probe = TensorPeak(model_bytes, known=weights, device_types=device_types)
         del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so
@@ -356,7 +362,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
         def two_steps(pipe, params, instance, prior, s):
             step = TrainStep(method, pipe, params, instance, prior, s)
             if variant.gradient_checkpointing:
-                _keep_modes_in_recomputation(pipe.unet, pipe.text_encoder)
+                _keep_modes_in_recomputation(pipe.unet, *text_encoders(pipe))
             if variant.optimizer == "adamw8bit":
                 step.opt = _AdamW8bitState(params)
             if s.autocast_dtype is not None:
@@ -375,12 +381,14 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
             out["train_step_flops"] = counter.get_total_flops()
             # One denoising step with the method in place as trained (weight 1), guidance doubling the batch.
             n = 2 * int(cfg.estimate.gen_batch)
-            latent = resolution // 8
+            latent = resolution // pipe.vae_scale_factor
             x = torch.zeros(n, pipe.unet.config.in_channels, latent, latent, device="meta", dtype=pipe.unet.dtype)
-            hidden = torch.zeros(n, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size, device="meta", dtype=pipe.unet.dtype)
+            with torch.no_grad():
+                hidden, pooled = text_condition(pipe, tokenize(pipe, ["a sks shape"] * n).to("meta"))
             counter = FlopCounterMode(display=False)
             with torch.no_grad(), counter:
-                pipe.unet(x, torch.zeros(n, dtype=torch.long, device="meta"), encoder_hidden_states=hidden)
+                pipe.unet(x, torch.zeros(n, dtype=torch.long, device="meta"), encoder_hidden_states=hidden.to(x.dtype),
+                          added_cond_kwargs=added_conditions(pipe, [pooled], x))
             out["gen_step_flops"] = counter.get_total_flops()
             return []
 

@@ -1,6 +1,7 @@
 """Load the base model a `model` config names: the embedded micro SD, or SD 1.5 / 2.1 from disk.
 
-One code path for all of them: a diffusers `StableDiffusionPipeline`, loaded offline.
+One code path for all of them: a diffusers `StableDiffusionPipeline` (SD 1.x/2.x, micro) or
+`StableDiffusionXLPipeline` (SDXL), whichever the model folder's `model_index.json` names, loaded offline.
 """
 
 from __future__ import annotations
@@ -69,17 +70,34 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline(cfg, device: str = "auto"):
-    """A `StableDiffusionPipeline` on the configured device and dtype, with progress bars off."""
-    from diffusers import StableDiffusionPipeline
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
+
+def pipeline_class(folder: Path, key: str = "model.path"):
+    """The diffusers pipeline class a model folder's `model_index.json` names (SD or SDXL)."""
+    import json
+
+    import diffusers
+
+    name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    if name not in PIPELINES:
+        raise ModelConfigError(f"{key}: {folder} holds a {name} model; this harness trains {' and '.join(PIPELINES)} models")
+    return getattr(diffusers, name)
+
+
+def load_pipeline(cfg, device: str = "auto"):
+    """The model's pipeline (SD or SDXL) on the configured device and dtype, with progress bars off."""
     quiet_libraries()
     path = model_path(cfg)
     dev = resolve_device(device)
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), dev)
-    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    def common(cls) -> dict:
+        # SD 1.x/2.x folders may name a safety checker we neither have nor want; SDXL pipelines have none.
+        return dict(dtype=dtype, **({"safety_checker": None, "requires_safety_checker": False} if cls.__name__ == "StableDiffusionPipeline" else {}))
+
     if path.is_dir():
-        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
+        cls = pipeline_class(path)
+        pipe = cls.from_pretrained(path, local_files_only=True, **common(cls))
     else:
         # A single-file checkpoint carries weights only; the component configs come from a local
         # diffusers folder of the same architecture (model.config_path), since no hub is reachable.
@@ -91,7 +109,10 @@ def load_pipeline(cfg, device: str = "auto"):
             )
         if not Path(config).is_dir():
             raise ModelConfigError(f"model.config_path: {config} does not exist")
-        pipe = StableDiffusionPipeline.from_single_file(path, config=str(config), local_files_only=True, **common)
+        if not (Path(config) / "model_index.json").is_file():
+            raise ModelConfigError(f"model.config_path: {config} is a folder without model_index.json (not a diffusers pipeline folder)")
+        cls = pipeline_class(Path(config), "model.config_path")
+        pipe = cls.from_single_file(path, config=str(config), local_files_only=True, **common(cls))
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s from %s on %s (%s)", cfg.get("name", "model"), path, dev, dtype)

@@ -2,12 +2,16 @@
 the single file AUTOMATIC1111, ComfyUI and diffusers' `from_single_file` load.
 
 The key mapping is the inverse of the one diffusers applies when it reads such files, written for any
-depth and layers-per-block of a UNet2DConditionModel / AutoencoderKL (SD 1.x layout; the text encoder
-is stored as a Hugging Face CLIP text model under `cond_stage_model.transformer.`, as SD 1.x does).
+depth and layers-per-block of a UNet2DConditionModel / AutoencoderKL. Text encoders: SD 1.x stores its
+CLIP ViT-L as a Hugging Face CLIP text model under `cond_stage_model.transformer.`; SDXL stores the same
+model under `conditioner.embedders.0.transformer.` and its OpenCLIP ViT-bigG in open_clip's own layout
+under `conditioner.embedders.1.model.` (fused q/k/v, `resblocks`, a transposed text projection), and its
+UNet's added-condition MLP as `label_emb`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -42,6 +46,8 @@ def unet_prefix_map(config: dict) -> list[tuple[str, str]]:
         if i < levels - 1:
             pairs.append((f"output_blocks.{i * (lpb + 1) + lpb}.{2 if up_attn[i] else 1}.conv.", f"up_blocks.{i}.upsamplers.0.conv."))
     pairs += [("middle_block.0.", "mid_block.resnets.0."), ("middle_block.1.", "mid_block.attentions.0."), ("middle_block.2.", "mid_block.resnets.1.")]
+    # SDXL's added conditions (pooled text + size/crop numbers) go through a two-layer MLP.
+    pairs += [("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")]
     return pairs
 
 
@@ -104,8 +110,52 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.
     return out
 
 
+OPEN_CLIP_LAYER = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+
+
+def text_encoder_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model (with projection) in open_clip's layout, as SDXL's second encoder is
+    stored: q/k/v fused into `in_proj`, layers as `transformer.resblocks`, the projection transposed."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        k = key.removeprefix("text_model.")
+        if k == "embeddings.position_ids":
+            continue
+        if k == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif k == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif k.startswith("final_layer_norm."):
+            out["ln_final." + k.removeprefix("final_layer_norm.")] = value
+        elif k == "text_projection.weight":
+            out["text_projection"] = value.T.contiguous()
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", k):
+            qkv.setdefault((int(m[1]), m[3]), {})[m[2]] = value
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", k):
+            rest = m[2]
+            for hf, oc in OPEN_CLIP_LAYER:
+                if rest.startswith(hf):
+                    out[f"transformer.resblocks.{m[1]}.{oc}{rest.removeprefix(hf)}"] = value
+                    break
+            else:
+                raise KeyError(f"text encoder weight {key!r} has no open_clip name")
+        else:
+            raise KeyError(f"text encoder weight {key!r} has no open_clip name")
+    for (layer, kind), parts in qkv.items():
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _hf_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Files hold transformers' CLIP text model with its `text_model.` level (newer transformers flatten it
+    # away in memory); the projection of a CLIPTextModelWithProjection sits beside it.
+    return {(k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k): v for k, v in state.items()}
+
+
 def save_single_file(pipe_components: dict, path: Path, dtype: torch.dtype | None = None) -> Path:
-    """`pipe_components`: {'unet': (state, config), 'vae': (state, config), 'text_encoder': state}."""
+    """`pipe_components`: {'unet': (state, config), 'vae': (state, config), 'text_encoder': state}, and
+    SDXL's 'text_encoder_2': state."""
     tensors = single_file_tensors(pipe_components, dtype)
     with atomic_path(Path(path)) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
@@ -117,9 +167,11 @@ def single_file_tensors(pipe_components: dict, dtype: torch.dtype | None = None)
     unet_state, unet_config = pipe_components["unet"]
     vae_state, vae_config = pipe_components["vae"]
     tensors = {**unet_to_ldm(unet_state, unet_config), **vae_to_ldm(vae_state, vae_config)}
-    # SD 1.x files hold the text encoder as transformers' CLIPTextModel with its `text_model.` level
-    # (newer transformers flatten it away in memory).
-    tensors.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in pipe_components["text_encoder"].items()})
+    if "text_encoder_2" in pipe_components:  # SDXL
+        tensors.update({"conditioner.embedders.0.transformer." + k: v for k, v in _hf_text_model(pipe_components["text_encoder"]).items()})
+        tensors.update({"conditioner.embedders.1.model." + k: v for k, v in text_encoder_to_open_clip(pipe_components["text_encoder_2"]).items()})
+    else:
+        tensors.update({"cond_stage_model.transformer." + k: v for k, v in _hf_text_model(pipe_components["text_encoder"]).items()})
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     return tensors

@@ -24,7 +24,7 @@ from bench.single_file import save_single_file
 from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, cast_parameters, check_positive, encode_set
 
 CHECKSUMS = "checksums.json"  # beside cached class images
-WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
 SINGLE_FILE = "dreambooth.safetensors"
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class DreamBooth(Method):
         self._dtypes: dict[str, torch.dtype] = {}
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
-        return {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if self.train_text_encoder else {})}
+        """The UNet, and with `train_text_encoder` every text encoder (SDXL: both)."""
+        texts = {"text_encoder": pipe.text_encoder, "text_encoder_2": getattr(pipe, "text_encoder_2", None)} if self.train_text_encoder else {}
+        return {"unet": pipe.unet, **{k: v for k, v in texts.items() if v is not None}}
 
     # ---- prior preservation
 
@@ -200,9 +202,11 @@ class DreamBooth(Method):
         if not (folder / "model_index.json").is_file():
             log.warning("base model %s is not a diffusers folder: wrote the tuned components only, no single file", artifact.meta.get("base_model"))
             return folder
-        unet, vae = (_read_component(folder / n) for n in ("unet", "vae"))
-        text_encoder, _ = _read_component(folder / "text_encoder")
-        return save_single_file({"unet": unet, "vae": vae, "text_encoder": text_encoder}, out_dir / SINGLE_FILE)
+        parts = {n: _read_component(folder / n) for n in ("unet", "vae")}
+        for name in ("text_encoder", "text_encoder_2"):
+            if (folder / name).is_dir():
+                parts[name] = _read_component(folder / name)[0]
+        return save_single_file(parts, out_dir / SINGLE_FILE)
 
     def file_content(self, artifact: Artifact | None, pipe=None):
         """The single-file checkpoint of `pipe`'s components with the tuned tensors (all of `pipe`'s own
@@ -210,11 +214,13 @@ class DreamBooth(Method):
         from bench.single_file import single_file_tensors
 
         parts = {}
-        for name in ("unet", "vae", "text_encoder"):
-            module = getattr(pipe, name)
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name, None)
+            if module is None:
+                continue
             state = _overlay(dict(module.state_dict()), artifact, name)
             config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
-            parts[name] = state if name == "text_encoder" else (state, config)
+            parts[name] = state if name.startswith("text_encoder") else (state, config)
         return single_file_tensors(parts), None
 
     def save_folder(self, artifact: Artifact, out_dir: Path) -> Path:

@@ -15,6 +15,7 @@ ADAPTER = "adapterbench"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "lora_kohya.safetensors"
 PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
+SDXL_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}  # kohya's names for SDXL's two encoders
 
 
 class LoRA(Method):
@@ -51,8 +52,9 @@ class LoRA(Method):
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
         pipe.unet.add_adapter(self._config(self.target_modules, self.alpha), adapter_name=ADAPTER)
-        if self.text_encoder:
-            pipe.text_encoder.add_adapter(self._config(self.text_target_modules, self.alpha), adapter_name=ADAPTER)
+        for name, module in self._components(pipe).items():
+            if name != "unet":
+                module.add_adapter(self._config(self.text_target_modules, self.alpha), adapter_name=ADAPTER)
         params = []
         for module in self._components(pipe).values():
             for pname, p in module.named_parameters():
@@ -65,7 +67,9 @@ class LoRA(Method):
         return params
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
-        return {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if self.text_encoder else {})}
+        """The UNet, and with `text_encoder` every text encoder (SDXL: both)."""
+        texts = {"text_encoder": pipe.text_encoder, "text_encoder_2": getattr(pipe, "text_encoder_2", None)} if self.text_encoder else {}
+        return {"unet": pipe.unet, **{k: v for k, v in texts.items() if v is not None}}
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
         from diffusers.utils.peft_utils import recurse_remove_peft_layers
@@ -75,7 +79,7 @@ class LoRA(Method):
         for prefix, module in self._components(pipe).items():
             if not getattr(module, "peft_config", None) or ADAPTER not in module.peft_config:
                 continue
-            for key, value in get_peft_model_state_dict(module, adapter_name=ADAPTER).items():
+            for key, value in get_peft_model_state_dict(module, adapter_name=ADAPTER, save_embedding_layers=False).items():
                 value = value.detach().float().cpu().clone()
                 # Fold alpha/rank into B: the file then means the same to every loader, including those
                 # that assume alpha == rank when a file carries no alpha.
@@ -139,10 +143,11 @@ def to_kohya(tensors: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.
     """diffusers keys (`unet.<module path>.lora_A.weight`) -> kohya keys
     (`lora_unet_<module path with _>.lora_down.weight`, `.lora_up.weight`, `.alpha`)."""
     out: dict[str, torch.Tensor] = {}
+    prefixes = SDXL_PREFIXES if any(k.startswith("text_encoder_2.") for k in tensors) else PREFIXES
     for key, value in tensors.items():
         component, rest = key.split(".", 1)
         module, kind = rest.rsplit(".lora_", 1)  # kind: 'A.weight' or 'B.weight'
-        name = f"{PREFIXES[component]}_{module.replace('.', '_')}"
+        name = f"{prefixes[component]}_{module.replace('.', '_')}"
         out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
     return out

@@ -1,6 +1,8 @@
 """Textual Inversion: learn new token vectors only; the whole model stays frozen.
 
-Weight `w` interpolates each vector from its initializer word (w=0) to the learned one (w=1).
+Weight `w` interpolates each vector from its initializer word (w=0) to the learned one (w=1). SDXL has
+two text encoders: the placeholder gets its vectors in each (768 values per vector for CLIP ViT-L,
+1,280 for OpenCLIP ViT-bigG), stored as `clip_l` and `clip_g` as AUTOMATIC1111 and diffusers read them.
 """
 
 from __future__ import annotations
@@ -10,20 +12,33 @@ from pathlib import Path
 import torch
 
 from bench.data import ConceptData
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors, tensor_file_content
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors, tensor_file_content, text_encoders, tokenizers
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
 A1111_FILE = "embedding_a1111.pt"
 
 
+def tensor_keys(pipe) -> list[str]:
+    """The file's tensor name for each text encoder's vectors: `emb_params` for one encoder (AUTOMATIC1111's
+    SD 1.x/2.x name), `clip_l` and `clip_g` for SDXL's two."""
+    return ["emb_params"] if len(text_encoders(pipe)) == 1 else ["clip_l", "clip_g"]
+
+
 def unload(pipe, tokens: list[str]) -> None:
-    """diffusers' unload, then the embedding table in storage of its own size: the unload keeps the
-    remaining rows as a view of the larger table, which would leave the base model holding the removed
-    rows' memory and every later run's memory reading a few KiB higher than the first one's."""
-    pipe.unload_textual_inversion(tokens)
-    table = pipe.text_encoder.get_input_embeddings().weight
-    if table.untyped_storage().nbytes() != table.numel() * table.element_size():
-        table.data = table.data.clone()
+    """diffusers' unload from every text encoder, then each embedding table in storage of its own size: the
+    unload keeps the remaining rows as a view of the larger table, which would leave the base model holding
+    the removed rows' memory and every later run's memory reading a few KiB higher than the first one's."""
+    for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe)):
+        pipe.unload_textual_inversion(tokens, tokenizer=tok, text_encoder=encoder)
+        table = encoder.get_input_embeddings().weight
+        if table.untyped_storage().nbytes() != table.numel() * table.element_size():
+            table.data = table.data.clone()
+
+
+def load_vectors(pipe, vectors: list[torch.Tensor], token: str) -> None:
+    """The placeholder `token` with `vectors[k]` in text encoder k."""
+    for tok, encoder, v in zip(tokenizers(pipe), text_encoders(pipe), vectors, strict=True):
+        pipe.load_textual_inversion(v, token=token, tokenizer=tok, text_encoder=encoder)
 
 
 def replace_word(text: str, word: str, by: str) -> str:
@@ -46,7 +61,7 @@ class TextualInversion(Method):
             raise MethodConfigError(f"method.num_vectors: must be an integer in 1..75, got {num_vectors!r}")
         self.num_vectors = num_vectors
         self.initializer = initializer  # None: the concept's own initializer word
-        self._hook = None
+        self._hooks: list = []
         self._placeholder: str | None = None
         self._many: dict[float, str] = {}  # weight -> its placeholder, while apply_many is in force
 
@@ -63,13 +78,17 @@ class TextualInversion(Method):
         init = " ".join([self.initializer or data.initializer] * self.num_vectors)
         return replace_word(text, data.token, init)
 
-    def init_vectors(self, pipe, word: str) -> torch.Tensor:
-        """The initializer word's input embedding, repeated for each vector (averaged over its sub-tokens)."""
-        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
-        if not ids:
-            raise MethodConfigError(f"method.initializer: {word!r} tokenizes to nothing")
-        table = pipe.text_encoder.get_input_embeddings().weight
-        return table[torch.tensor(ids, device=table.device)].detach().float().mean(0, keepdim=True).repeat(self.num_vectors, 1).cpu()
+    def init_vectors(self, pipe, word: str) -> list[torch.Tensor]:
+        """Per text encoder, the initializer word's input embedding repeated for each vector (averaged over
+        its sub-tokens)."""
+        out = []
+        for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe)):
+            ids = tok(word, add_special_tokens=False).input_ids
+            if not ids:
+                raise MethodConfigError(f"method.initializer: {word!r} tokenizes to nothing")
+            table = encoder.get_input_embeddings().weight
+            out.append(table[torch.tensor(ids, device=table.device)].detach().float().mean(0, keepdim=True).repeat(self.num_vectors, 1).cpu())
+        return out
 
     def _tokens(self, placeholder: str) -> list[str]:
         return [placeholder] + [f"{placeholder}_{i}" for i in range(1, self.num_vectors)]
@@ -77,41 +96,53 @@ class TextualInversion(Method):
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
         self._placeholder = self.placeholder(data)
         init = self.init_vectors(pipe, self.initializer or data.initializer)
-        pipe.load_textual_inversion(init.clone(), token=self._placeholder)
-        first = pipe.tokenizer.convert_tokens_to_ids(self._tokens(self._placeholder)[0])
-        self.vectors = torch.nn.Parameter(init.clone().to(pipe.text_encoder.device))
+        load_vectors(pipe, [v.clone() for v in init], self._placeholder)
+        self._keys = tensor_keys(pipe)
+        self.vectors = []
+        self._hooks = []
+        for tok, encoder, v in zip(tokenizers(pipe), text_encoders(pipe), init):
+            vectors = torch.nn.Parameter(v.clone().to(encoder.device))
+            self.vectors.append(vectors)
+            first = tok.convert_tokens_to_ids(self._tokens(self._placeholder)[0])
 
-        # Only the new vectors train: the embedding table's output is patched at their positions, so the
-        # optimizer never touches (or keeps moments for) the rest of the table.
-        def patch(module, inputs, output):
-            ids = inputs[0]
-            mask = (ids >= first) & (ids < first + self.num_vectors)
-            picked = self.vectors[(ids - first).clamp(0, self.num_vectors - 1)].to(output.dtype)
-            return torch.where(mask[..., None], picked, output)
+            # Only the new vectors train: the embedding table's output is patched at their positions, so the
+            # optimizer never touches (or keeps moments for) the rest of the table.
+            def patch(module, inputs, output, first=first, vectors=vectors):
+                ids = inputs[0]
+                mask = (ids >= first) & (ids < first + self.num_vectors)
+                picked = vectors[(ids - first).clamp(0, self.num_vectors - 1)].to(output.dtype)
+                return torch.where(mask[..., None], picked, output)
 
-        self._hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(patch)
-        return [self.vectors]
+            self._hooks.append(encoder.get_input_embeddings().register_forward_hook(patch))
+        return list(self.vectors)
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in getattr(self, "_hooks", []):
+            hook.remove()
+        self._hooks = []
         if self._placeholder is not None:
             unload(pipe, self._tokens(self._placeholder))
         meta = {"placeholder": self._placeholder, "initializer": self.initializer or data.initializer, "num_vectors": self.num_vectors}
-        return Artifact(self.name, {"emb_params": self.vectors.detach().float().cpu().clone()}, meta)
+        return Artifact(self.name, {k: v.detach().float().cpu().clone() for k, v in zip(self._keys, self.vectors)}, meta)
 
-    def interpolation_ends(self, pipe, artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
-        """(initializer vectors, learned vectors): weight 0 and weight 1 of this artifact."""
-        learned = artifact.tensors["emb_params"].float()
-        if learned.shape[0] != self.num_vectors:
-            raise MethodConfigError(f"method.num_vectors: artifact has {learned.shape[0]} vectors, config says {self.num_vectors}")
+    def interpolation_ends(self, pipe, artifact: Artifact) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(initializer vectors, learned vectors) per text encoder: weight 0 and weight 1 of this artifact."""
+        keys = tensor_keys(pipe)
+        if sorted(artifact.tensors) != sorted(keys):
+            raise MethodConfigError(f"textual_inversion: the artifact holds {sorted(artifact.tensors)}, this model's text encoders need {keys}")
+        learned = [artifact.tensors[k].float() for k in keys]
+        if learned[0].shape[0] != self.num_vectors:
+            raise MethodConfigError(f"method.num_vectors: artifact has {learned[0].shape[0]} vectors, config says {self.num_vectors}")
         return self.init_vectors(pipe, artifact.meta["initializer"]), learned
+
+    @staticmethod
+    def _lerp(init: list[torch.Tensor], learned: list[torch.Tensor], weight: float) -> list[torch.Tensor]:
+        # lerp is exact at both ends: w=0 gives the initializer, w=1 the learned vectors bit for bit.
+        return [torch.lerp(a, b, float(weight)) for a, b in zip(init, learned)]
 
     def apply(self, pipe, artifact: Artifact, weight: float) -> None:
         init, learned = self.interpolation_ends(pipe, artifact)
-        # lerp is exact at both ends: w=0 gives the initializer, w=1 the learned vectors bit for bit.
-        pipe.load_textual_inversion(torch.lerp(init, learned, float(weight)), token=artifact.meta["placeholder"])
+        load_vectors(pipe, self._lerp(init, learned, weight), artifact.meta["placeholder"])
         self._placeholder = artifact.meta["placeholder"]
 
     def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
@@ -121,7 +152,7 @@ class TextualInversion(Method):
         self._many = {}
         for k, w in enumerate(dict.fromkeys(float(w) for w in weights)):
             token = base if k == 0 else f"{base[:-1]}@{k}>"
-            pipe.load_textual_inversion(torch.lerp(init, learned, w), token=token)
+            load_vectors(pipe, self._lerp(init, learned, w), token)
             self._many[w] = token
 
     def prompt_at(self, text: str, data: ConceptData, weight: float) -> str:
@@ -135,17 +166,18 @@ class TextualInversion(Method):
             unload(pipe, self._tokens(self._placeholder))
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
-        """A one-tensor safetensors (`emb_params`, as AUTOMATIC1111 writes it; the reported file) and an
-        AUTOMATIC1111 `.pt`; diffusers' `load_textual_inversion` reads both."""
+        """A safetensors as AUTOMATIC1111 writes it (the reported file: `emb_params`, or SDXL's `clip_l` and
+        `clip_g`) and, for one text encoder, an AUTOMATIC1111 `.pt`; diffusers' `load_textual_inversion` reads
+        them (SDXL's two tensors one encoder at a time)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        emb = artifact.tensors["emb_params"].contiguous()
         main = save_tensors(out_dir / SAFETENSORS_FILE, self.name, *self._file_parts(artifact))
-        body = {"string_to_token": {"*": 265}, "string_to_param": {"*": emb.clone()}}
-        save_a1111_pt(out_dir / A1111_FILE, body, artifact.meta["placeholder"], artifact.meta.get("steps", 0))
+        if "emb_params" in artifact.tensors:  # AUTOMATIC1111 reads SDXL embeddings from safetensors only
+            body = {"string_to_token": {"*": 265}, "string_to_param": {"*": artifact.tensors["emb_params"].contiguous().clone()}}
+            save_a1111_pt(out_dir / A1111_FILE, body, artifact.meta["placeholder"], artifact.meta.get("steps", 0))
         return main
 
     def _file_parts(self, artifact: Artifact) -> tuple[dict, dict]:
-        return {"emb_params": artifact.tensors["emb_params"]}, artifact.meta
+        return dict(artifact.tensors), artifact.meta
 
     def file_content(self, artifact: Artifact, pipe=None):
         return tensor_file_content(self.name, *self._file_parts(artifact))
@@ -154,4 +186,7 @@ class TextualInversion(Method):
         path = Path(path)
         file = path / SAFETENSORS_FILE if path.is_dir() else path
         tensors, meta = load_tensors(file)
-        return Artifact(self.name, {"emb_params": tensors["emb_params"]}, meta)
+        keys = [k for k in ("emb_params", "clip_l", "clip_g") if k in tensors]
+        if not keys:
+            raise MethodConfigError(f"{file}: no embedding tensor (emb_params, or SDXL's clip_l and clip_g) in it; holds {sorted(tensors)}")
+        return Artifact(self.name, {k: tensors[k] for k in keys}, meta)

@@ -36,3 +36,43 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(micro_pipe, tmp_path_factory):
+    """A tiny SDXL folder (StableDiffusionXLPipeline layout: two text encoders, the second with a projection,
+    a UNet with SDXL's added text/time conditions and its block layout) at 64 px. The first text encoder,
+    the tokenizers, the VAE and the scheduler are the micro model's; the second encoder and the UNet are
+    fresh (seeded), so SDXL's mechanics run here; nothing about image quality is claimed."""
+    import copy
+
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    te1 = micro_pipe.text_encoder.config
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=te1.vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=te1.max_position_embeddings, projection_dim=32, bos_token_id=te1.bos_token_id,
+        eos_token_id=te1.eos_token_id, pad_token_id=te1.pad_token_id, hidden_act="gelu"))
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128), norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=te1.hidden_size + 64, attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + 32)
+    pipe = StableDiffusionXLPipeline(vae=micro_pipe.vae, text_encoder=micro_pipe.text_encoder, text_encoder_2=te2,
+                                     tokenizer=micro_pipe.tokenizer, tokenizer_2=copy.deepcopy(micro_pipe.tokenizer), unet=unet,
+                                     scheduler=micro_pipe.scheduler)
+    folder = tmp_path_factory.mktemp("sdxl") / "tiny_sdxl"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(sdxl_dir):
+    from bench.models import load_pipeline
+
+    return load_pipeline({"name": "tiny_sdxl", "path": str(sdxl_dir), "dtype": "float32"}, "cpu")

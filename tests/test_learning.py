@@ -47,7 +47,7 @@ def test_default_config_learns_the_default_concept(name, micro_pipe, micro_encod
 def fixed_batch_loss(pipe, method, artifact, concept, weight: float) -> float:
     from diffusers import DDPMScheduler
 
-    from methods.base import encode_images, tokenize
+    from methods.base import added_conditions, encode_images, text_condition, tokenize
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     gen = torch.Generator().manual_seed(1234)
@@ -57,8 +57,9 @@ def fixed_batch_loss(pipe, method, artifact, concept, weight: float) -> float:
     target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     method.apply(pipe, artifact, weight)
     try:
-        ids = tokenize(pipe, [method.prompt(concept.instance_prompt, concept)] * len(x0))
-        pred = pipe.unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=pipe.text_encoder(ids)[0]).sample
+        hidden, pooled = text_condition(pipe, tokenize(pipe, [method.prompt(concept.instance_prompt, concept)] * len(x0)))
+        xt = scheduler.add_noise(x0, noise, t)
+        pred = pipe.unet(xt, t, encoder_hidden_states=hidden, added_cond_kwargs=added_conditions(pipe, [pooled], xt)).sample
     finally:
         method.remove(pipe)
     return torch.nn.functional.mse_loss(pred, target).item()
