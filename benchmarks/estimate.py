@@ -91,7 +91,7 @@ def main() -> None:
              "GFLOP/s reached: the estimated FLOPs of a training step times the measured steps/s; similar across methods when the FLOP "
              "count follows the work (small ops run below the CPU's rate, so the adapters' share of tiny matmuls lowers theirs).\n\n",
              micro.to_markdown(index=False, floatfmt=".3g"), "\n"]
-    for model, resolution in (("sd15", 512), ("sd21", 768)):
+    for model, resolution in (("sd15", 512), ("sd21", 768), ("sdxl", 1024)):
         cfg = compose_cfg(f"model={model}", "train.batch_size=1", "results_dir=/tmp/unused")
         table = estimate(cfg)
         parts += ["\n", render(cfg, table).replace("# Estimated cost", "## Estimated cost", 1)]

@@ -432,12 +432,22 @@ def encode_images(pipe, images) -> torch.Tensor:
     import numpy as np
 
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) for im in images])
-    x = (x / 127.5 - 1.0).to(pipe.vae.device, pipe.vae.dtype)
-    # As many images per VAE call as 32 at 64 px: at 512 px the encoder's activations for a batch of 8
-    # would be the largest thing a LoRA training ever holds (several GiB), so SD-scale images go one at a time.
-    n = max(1, 32 * 64 * 64 // (x.shape[-2] * x.shape[-1]))
-    chunks = [pipe.vae.encode(x[i : i + n]).latent_dist.mean for i in range(0, len(x), n)]
-    return torch.cat(chunks).float().cpu() * pipe.vae.config.scaling_factor
+    vae = pipe.vae
+    # A half-precision VAE whose config says `force_upcast` (diffusers' default; SDXL's overflows in fp16, and its
+    # pipeline decodes in fp32 for that reason) encodes in fp32: latents are computed once, precision is cheap here.
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        x = (x / 127.5 - 1.0).to(vae.device, vae.dtype)
+        # As many images per VAE call as 32 at 64 px: at 512 px the encoder's activations for a batch of 8
+        # would be the largest thing a LoRA training ever holds (several GiB), so SD-scale images go one at a time.
+        n = max(1, 32 * 64 * 64 // (x.shape[-2] * x.shape[-1]))
+        chunks = [vae.encode(x[i : i + n]).latent_dist.mean for i in range(0, len(x), n)]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return torch.cat(chunks).float().cpu() * vae.config.scaling_factor
 
 
 def text_encoders(pipe) -> list[torch.nn.Module]:

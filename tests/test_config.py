@@ -73,7 +73,7 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose("config", overrides=[f"+experiment={name}", "model.path=/models/sd15", "data.path=/data/10_sks dog",
                                                f"results_dir={tmp_path}"])
-        assert cfg.model.name in ("sd15", "sd21") and cfg.data.path
+        assert cfg.model.name in ("sd15", "sd21", "sdxl") and cfg.data.path
         settings = TrainSettings.from_config(cfg)
         assert settings.precision in ("fp16", "bf16") and settings.gradient_checkpointing  # what fits a GPU
         assert sorted(cfg.method) == ["dreambooth", "hypernetwork", "lora", "textual_inversion"], name

@@ -142,3 +142,57 @@ def test_mixed_precision_checkpointing_and_8bit_estimates_match_real_cpu_trainin
     real.step()
     stand_in.step()
     assert bnb_state_bytes(stand_in) == bnb_state_bytes(real)
+
+
+def test_sdxl_parameters_and_file_sizes_from_the_architecture_alone():
+    """SDXL's UNet 2,567,463,684 parameters; TI a vector in each text encoder (768 + 1,280 values); the
+    AUTOMATIC1111 hypernetwork (1-2-1, a k and a v module per attention input size: the UNet's 640 and
+    1,280 channels and the 2,048-wide text context) and LoRA rank 4 on the attention projections, both
+    counted here from the UNet's own layers, independently of the methods' code."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+    from bench.estimate import _config
+
+    cfg = config("model=sdxl", "method=[dreambooth,lora,hypernetwork,textual_inversion]")
+    folder = arch_folder(cfg.model)
+    got = {name: estimate_method(cfg, name, folder, steps=False) for name in cfg.method}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(_config(folder, "unet"))
+    attention = [m for m in unet.modules() if isinstance(m, Attention)]
+    sizes = {m.to_k.in_features for m in attention}
+    assert sizes == {640, 1280, 2048}
+    linears = [lin for m in attention for lin in (m.to_q, m.to_k, m.to_v, m.to_out[0])]
+    assert got["dreambooth"]["trainable_params"] == sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert got["lora"]["trainable_params"] == sum(4 * (lin.in_features + lin.out_features) for lin in linears)
+    assert got["hypernetwork"]["trainable_params"] == sum(2 * (d * 2 * d + 2 * d + 2 * d * d + d) for d in sizes) == 49_962_240
+    assert got["textual_inversion"]["trainable_params"] == (768 + 1280) * int(cfg.method.textual_inversion.num_vectors)
+    # Weights: UNet, both text encoders (123,060,480 and 694,659,840), VAE 83,653,863, fp32; the single file holds them all.
+    weights = 2_567_463_684 + 123_060_480 + 694_659_840 + 83_653_863
+    assert 4 * weights < got["dreambooth"]["model_bytes"] < 4 * weights + 4096
+    assert 4 * weights < got["dreambooth"]["file_bytes"] < 4 * weights + 2e6
+
+
+def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
+    """On a tiny SDXL folder, where training really runs: parameters and file bytes exactly, and the
+    fake-tensor training step's memory peak within 2 % of the real CPU training's tensor peak."""
+    from bench.cost import measure_training
+    from bench.data import load_world_concept
+    from bench.estimate import Variant
+    from bench.models import load_pipeline
+    from methods import build_method
+    from methods.base import TrainSettings
+
+    cfg = config(f"model.path={sdxl_dir}", "model.name=tiny_sdxl", "model.embedded=false", "method=[dreambooth,lora,hypernetwork,textual_inversion]",
+                 "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")
+    pipe = load_pipeline(cfg.model, "cpu")
+    concept = load_world_concept("sks_crescent", 8, 64)
+    for name in cfg.method:
+        method = build_method(cfg, name)
+        settings = TrainSettings(steps=3, batch_size=2, progress=False, cache_dir=tmp_path / "cache")
+        method.generate_inputs(pipe, concept, settings)
+        _, cost = measure_training(method, pipe, concept, settings, tmp_path / name)
+        est = estimate_method(cfg, name, arch_folder(cfg.model), ("meta", "cpu"), variant=Variant.parse("fp32"), policy="cpu")
+        assert est["trainable_params"] == cost.trainable_params, name
+        assert est["file_bytes"] == cost.artifact_bytes, name
+        assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (name, est["peak_bytes"] / 2**20, cost.peak_mem_mib)

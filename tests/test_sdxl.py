@@ -141,3 +141,22 @@ def test_dreambooth_sdxl_single_file_has_the_sdxl_layout_and_loads_in_stock_diff
     stock = StableDiffusionXLPipeline.from_single_file(str(single), config=str(sdxl_dir), local_files_only=True)
     stock.set_progress_bar_config(disable=True)
     assert np.array_equal(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]), ours)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_sdxl_sweeps_batched_and_one_weight_at_a_time_agree(name, trained, sdxl_pipe, concept):
+    """The sweep stage's code on SDXL: per-sample weights in one batch (TI's placeholder per weight in both
+    encoders, LoRA's and the hypernetwork's per-sample scales) give the images of one weight at a time."""
+    from bench.sweep import sweep_method, sweep_prompts
+
+    method, result = trained[name]
+    prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
+    cfg = {"weights": [-1.0, 0.0, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 12}
+    one_by_one = sweep_method(sdxl_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
+    if not method.batched_weights:
+        assert len(one_by_one) == 2 * 2 * 3
+        return
+    batched = sweep_method(sdxl_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
+    assert one_by_one.keys() == batched.keys()
+    for key in one_by_one:
+        assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
