@@ -7,7 +7,7 @@ Part 1, micro (where training really runs here): each method trains through `ben
 `estimate.device=cpu` (every tensor counts, as the CPU tensor peak does). Parameters and file bytes must be
 equal, the estimated peak within 15 % of the measured one; the FLOP count of a training step over the
 measured s/step gives the rate the CPU reached, which should be similar across methods if the FLOP count
-follows the work. Part 2: the same estimate for SD 1.5 and SD 2.1 at batch 1 (GPU memory, A100-40GB).
+follows the work. Part 2: the same estimate for SD 1.5, SD 2.1 and SDXL at batch 1 (GPU memory, A100-40GB).
 Written to results/benchmarks/estimate.md with --write.
 """
 
