@@ -437,7 +437,7 @@ def encode_images(pipe, images) -> torch.Tensor:
     # pipeline decodes in fp32 for that reason) encodes in fp32: latents are computed once, precision is cheap here.
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if upcast:
-        vae.to(torch.float32)
+        cast_parameters(vae, torch.float32)
     try:
         x = (x / 127.5 - 1.0).to(vae.device, vae.dtype)
         # As many images per VAE call as 32 at 64 px: at 512 px the encoder's activations for a batch of 8
@@ -446,7 +446,7 @@ def encode_images(pipe, images) -> torch.Tensor:
         chunks = [vae.encode(x[i : i + n]).latent_dist.mean for i in range(0, len(x), n)]
     finally:
         if upcast:
-            vae.to(torch.float16)
+            cast_parameters(vae, torch.float16)
     return torch.cat(chunks).float().cpu() * vae.config.scaling_factor
 
 
