@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Okabe-Ito: distinguishable with the common forms of colour blindness.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-METHOD_ORDER = ["dreambooth", "textual_inversion", "lora", "hypernetwork"]
+METHOD_ORDER = ["dreambooth", "textual_inversion", "lora", "hypernetwork", "dora", "loha", "lokr", "oft"]
 COST_METRICS = {  # metric -> (column title, scale, format)
     "peak_mem": ("training memory (MiB)", 1.0, "{:,.1f}"),
     "process_rss_peak": ("process peak RSS (MiB)", 1.0, "{:,.0f}"),
@@ -524,14 +524,14 @@ def definitions_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     from metrics.fd import info as fd_info
 
     rows = []
-    targets = {}
+    configs = {}
     for r in runs:
         for name, mcfg in r.get("config", {}).get("method", {}).items():
             if isinstance(mcfg, dict) and mcfg.get("_target_"):
-                targets.setdefault(name, mcfg["_target_"])
+                configs.setdefault(name, mcfg)
     for name in ordered(df.method.dropna().unique()):
         try:
-            meaning = get_class(targets[name]).weight_meaning
+            meaning = get_class(configs[name]["_target_"]).weight_meaning_for(configs[name])
         except Exception:  # a method class that moved since the run: say so rather than fail the report
             meaning = "(definition unavailable: method class not importable)"
         rows.append({"kind": "method", "name": name, "unit": "weight w", "direction": "", "definition": meaning})

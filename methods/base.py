@@ -152,6 +152,11 @@ class Method(ABC):
         check_positive("method.lr", lr)
         self.lr = float(lr)
 
+    @classmethod
+    def weight_meaning_for(cls, mcfg: dict) -> str:
+        """The report's line on what weight w does, for one configured method (`mcfg`: its config)."""
+        return cls.weight_meaning
+
     # ---- what a method defines
 
     @abstractmethod

@@ -1,0 +1,169 @@
+"""Any of peft's weight adapters on the UNet, from a peft config in YAML: LoHa, LoKr, DoRA, OFT (and LoRA).
+
+`conf/method/<name>.yaml` gives the peft config under `adapter` (`_target_: peft.LoHaConfig`, ...), so a
+new adapter of these families is one YAML file. What weight `w` does depends on the family, and each keeps
+weight 0 exactly the base model:
+- LoRA, LoHa, LoKr: the adapter's update (B·A, the Hadamard or Kronecker product) is added at scale w, as
+  peft's and AUTOMATIC1111's multiplier does; at w = 0 the update is zeros.
+- DoRA: the low-rank direction at scale w, and each output row's learned magnitude moved from the base
+  weight's row norm (w = 0) to the trained magnitude (w = 1); at w = 0 the magnitude over the norm is 1.
+- OFT: the skew-symmetric generator of each block rotation multiplied by w, so the rotation goes from the
+  identity (w = 0) to the trained one (w = 1); negative w rotates the other way.
+Weights go one at a time (the update is formed from the weights, so a batch cannot mix strengths).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.data import ConceptData
+from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
+
+ADAPTER = "adapterbench"
+FILE = "adapter.safetensors"
+# peft's tuner type -> the word the report and the errors use for it.
+FAMILIES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr", "OFT": "oft"}
+MEANINGS = {
+    "lora": "the low-rank update B·A added at scale w (peft's adapter scale)",
+    "dora": "the low-rank direction at scale w, and each row's magnitude moved from the base weight's norm (w = 0) to the trained one (w = 1)",
+    "loha": "the Hadamard-product update (W1a·W1b)⊙(W2a·W2b) added at scale w (AUTOMATIC1111/LyCORIS multiplier)",
+    "lokr": "the Kronecker-product update W1⊗W2 added at scale w (AUTOMATIC1111/LyCORIS multiplier)",
+    "oft": "each block rotation's skew-symmetric generator multiplied by w: identity at w = 0, the trained rotation at w = 1",
+}
+
+
+def family(config) -> str:
+    """'lora', 'dora', 'loha', 'lokr' or 'oft' for a peft config; anything else is refused by name."""
+    kind = str(getattr(config.peft_type, "value", config.peft_type))
+    if kind not in FAMILIES:
+        raise MethodConfigError(f"method.adapter: peft type {kind} has no defined adapter weight here; use one of "
+                                f"{', '.join(sorted(FAMILIES))} (LoRA with use_dora: DoRA)")
+    name = FAMILIES[kind]
+    return "dora" if name == "lora" and getattr(config, "use_dora", False) else name
+
+
+def remove_peft(module: torch.nn.Module) -> None:
+    """Remove peft's wrappers themselves, not just the adapter: the module tree (and so its state-dict keys)
+    is exactly the base model's again."""
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(module)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    module._hf_peft_config_loaded = False
+
+
+class PeftAdapter(Method):
+    name = "peft_adapter"  # each YAML names its own (`name:`), e.g. loha
+    weight_meaning = "per adapter family: " + "; ".join(f"{k}: {v}" for k, v in MEANINGS.items())
+    batched_weights = False
+
+    def __init__(self, name: str, adapter, lr: float = 1e-3) -> None:
+        super().__init__(lr)
+        from peft import PeftConfig
+
+        if not isinstance(adapter, PeftConfig):
+            raise MethodConfigError(f"method.{name}.adapter: a peft config (_target_: peft.LoHaConfig, ...), got {type(adapter).__name__}")
+        self.name = str(name)
+        self.family = family(adapter)
+        if not adapter.target_modules:
+            raise MethodConfigError(f"method.{name}.adapter.target_modules: empty; name at least one module, e.g. to_q")
+        self.adapter = adapter
+        self._weight_hooks: list = []
+
+    @classmethod
+    def weight_meaning_for(cls, mcfg: dict) -> str:
+        """The report's line for one configured method (its peft family)."""
+        from hydra.utils import instantiate
+
+        return MEANINGS[family(instantiate(mcfg["adapter"]))]
+
+    def _config(self):
+        import copy
+
+        return copy.deepcopy(self.adapter)  # peft writes into the config it injects
+
+    # ---- training
+
+    def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        pipe.unet.add_adapter(self._config(), adapter_name=ADAPTER)
+        params = [p for n, p in pipe.unet.named_parameters() if f".{ADAPTER}" in n]
+        if not params:
+            remove_peft(pipe.unet)
+            raise MethodConfigError(f"method.{self.name}.adapter.target_modules: {list(self.adapter.target_modules)} matched no module of the UNet")
+        for p in params:
+            p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
+            p.requires_grad_(True)
+        return params
+
+    def finish(self, pipe, data: ConceptData) -> Artifact:
+        from peft.utils import get_peft_model_state_dict
+
+        unet = pipe.unet
+        tensors = {}
+        if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
+            tensors = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER, save_embedding_layers=False).items()}
+            remove_peft(unet)
+        return Artifact(self.name, tensors, {"peft_config": _config_dict(self.adapter), "family": self.family})
+
+    # ---- strength
+
+    def apply(self, pipe, artifact: Artifact, weight: float) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        unet = pipe.unet
+        unet.add_adapter(self._config(), adapter_name=ADAPTER)
+        result = set_peft_model_state_dict(unet, artifact.tensors, adapter_name=ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            remove_peft(unet)
+            raise MethodConfigError(f"method.{self.name}: the artifact's tensors do not fit this adapter config ({unexpected[0]} ...)")
+        for p in unet.parameters():
+            p.requires_grad_(False)
+        w = float(weight)
+        with torch.no_grad():
+            for module in unet.modules():
+                self._set_weight(module, w)
+        unet.eval()
+
+    def _set_weight(self, module: torch.nn.Module, w: float) -> None:
+        scaling = getattr(module, "scaling", None)
+        if self.family == "oft":
+            rotations = getattr(module, "oft_R", None)
+            if rotations is not None and ADAPTER in rotations:
+                rotations[ADAPTER].weight.mul_(w)
+            return
+        if not (isinstance(scaling, dict) and ADAPTER in scaling):
+            return
+        scaling[ADAPTER] = scaling[ADAPTER] * w
+        if self.family == "dora":
+            magnitude = module.lora_magnitude_vector[ADAPTER].weight
+            base = module.get_base_layer().weight
+            # The row norms DoRA divides by at w = 0 (the update scaled to nothing), computed as its forward does.
+            norm = torch.linalg.norm(base.to(magnitude.dtype), dim=1).to(magnitude.dtype)
+            magnitude.copy_(torch.lerp(norm, magnitude, w))
+
+    def remove(self, pipe) -> None:
+        if getattr(pipe.unet, "peft_config", None):
+            remove_peft(pipe.unet)
+
+    # ---- files
+
+    def save(self, artifact: Artifact, out_dir: Path) -> Path:
+        """peft's own state-dict keys and the peft config (metadata), as safetensors."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return save_tensors(out_dir / FILE, self.name, artifact.tensors, artifact.meta)
+
+    def load(self, path: Path) -> Artifact:
+        path = Path(path)
+        file = path / FILE if path.is_dir() else path
+        tensors, meta = load_tensors(file)
+        return Artifact(self.name, tensors, meta)
+
+
+def _config_dict(config) -> dict:
+    import json
+
+    return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
