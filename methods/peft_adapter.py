@@ -34,11 +34,11 @@ MEANINGS = {
 }
 
 
-def family(config) -> str:
+def family(config, name: str = "<name>") -> str:
     """'lora', 'dora', 'loha', 'lokr' or 'oft' for a peft config; anything else is refused by name."""
     kind = str(getattr(config.peft_type, "value", config.peft_type))
     if kind not in FAMILIES:
-        raise MethodConfigError(f"method.adapter: peft type {kind} has no defined adapter weight here; use one of "
+        raise MethodConfigError(f"method.{name}.adapter: peft type {kind} has no defined adapter weight here; use one of "
                                 f"{', '.join(sorted(FAMILIES))} (LoRA with use_dora: DoRA)")
     name = FAMILIES[kind]
     return "dora" if name == "lora" and getattr(config, "use_dora", False) else name
@@ -67,7 +67,7 @@ class PeftAdapter(Method):
         if not isinstance(adapter, PeftConfig):
             raise MethodConfigError(f"method.{name}.adapter: a peft config (_target_: peft.LoHaConfig, ...), got {type(adapter).__name__}")
         self.name = str(name)
-        self.family = family(adapter)
+        self.family = family(adapter, name)
         if not adapter.target_modules:
             raise MethodConfigError(f"method.{name}.adapter.target_modules: empty; name at least one module, e.g. to_q")
         self.adapter = adapter
@@ -88,11 +88,14 @@ class PeftAdapter(Method):
     # ---- training
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
-        pipe.unet.add_adapter(self._config(), adapter_name=ADAPTER)
-        params = [p for n, p in pipe.unet.named_parameters() if f".{ADAPTER}" in n]
-        if not params:
+        try:
+            pipe.unet.add_adapter(self._config(), adapter_name=ADAPTER)
+            params = [p for n, p in pipe.unet.named_parameters() if f".{ADAPTER}" in n]
+            if not params:
+                raise ValueError("no adapter parameters")
+        except ValueError as e:  # peft's "target modules not found" among them
             remove_peft(pipe.unet)
-            raise MethodConfigError(f"method.{self.name}.adapter.target_modules: {list(self.adapter.target_modules)} matched no module of the UNet")
+            raise MethodConfigError(f"method.{self.name}.adapter.target_modules: {sorted(self.adapter.target_modules)} matched no module of the UNet ({str(e).splitlines()[0][:160]})") from None
         for p in params:
             p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
             p.requires_grad_(True)
