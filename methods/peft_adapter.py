@@ -23,6 +23,10 @@ from methods.base import Artifact, Method, MethodConfigError, load_tensors, save
 
 ADAPTER = "adapterbench"
 FILE = "adapter.safetensors"
+LYCORIS_FILE = "lycoris.safetensors"  # LoHa/LoKr in the LyCORIS/kohya layout AUTOMATIC1111 and ComfyUI read
+LYCORIS_PREFIX = "lora_unet_"
+# The factor each LyCORIS module's scale is folded into, in the order looked for.
+FOLD_INTO = ("hada_w1_a", "lokr_w1", "lokr_w1_a")
 # peft's tuner type -> the word the report and the errors use for it.
 FAMILIES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr", "OFT": "oft"}
 MEANINGS = {
@@ -117,8 +121,11 @@ class PeftAdapter(Method):
         from peft.utils import set_peft_model_state_dict
 
         unet = pipe.unet
+        tensors, folded = artifact.tensors, is_lycoris(artifact.tensors)
+        if folded:
+            tensors = from_lycoris(tensors, [n for n, _ in unet.named_modules()])
         unet.add_adapter(self._config(), adapter_name=ADAPTER)
-        result = set_peft_model_state_dict(unet, artifact.tensors, adapter_name=ADAPTER)
+        result = set_peft_model_state_dict(unet, tensors, adapter_name=ADAPTER)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             remove_peft(unet)
@@ -128,6 +135,8 @@ class PeftAdapter(Method):
         w = float(weight)
         with torch.no_grad():
             for module in unet.modules():
+                if folded and isinstance(getattr(module, "scaling", None), dict) and ADAPTER in module.scaling:
+                    module.scaling[ADAPTER] = 1.0  # the file's factors carry the scale
                 self._set_weight(module, w)
         unet.eval()
 
@@ -155,11 +164,20 @@ class PeftAdapter(Method):
     # ---- files
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
-        """peft's own state-dict keys and the peft config (metadata), as safetensors."""
+        """peft's own state-dict keys and the peft config (metadata), as safetensors (the reported file);
+        LoHa and LoKr also in the LyCORIS layout (`lycoris.safetensors`)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        return save_tensors(out_dir / FILE, self.name, artifact.tensors, artifact.meta)
+        main = save_tensors(out_dir / FILE, self.name, artifact.tensors, artifact.meta)
+        if self.family in ("loha", "lokr") and not is_lycoris(artifact.tensors):
+            save_tensors(out_dir / LYCORIS_FILE, self.name, to_lycoris(artifact.tensors, self._scaling()), {"family": self.family})
+        return main
+
+    def _scaling(self) -> float:
+        return float(self.adapter.alpha) / float(self.adapter.r)
 
     def load(self, path: Path) -> Artifact:
+        """What `save` wrote, or a LyCORIS-layout LoHa/LoKr file (its module names are matched to the UNet's
+        when the artifact is applied)."""
         path = Path(path)
         file = path / FILE if path.is_dir() else path
         tensors, meta = load_tensors(file)
@@ -170,3 +188,43 @@ def _config_dict(config) -> dict:
     import json
 
     return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+
+
+def is_lycoris(tensors: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(LYCORIS_PREFIX) for k in tensors)
+
+
+def to_lycoris(tensors: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """peft LoHa/LoKr keys (`<module path>.hada_w1_a`) -> LyCORIS keys (`lora_unet_<path with _>.hada_w1_a`,
+    and `.alpha`). The factors' shapes are LyCORIS's already (peft ported them); peft's scale (alpha / r) is
+    folded into the first factor and `alpha` written as the rank, so every loader's alpha / rank is 1 (for
+    a LoKr without low-rank factors LyCORIS uses scale 1 itself)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        module, part = key.rsplit(".", 1)
+        modules.setdefault(module, {})[part] = value
+    out: dict[str, torch.Tensor] = {}
+    for module, parts in modules.items():
+        name = LYCORIS_PREFIX + module.replace(".", "_")
+        fold = next(p for p in FOLD_INTO if p in parts)
+        rank = next((parts[p].shape[0] for p in ("hada_w1_b", "lokr_w2_b", "lokr_w1_b") if p in parts), None)
+        for part, value in parts.items():
+            out[f"{name}.{part}"] = (value * scaling if part == fold else value).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(rank if rank is not None else 1.0))
+    return out
+
+
+def from_lycoris(tensors: dict[str, torch.Tensor], module_names: list[str]) -> dict[str, torch.Tensor]:
+    """LyCORIS keys back to peft's, by the UNet's module names (underscores are ambiguous on their own).
+    The scale stays folded (the caller sets peft's scale to 1); `alpha` entries are dropped."""
+    by_flat = {n.replace(".", "_"): n for n in module_names if n}
+    out = {}
+    for key, value in tensors.items():
+        flat, part = key.split(".", 1)
+        if part == "alpha":
+            continue
+        module = by_flat.get(flat.removeprefix(LYCORIS_PREFIX))
+        if module is None:
+            raise MethodConfigError(f"LyCORIS file: module {flat!r} is not in this UNet")
+        out[f"{module}.{part}"] = value
+    return out

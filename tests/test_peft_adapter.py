@@ -96,3 +96,32 @@ def test_bad_adapter_configs_name_the_key(micro_pipe):
     with pytest.raises(MethodConfigError, match=r"method\.loha\.adapter\.target_modules"):
         nothing.train(micro_pipe, concept, TrainSettings(steps=1, batch_size=1, progress=False))
     assert set(micro_pipe.unet.state_dict()) == keys  # nothing left behind
+
+
+@pytest.mark.parametrize("name", ["loha", "lokr"])
+def test_loha_and_lokr_export_the_lycoris_layout_and_read_it_back(name, trained, micro_pipe, tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from bench.images import generate
+    from methods.peft_adapter import LYCORIS_FILE
+
+    method, result = trained[name]
+    method.save(result.artifact, tmp_path)
+    lyco = load_file(str(tmp_path / LYCORIS_FILE))
+    parts = {"loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}, "lokr": {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}}[name]
+    assert {k.split(".", 1)[1] for k in lyco} <= parts and "alpha" in {k.split(".", 1)[1] for k in lyco}
+    assert "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.alpha" in lyco
+    # Every module's scale is alpha / rank = 1 for a LyCORIS loader: the peft scale is in the factors.
+    ranks = {k.split(".")[0]: v.shape[0] for k, v in lyco.items() if k.endswith((".hada_w1_b", ".lokr_w2_b"))}
+    assert all(float(lyco[f"{m}.alpha"]) == r for m, r in ranks.items())
+    reread = method.load(tmp_path / LYCORIS_FILE)
+    for w in (1.0, 0.5):
+        images = []
+        for artifact in (result.artifact, reread):
+            method.apply(micro_pipe, artifact, w)
+            try:
+                images.append(np.asarray(generate(micro_pipe, ["a sks shape"], [0], steps=3)[0]).astype(int))
+            finally:
+                method.remove(micro_pipe)
+        assert np.abs(images[0] - images[1]).max() <= 1, (name, w)
