@@ -363,6 +363,58 @@ def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
     return save_figure(fig, out, "tradeoff")
 
 
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """Which (cost, quality) points no other point beats: at most the cost and at least the quality, one of
+    the two strictly (lower cost is better, higher quality is better)."""
+    return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in points) for c, q in points]
+
+
+FRONTIER_COSTS = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)]
+
+
+def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    """Quality at weight 1 (mean, 95 % interval) against each cost, one point per method config; the
+    methods no other beats on both (cheaper or as cheap, and better or as good) are ringed and joined."""
+    summary = stats.summarize(df, fidelity, 1.0, settings=settings)
+    rows = cost_rows(df)
+    if summary.empty or rows.empty:
+        return None
+    summary = summary[summary.scope == "overall"]
+    labels = arm_labels(df.assign(sweep=None))
+    higher = higher_is_better(fidelity)
+    fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False)
+    arms = sorted({(r.model, r.method, r.config) for r in summary.itertuples()}, key=lambda a: method_rank(label_of(labels, *a)))
+    col = colours([label_of(labels, *a) for a in arms])
+    for ax, (metric, title, log_scale) in zip(axes[0], FRONTIER_COSTS):
+        costs = rows[rows.metric == metric]
+        points = []
+        for arm in arms:
+            c = costs[(costs.model == arm[0]) & (costs.method == arm[1]) & (costs.config == arm[2])]
+            q = summary[(summary.model == arm[0]) & (summary.method == arm[1]) & (summary.config == arm[2])]
+            if c.empty or q.empty:
+                continue
+            # Cost: mean over concepts of the mean over training runs (as the cost table); quality: the hierarchical mean.
+            points.append((arm, c.groupby("concept").value.mean().mean(), *q[["mean", "low", "high"]].iloc[0].to_numpy(dtype=float)))
+        if not points:
+            continue
+        best = pareto([(cost, mean if higher else -mean) for _, cost, mean, _, _ in points])
+        for (arm, cost, mean, lo, hi), on_front in zip(points, best):
+            label = label_of(labels, *arm)
+            ax.errorbar([cost], [mean], yerr=[[mean - lo], [hi - mean]] if np.isfinite([lo, hi]).all() else None, fmt="o", color=col[label], capsize=3, label=label)
+            if on_front:
+                ax.scatter([cost], [mean], s=220, facecolors="none", edgecolors="black", linewidths=1.2)
+        front = sorted((cost, mean) for (_, cost, mean, _, _), on in zip(points, best) if on)
+        if len(front) > 1:
+            ax.step(*zip(*front), where="post", color="black", lw=0.8, ls="--")
+        ax.set_xlabel(title)
+        if log_scale:
+            ax.set_xscale("log")
+        ax.set_ylabel(f"{QUALITY_TITLES.get(fidelity, fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Cost against quality: mean over training runs, bars 95 % interval; ringed: not beaten on both by any other method (Pareto front)", fontsize=10)
+    return save_figure(fig, out, "frontier")
+
+
 def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None) -> list[Path]:
     """Per concept and prompt: methods x weights for the first training seed and generation seed
     (`texts`: (concept, prompt id) -> prompt text, for the titles)."""
@@ -712,7 +764,10 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     if info:
         figures.append((info, f"Summary: cost and quality at weight 1 per method, with the image grid {grids[0].stem.removeprefix('grid_')} "
                               "(shown only here; its file is in figures/ with the others)." if grids else "Summary: cost and quality at weight 1 per method."))
-    for fig, caption in ((cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
+    for fig, caption in ((frontier_figure(df, fidelity, fig_dir, settings) if (q.metric == fidelity).any() else None,
+                          f"What each method costs against what it gives ({QUALITY_TITLES.get(fidelity, fidelity)} at weight 1): the ringed methods "
+                          "are the choices no other method beats on both axes."),
+                         (cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
                          (curves_figure(df, fig_dir, settings), "Each metric against adapter weight; weight 0 is the base model."),
                          (tradeoff_figure(df, fig_dir), "Subject fidelity against text alignment along each method's weight path."),
                          (loss_figure(df, fig_dir), "Training loss per method against step (running mean), over all training runs.")):

@@ -92,7 +92,7 @@ def test_report_files_exist_and_html_is_self_contained(tmp_path):
     for name in ("cost", "quality", "per_concept", "paired", "ranking", "best_weight"):
         for ext in ("md", "csv", "tex"):
             assert (tmp_path / "report" / "tables" / f"{name}.{ext}").stat().st_size > 0
-    for fig in ("cost", "curves", "tradeoff", "infographic"):
+    for fig in ("cost", "curves", "tradeoff", "infographic", "frontier"):
         for ext in ("png", "svg"):
             assert (tmp_path / "report" / "figures" / f"{fig}.{ext}").stat().st_size > 0
 
@@ -110,3 +110,17 @@ def test_report_merges_several_results_dirs(tmp_path):
 def test_empty_results_are_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no result rows"):
         build_report([tmp_path])
+
+
+def test_pareto_front_marks_exactly_the_unbeaten_points():
+    from bench.report import pareto
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        pts = [tuple(map(float, p)) for p in rng.integers(0, 4, size=(rng.integers(1, 7), 2))]
+        # A point is beaten when some other point is no more costly and no worse, and differs from it.
+        beaten = [any((c2, q2) != (c, q) and c2 <= c and q2 >= q for c2, q2 in pts) for c, q in pts]
+        assert pareto(pts) == [not b for b in beaten], pts
+    # In the hand-made table: Textual Inversion's file is 1000x smaller, LoRA is better (both on the file-size
+    # front); their training memory is equal, so there LoRA alone is.
+    assert pareto([(3072, 0.5), (3.2e6, 0.7)]) == [True, True] and pareto([(100.5, 0.5), (100.5, 0.7)]) == [False, True]
