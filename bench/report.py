@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -67,17 +68,55 @@ def ordered(methods) -> list[str]:
     return known + sorted(set(methods) - set(known))
 
 
+def _flat(d, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return out
+
+
+def config_descriptions(runs: list[dict]) -> dict[str, str]:
+    """Config hash -> the hyper-parameters that tell it apart from the same method's other configs in these
+    runs, e.g. 'rank=16' for a `method.lora.rank=1,4,16` multirun (a family of one method)."""
+    by_method: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        method, config = r.get("method"), r.get("config") or {}
+        mcfg = (config.get("method") or {}).get(method)
+        if method and isinstance(mcfg, dict):
+            by_method.setdefault(method, {})[stages.config_hash(DictConfig_of(config), method)] = _flat(mcfg)
+    out = {}
+    for configs in by_method.values():
+        if len(configs) < 2:
+            continue
+        keys = sorted({k for c in configs.values() for k in c})
+        differ = [k for k in keys if len({c.get(k) for c in configs.values()}) > 1 and not k.endswith("_target_")]
+        for h, c in configs.items():
+            out[h] = ", ".join(f"{k.removeprefix('adapter.')}={c.get(k, '-')}" for k in differ)
+    return out
+
+
+def DictConfig_of(config: dict):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(config)
+
+
 def arm_labels(df: pd.DataFrame) -> dict[tuple, str]:
-    """A readable name per (model, method, config, sweep): the method, plus what tells arms apart."""
+    """A readable name per (model, method, config, sweep): the method, plus what tells arms apart (the
+    differing hyper-parameters where the report knows them, else the config hash)."""
     keys = {tuple(None if pd.isna(x) else x for x in r) for r in df[stats.ARM].dropna(subset=["method"]).itertuples(index=False)}
     many_models = len({k[0] for k in keys}) > 1
     configs = pd.Series([k[2] for k in keys]).groupby([k[1] for k in keys]).nunique() if keys else pd.Series(dtype=int)
     many_sweeps = len({k[3] for k in keys if isinstance(k[3], str)}) > 1
+    described = df.attrs.get("config_descriptions", {})
     out = {}
     for model, method, config, sweep in keys:
         label = method
         if configs.get(method, 1) > 1:
-            label += f" [{config}]"
+            label += f" {described[config]}" if described.get(config) else f" [{config}]"
         if many_models:
             label = f"{model}: {label}"
         if many_sweeps and isinstance(sweep, str):
@@ -106,7 +145,7 @@ def cost_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) ->
     cost = cost_rows(df)
     labels = arm_labels(df.assign(sweep=None))
     rows = []
-    for (model, method, config), g in sorted(cost.groupby(["model", "method", "config"], dropna=False), key=lambda kv: method_rank(kv[0][1])):
+    for (model, method, config), g in sorted(cost.groupby(["model", "method", "config"], dropna=False), key=lambda kv: method_rank(label_of(labels, *kv[0]))):
         row = {"method": label_of(labels, model, method, config), "runs": int(g.run_id.nunique())}
         for metric, (title, scale, fmt) in COST_METRICS.items():
             m = g[g.metric == metric]
@@ -201,8 +240,10 @@ def per_concept_table(df: pd.DataFrame, metric: str, settings: stats.Settings = 
 
 
 def method_rank(label: str) -> tuple:
-    base = label.split(" [")[0].split(": ")[-1]
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), label)
+    """Methods in METHOD_ORDER, then others; a family's members in natural order ('rank=4' before 'rank=16')."""
+    base = label.split(": ")[-1].split(" ")[0]
+    natural = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label))
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), natural)
 
 
 def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
@@ -403,13 +444,20 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
             ax.errorbar([cost], [mean], yerr=[[mean - lo], [hi - mean]] if np.isfinite([lo, hi]).all() else None, fmt="o", color=col[label], capsize=3, label=label)
             if on_front:
                 ax.scatter([cost], [mean], s=220, facecolors="none", edgecolors="black", linewidths=1.2)
+        # A family (one method at several configs, e.g. a rank sweep) is joined by a thin line of its colour.
+        for method in {arm[1] for arm, *_ in points}:
+            family = sorted((cost, mean, arm) for arm, cost, mean, _, _ in points if arm[1] == method)
+            if len(family) > 1:
+                first = min((label_of(labels, *f[2]) for f in family), key=method_rank)
+                ax.plot([f[0] for f in family], [f[1] for f in family], "-", lw=0.8, alpha=0.6, color=col[first])
         front = sorted((cost, mean) for (_, cost, mean, _, _), on in zip(points, best) if on)
         if len(front) > 1:
             ax.step(*zip(*front), where="post", color="black", lw=0.8, ls="--")
         ax.set_xlabel(title)
         if log_scale:
             ax.set_xscale("log")
-        ax.set_ylabel(f"{QUALITY_TITLES.get(fidelity, fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
+    axes[0][0].set_ylabel(f"{QUALITY_TITLES.get(fidelity, fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Cost against quality: mean over training runs, bars 95 % interval; ringed: not beaten on both by any other method (Pareto front)", fontsize=10)
     return save_figure(fig, out, "frontier")
@@ -720,6 +768,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
              "Rows of different method configs (hash in brackets where a method has several) are never averaged together.")
     tables: dict[str, tuple[str, pd.DataFrame]] = {}
     runs = run_records(results_dirs)
+    df.attrs["config_descriptions"] = config_descriptions(runs)  # labels say 'lora rank=16', not a hash
     if not (df.metric == validity.GROUND_TRUTH).any():
         intro += (" No concept-presence oracle judged these images (it knows only the micro world's concepts): the fidelity metrics below are "
                   "similarities, validated against ground truth only in the micro world (results/benchmarks/metric_validity.md).")

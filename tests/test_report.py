@@ -124,3 +124,25 @@ def test_pareto_front_marks_exactly_the_unbeaten_points():
     # In the hand-made table: Textual Inversion's file is 1000x smaller, LoRA is better (both on the file-size
     # front); their training memory is equal, so there LoRA alone is.
     assert pareto([(3072, 0.5), (3.2e6, 0.7)]) == [True, True] and pareto([(100.5, 0.5), (100.5, 0.7)]) == [False, True]
+
+
+def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
+    """A `method.lora.rank=1,4,16` multirun: each config is named by the hyper-parameters that differ
+    ('lora rank=16'), in natural order, never by a hash alone; keys equal across the family stay out."""
+    from omegaconf import OmegaConf
+
+    from bench import stages
+    from bench.report import arm_labels, config_descriptions, method_rank
+
+    runs, rows = [], []
+    for rank in (16, 1, 4):
+        config = {"method": {"lora": {"_target_": "methods.lora.LoRA", "lr": 0.002, "rank": rank, "alpha": rank}}}
+        h = stages.config_hash(OmegaConf.create(config), "lora")
+        runs.append({"method": "lora", "config": config})
+        rows.append({"model": "micro", "method": "lora", "config": h, "sweep": "s"})
+    described = config_descriptions(runs)
+    assert sorted(described.values()) == ["alpha=1, rank=1", "alpha=16, rank=16", "alpha=4, rank=4"]
+    df = pd.DataFrame(rows)
+    df.attrs["config_descriptions"] = described
+    labels = sorted(arm_labels(df).values(), key=method_rank)
+    assert labels == ["lora alpha=1, rank=1", "lora alpha=4, rank=4", "lora alpha=16, rank=16"]
