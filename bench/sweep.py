@@ -6,9 +6,9 @@ draws it from the seed alone), so images differ only by what the adapter does.
 
 from __future__ import annotations
 
-import math
-
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,28 +27,69 @@ class SweepError(RuntimeError):
     """A sweep that cannot be trusted, e.g. images that do not change with weight."""
 
 
+# AUTOMATIC1111's extra-network tags, and the methods each one's strength applies to (the web UI loads
+# LyCORIS files through <lora:...> too, and <lyco:...> was the LyCORIS extension's name for the same).
+A1111_TAG = re.compile(r"<(lora|lyco|hypernet):([^:<>]+):([^:<>]+)>")
+TAG_METHODS = {"lora": {"lora", "dora", "loha", "lokr", "oft"}, "lyco": {"lora", "dora", "loha", "lokr", "oft"}, "hypernet": {"hypernetwork"}}
+
+
 @dataclass(frozen=True)
 class SweepPrompt:
     prompt_id: str
     kind: str  # instance | recontext | unrelated
-    text: str  # as a user writes it, with the concept's token
+    text: str  # what the model reads: with the concept's token, AUTOMATIC1111 tags resolved
+    written: str = ""  # as the user wrote it (AUTOMATIC1111 tags included)
+    tags: tuple[tuple[str, float], ...] = ()  # (tag kind, strength) of each <lora:NAME:W>-style tag
 
     def scoring_text(self, data: ConceptData) -> str:
         """The prompt CLIP-T scores against: without the rare token, which CLIP does not know."""
         return " ".join(w for w in self.text.split() if w != data.token)
 
+    def scale_for(self, method: str) -> float:
+        """The strength the prompt's tags give `method`'s adapter, a multiplier of the sweep weight (1 without
+        a tag of its kind: a <hypernet:...> tag leaves LoRA's weight alone, as the web UI does)."""
+        scale = 1.0
+        for kind, strength in self.tags:
+            if method in TAG_METHODS[kind]:
+                scale *= strength
+        return scale
+
+
+def resolve_a1111(text: str, data: ConceptData, key: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """A prompt pasted from the web UI: `<lora:NAME:W>`, `<lyco:NAME:W>` and `<hypernet:NAME:W>` name this
+    run's artifact by its concept's name (the file name there) and set its strength W (removed from the
+    text); an embedding's name used as a word (the concept's name) becomes the concept's token."""
+    tags = []
+    for kind, name, weight in A1111_TAG.findall(text):
+        if name.strip() != data.name:
+            raise SweepError(f"{key}: <{kind}:{name}:{weight}> names no trained artifact of this run (its concept is {data.name!r}); "
+                             f"prompt {text!r}")
+        try:
+            strength = float(weight)
+        except ValueError:
+            raise SweepError(f"{key}: <{kind}:{name}:{weight}>: the strength {weight!r} is not a number; prompt {text!r}") from None
+        if not math.isfinite(strength):
+            raise SweepError(f"{key}: <{kind}:{name}:{weight}>: the strength must be finite; prompt {text!r}")
+        tags.append((kind, strength))
+    if "<" in A1111_TAG.sub("", text) and re.search(r"<\w+:", A1111_TAG.sub("", text)):
+        raise SweepError(f"{key}: a <...> tag other than <lora:NAME:W>, <lyco:NAME:W>, <hypernet:NAME:W> in {text!r}")
+    words = [data.token if w == data.name else w for w in A1111_TAG.sub(" ", text).split()]
+    return " ".join(words), tuple(tags)
+
 
 def sweep_prompts(cfg, data: ConceptData) -> list[SweepPrompt]:
-    """The sweep's prompt sets; templates may use {instance}, {token} and {class_word}."""
+    """The sweep's prompt sets; templates may use {instance}, {token} and {class_word}, and AUTOMATIC1111's
+    `<lora:NAME:W>`-style tags and embedding names (`resolve_a1111`)."""
     out = []
     fields = {"instance": data.instance_prompt, "token": data.token, "class_word": data.class_word}
     for kind in KINDS:
         for i, template in enumerate(cfg.get(kind) or []):
             try:
-                text = str(template).format(**fields)
+                written = str(template).format(**fields)
             except KeyError as e:
                 raise SweepError(f"sweep.{kind}[{i}]: unknown placeholder {e} in {template!r}; use {{instance}}, {{token}} or {{class_word}}") from None
-            out.append(SweepPrompt(f"{kind}_{i}", kind, text))
+            text, tags = resolve_a1111(written, data, f"sweep.{kind}[{i}]")
+            out.append(SweepPrompt(f"{kind}_{i}", kind, text, written, tags))
     if not any(p.kind != "unrelated" for p in out):
         raise SweepError("sweep.instance: at least one instance or recontext prompt is needed")
     return out
@@ -90,16 +131,21 @@ def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepP
 
 
 def sweep_one_weight_at_a_time(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress) -> dict[tuple[str, int, float], Image.Image]:
-    pairs = [(p, s) for p in prompts for s in seeds]
+    # Prompts whose AUTOMATIC1111 tags scale this method's strength go in a group of their own.
+    groups: dict[float, list[SweepPrompt]] = {}
+    for p in prompts:
+        groups.setdefault(p.scale_for(method.name), []).append(p)
     out: dict[tuple[str, int, float], Image.Image] = {}
     for weight in tqdm(weights, desc=f"sweep {method.name}", disable=not progress, leave=False):
-        method.apply(pipe, artifact, weight)
-        try:
-            images = generate(pipe, [method.prompt(p.text, data) for p, _ in pairs], [s for _, s in pairs], int(cfg.steps), float(cfg.guidance), int(cfg.batch))
-        finally:
-            method.remove(pipe)
-        for (p, s), im in zip(pairs, images):
-            out[(p.prompt_id, s, weight)] = im
+        for scale, group in groups.items():
+            pairs = [(p, s) for p in group for s in seeds]
+            method.apply(pipe, artifact, weight * scale)
+            try:
+                images = generate(pipe, [method.prompt(p.text, data) for p, _ in pairs], [s for _, s in pairs], int(cfg.steps), float(cfg.guidance), int(cfg.batch))
+            finally:
+                method.remove(pipe)
+            for (p, s), im in zip(pairs, images):
+                out[(p.prompt_id, s, weight)] = im
     return out
 
 
@@ -108,12 +154,12 @@ def sweep_batched(pipe, method, artifact, data, prompts, seeds, weights, cfg, pr
     triples = [(w, p, s) for w in weights for p in prompts for s in seeds]
     batch = int(cfg.batch)
     out = {}
-    method.apply_many(pipe, artifact, weights)
+    method.apply_many(pipe, artifact, list(dict.fromkeys(w * p.scale_for(method.name) for w, p, _ in triples)))
     try:
         for i in tqdm(range(0, len(triples), batch), desc=f"sweep {method.name} (batched)", disable=not progress, leave=False):
             chunk = triples[i : i + batch]
-            method.set_sample_weights(pipe, [w for w, _, _ in chunk])
-            texts = [method.prompt_at(p.text, data, w) for w, p, _ in chunk]
+            method.set_sample_weights(pipe, [w * p.scale_for(method.name) for w, p, _ in chunk])
+            texts = [method.prompt_at(p.text, data, w * p.scale_for(method.name)) for w, p, _ in chunk]
             images = generate(pipe, texts, [s for _, _, s in chunk], int(cfg.steps), float(cfg.guidance), batch)
             for (w, p, s), im in zip(chunk, images):
                 out[(p.prompt_id, s, w)] = im

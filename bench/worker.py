@@ -298,7 +298,7 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
             im.save(tmp, format="PNG")
         names[path.name] = [pid, seed, weight]
     atomic_write_text(manifest, json.dumps({"images": names, "weight_zero_diffs": [[p, s, d] for (p, s), d in diffs.items()],
-                                            "prompts": {p.prompt_id: p.text for p in prompts},
+                                            "prompts": {p.prompt_id: p.written or p.text for p in prompts},
                                             "checksums": checksums([folder / n for n in names], folder)}))
     return images, diffs
 

@@ -85,3 +85,37 @@ def test_an_adapter_that_changes_nothing_is_an_error(micro_pipe, concept):
 def test_guard_passes_when_any_image_moves():
     a, b = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
     check_weight_changes_images("m", {("p", 0, 0.0): a, ("p", 0, 1.0): b, ("q", 0, 0.0): a, ("q", 0, 1.0): a}, [0.0, 1.0])
+
+
+def test_automatic1111_tags_and_embedding_names_resolve_to_this_runs_artifact(concept):
+    cfg = OmegaConf.create({"instance": ["<lora:sks_crescent:0.8> a photo of sks_crescent"], "unrelated": ["a red star <hypernet:sks_crescent:-0.5>"]})
+    inst, unrel = sweep_prompts(cfg, concept)
+    assert inst.text == "a photo of sks" and inst.written == "<lora:sks_crescent:0.8> a photo of sks_crescent"
+    assert [inst.scale_for(m) for m in ("lora", "loha", "oft", "hypernetwork", "dreambooth", "textual_inversion")] == [0.8, 0.8, 0.8, 1.0, 1.0, 1.0]
+    assert unrel.text == "a red star" and unrel.scale_for("hypernetwork") == -0.5 and unrel.scale_for("lora") == 1.0
+    for prompt, match in (("<lora:sks_heart:1> {instance}", r"sweep\.instance\[0\]: <lora:sks_heart:1> names no trained artifact.*'sks_crescent'"),
+                          ("<lora:sks_crescent:strong> {instance}", r"sweep\.instance\[0\]: .*strength 'strong' is not a number"),
+                          ("<lyco:sks_crescent:nan> {instance}", r"strength must be finite"),
+                          ("<hypernetwork:sks_crescent:1> {instance}", r"sweep\.instance\[0\]: a <\.\.\.> tag other than")):
+        with pytest.raises(SweepError, match=match):
+            sweep_prompts(OmegaConf.create({"instance": [prompt]}), concept)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_lora_tag_sets_the_strength_a_prompt_is_drawn_at(micro_pipe, concept, batched):
+    """'<lora:NAME:0.5> a sks shape' at sweep weight w is 'a sks shape' at weight 0.5 w: the web UI's meaning."""
+    import numpy as np
+
+    from methods.base import TrainSettings
+    from methods.lora import LoRA
+
+    method = LoRA(lr=5e-2)
+    artifact = method.train(micro_pipe, concept, TrainSettings(steps=3, batch_size=2, progress=False)).artifact
+    base = {"steps": 3, "guidance": 5.0, "seeds": [0], "batch": 8, "batched": batched}
+    tagged = sweep_method(micro_pipe, method, artifact, concept, sweep_prompts(OmegaConf.create({"instance": ["<lora:sks_crescent:0.5> a sks shape"]}), concept),
+                          OmegaConf.create({**base, "weights": [0.0, 1.0, 2.0]}), progress=False)
+    plain = sweep_method(micro_pipe, method, artifact, concept, sweep_prompts(OmegaConf.create({"instance": ["a sks shape"]}), concept),
+                         OmegaConf.create({**base, "weights": [0.0, 0.5, 1.0]}), progress=False)
+    for w in (0.0, 1.0, 2.0):
+        a, b = np.asarray(tagged[("instance_0", 0, w)]).astype(int), np.asarray(plain[("instance_0", 0, w / 2)]).astype(int)
+        assert np.abs(a - b).max() <= 1, w
