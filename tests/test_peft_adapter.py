@@ -115,6 +115,25 @@ def test_loha_and_lokr_export_the_lycoris_layout_and_read_it_back(name, trained,
     # Every module's scale is alpha / rank = 1 for a LyCORIS loader: the peft scale is in the factors.
     ranks = {k.split(".")[0]: v.shape[0] for k, v in lyco.items() if k.endswith((".hada_w1_b", ".lokr_w2_b"))}
     assert all(float(lyco[f"{m}.alpha"]) == r for m, r in ranks.items())
+    # What a LyCORIS loader computes from the file (the formulas of AUTOMATIC1111's network_loha/lokr: the
+    # product of the factors, times alpha / rank) is the update peft applies at weight 1.
+    method.apply(micro_pipe, result.artifact, 1.0)
+    try:
+        peft_delta = {n: m.get_delta_weight(ADAPTER).clone() for n, m in micro_pipe.unet.named_modules()
+                      if hasattr(m, "get_delta_weight") and ADAPTER in getattr(m, "scaling", {})}
+    finally:
+        method.remove(micro_pipe)
+    for module, delta in peft_delta.items():
+        f = {k.split(".", 1)[1]: v for k, v in lyco.items() if k.split(".", 1)[0] == "lora_unet_" + module.replace(".", "_")}
+        if name == "loha":
+            rank = f["hada_w1_b"].shape[0]
+            theirs = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+        else:
+            w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
+            rank = f["lokr_w2_b"].shape[0] if "lokr_w2_b" in f else None
+            theirs = torch.kron(f["lokr_w1"], w2)
+        scale = float(f["alpha"]) / rank if rank else 1.0
+        assert torch.allclose(theirs.reshape(delta.shape) * scale, delta, atol=1e-6), module
     reread = method.load(tmp_path / LYCORIS_FILE)
     for w in (1.0, 0.5):
         images = []
