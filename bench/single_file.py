@@ -3,7 +3,8 @@ the single file AUTOMATIC1111, ComfyUI and diffusers' `from_single_file` load.
 
 The key mapping is the inverse of the one diffusers applies when it reads such files, written for any
 depth and layers-per-block of a UNet2DConditionModel / AutoencoderKL. Text encoders: SD 1.x stores its
-CLIP ViT-L as a Hugging Face CLIP text model under `cond_stage_model.transformer.`; SDXL stores the same
+CLIP ViT-L as a Hugging Face CLIP text model under `cond_stage_model.transformer.`; SD 2.x its OpenCLIP
+ViT-H in open_clip's layout under `cond_stage_model.model.`; SDXL stores the ViT-L
 model under `conditioner.embedders.0.transformer.` and its OpenCLIP ViT-bigG in open_clip's own layout
 under `conditioner.embedders.1.model.` (fused q/k/v, `resblocks`, a transposed text projection), and its
 UNet's added-condition MLP as `label_emb`.
@@ -154,8 +155,8 @@ def _hf_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_single_file(pipe_components: dict, path: Path, dtype: torch.dtype | None = None) -> Path:
-    """`pipe_components`: {'unet': (state, config), 'vae': (state, config), 'text_encoder': state}, and
-    SDXL's 'text_encoder_2': state."""
+    """`pipe_components`: {'unet': (state, config), 'vae': (state, config), 'text_encoder': (state, config)},
+    and SDXL's 'text_encoder_2': (state, config)."""
     tensors = single_file_tensors(pipe_components, dtype)
     with atomic_path(Path(path)) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
@@ -167,11 +168,16 @@ def single_file_tensors(pipe_components: dict, dtype: torch.dtype | None = None)
     unet_state, unet_config = pipe_components["unet"]
     vae_state, vae_config = pipe_components["vae"]
     tensors = {**unet_to_ldm(unet_state, unet_config), **vae_to_ldm(vae_state, vae_config)}
+    text_state, text_config = pipe_components["text_encoder"]
     if "text_encoder_2" in pipe_components:  # SDXL
-        tensors.update({"conditioner.embedders.0.transformer." + k: v for k, v in _hf_text_model(pipe_components["text_encoder"]).items()})
-        tensors.update({"conditioner.embedders.1.model." + k: v for k, v in text_encoder_to_open_clip(pipe_components["text_encoder_2"]).items()})
+        tensors.update({"conditioner.embedders.0.transformer." + k: v for k, v in _hf_text_model(text_state).items()})
+        tensors.update({"conditioner.embedders.1.model." + k: v for k, v in text_encoder_to_open_clip(pipe_components["text_encoder_2"][0]).items()})
+    elif text_config.get("hidden_act") == "gelu":
+        # SD 2.x: OpenCLIP ViT-H (plain GELU; OpenAI's CLIP uses quick_gelu), stored in open_clip's layout.
+        # diffusers keeps the 23 layers SD 2.x reads (the penultimate of 24); the file holds those.
+        tensors.update({"cond_stage_model.model." + k: v for k, v in text_encoder_to_open_clip(text_state).items()})
     else:
-        tensors.update({"cond_stage_model.transformer." + k: v for k, v in _hf_text_model(pipe_components["text_encoder"]).items()})
+        tensors.update({"cond_stage_model.transformer." + k: v for k, v in _hf_text_model(text_state).items()})
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     return tensors

@@ -205,7 +205,7 @@ class DreamBooth(Method):
         parts = {n: _read_component(folder / n) for n in ("unet", "vae")}
         for name in ("text_encoder", "text_encoder_2"):
             if (folder / name).is_dir():
-                parts[name] = _read_component(folder / name)[0]
+                parts[name] = _read_component(folder / name)
         return save_single_file(parts, out_dir / SINGLE_FILE)
 
     def file_content(self, artifact: Artifact | None, pipe=None):
@@ -220,7 +220,7 @@ class DreamBooth(Method):
                 continue
             state = _overlay(dict(module.state_dict()), artifact, name)
             config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
-            parts[name] = state if name.startswith("text_encoder") else (state, config)
+            parts[name] = (state, config)
         return single_file_tensors(parts), None
 
     def save_folder(self, artifact: Artifact, out_dir: Path) -> Path:

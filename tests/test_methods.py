@@ -222,3 +222,33 @@ def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tm
     folder = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True, safety_checker=None)
     folder.set_progress_bar_config(disable=True)
     assert np.array_equal(pixels(generate(folder, [PROMPT], [0], steps=STEPS)[0]), ours)
+
+
+def test_dreambooth_single_file_of_an_sd2_style_model_has_the_open_clip_layout(micro_pipe, concept, tmp_path):
+    """SD 2.x checkpoints hold their OpenCLIP text encoder (plain GELU) in open_clip's layout under
+    `cond_stage_model.model.`: a micro model with such a text encoder writes it so, and stock diffusers
+    reads the file back to the same images."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from bench import zoo
+    from bench.models import load_pipeline
+
+    folder = tmp_path / "sd2_style"
+    shutil.copytree(zoo.micro_sd_dir(), folder)
+    config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    (folder / "text_encoder" / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    pipe = load_pipeline({"name": "sd2_style", "path": str(folder), "dtype": "float32"}, "cpu")
+    method = make("dreambooth", lr=1e-3, prior_preservation=False)
+    result = method.train(pipe, concept, TrainSettings(steps=2, batch_size=2, progress=False))
+    single = method.save(result.artifact, tmp_path / "out")
+    keys = set(load_file(str(single)))
+    assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in keys and "cond_stage_model.model.positional_embedding" in keys
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in keys)
+    ours = pixels(generate_with(pipe, method, result.artifact, 1.0, PROMPT))
+    stock = StableDiffusionPipeline.from_single_file(str(single), config=str(folder), local_files_only=True, safety_checker=None)
+    stock.set_progress_bar_config(disable=True)
+    assert np.array_equal(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]), ours)
