@@ -3,6 +3,7 @@
     python benchmarks/comparison.py                 # the default run (2 concepts x 3 training seeds)
     python benchmarks/comparison.py --data suite    # the full evaluation suite (8 concepts)
     python benchmarks/comparison.py --data suite --write   # and commit the tables under results/benchmarks/
+    python benchmarks/comparison.py --name peft 'method=[dora,loha,lokr,oft]' --write   # comparison_default_peft.md
 
 Prints three tables:
 - wall time of the whole `python run.py` and the seconds spent per stage (load, base images, class
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="default", help="data option: default (2 concepts) or suite (8)")
     p.add_argument("--results", type=Path, default=None, help="results dir (default: a fresh temporary one)")
-    p.add_argument("--write", action="store_true", help="write results/benchmarks/comparison_<data>.md")
+    p.add_argument("--write", action="store_true", help="write results/benchmarks/comparison_<data>[_<name>].md")
+    p.add_argument("--name", default="", help="a suffix for the written file, for runs with other methods (e.g. peft)")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides for run.py")
     args = p.parse_args(argv)
     results = args.results or Path(tempfile.mkdtemp(prefix=f"adapterbench_{args.data}_"))
@@ -93,14 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     workers = header.split(";")[-1].strip() if ";" in header else "workers as configured"
     learning = learning_table(df)
     text = (
-        f"# Comparison benchmark: `python run.py data={args.data}`\n\n{header.removeprefix('adapterbench: ')}\n\n"
+        f"# Comparison benchmark: `python run.py data={args.data}{''.join(' ' + o for o in args.overrides)}`\n\n{header.removeprefix('adapterbench: ')}\n\n"
         f"## Where the time goes\n\n{time_table(results, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
         f"## Every method learns every concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
         f"recontext prompts at weight 1 and 0, mean over training runs; 'learned': the gain averaged over training runs is at least {MIN_GAIN}. "
         f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned.\n\n"
         f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
     )
-    publish(text, ROOT / "results" / "benchmarks" / f"comparison_{args.data}.md", args.write)
+    publish(text, ROOT / "results" / "benchmarks" / f"comparison_{args.data}{'_' + args.name if args.name else ''}.md", args.write)
 
 
 if __name__ == "__main__":
