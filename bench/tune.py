@@ -137,10 +137,15 @@ def merge_previous(record: dict, grid: pd.DataFrame) -> tuple[dict, pd.DataFrame
     if not TUNING_JSON.is_file():
         return record, grid
     old = json.loads(TUNING_JSON.read_text())
-    protocol = ("concepts", "seeds", "factors", "centers", "objective", "max_drift", "train")
-    if any(old.get(k) != record.get(k) for k in protocol):
+    protocol = ("concepts", "seeds", "factors", "objective", "max_drift")
+    if any(old.get(k) != record.get(k) for k in protocol) or _train(old.get("train")) != _train(record.get("train")):
         return record, grid
     kept = [r for r in old.get("grid", []) if r["method"] not in record["chosen"]]
+    # Grid centres are per method: a kept method's must be unchanged (a new method's centre, added to the
+    # config for its own tuning, does not make the others' grids another protocol).
+    old_centers, new_centers = old.get("centers") or {}, record.get("centers") or {}
+    if any(old_centers.get(m) != new_centers.get(m) for m in {r["method"] for r in kept}):
+        return record, grid
     for r in kept:
         r.setdefault("date", old.get("date"))
     merged = pd.concat([pd.DataFrame(kept), grid], ignore_index=True) if kept else grid
@@ -152,9 +157,18 @@ def merge_previous(record: dict, grid: pd.DataFrame) -> tuple[dict, pd.DataFrame
         return {**{m: v for m, v in old.get(field, {}).items() if m not in record["chosen"]}, **record.get(field, {})}
 
     chosen = keep("chosen")
-    merged_record = {**record, "chosen": {m: chosen[m] for m in order if m in chosen}, "chosen_options": keep("chosen_options"),
+    merged_record = {**record, "centers": {**old_centers, **new_centers}, "chosen": {m: chosen[m] for m in order if m in chosen}, "chosen_options": keep("chosen_options"),
                      "settings": keep("settings"), "grid": merged.to_dict("records")}
     return merged_record, merged
+
+
+def _train(train: dict | None) -> dict:
+    """A tuning's `train` config with the training options it ran at filled in: a record written before an
+    option existed ran at that option's default."""
+    from methods.base import TrainSettings
+
+    options = ("precision", "gradient_checkpointing", "optimizer", "attention")
+    return {**{k: getattr(TrainSettings, k) for k in options}, **(train or {})}
 
 
 def render(cfg: DictConfig, grid: pd.DataFrame) -> str:

@@ -107,3 +107,13 @@ def test_retuning_one_method_keeps_the_others_from_the_same_protocol(tmp_path, m
     # Another protocol (here other tuning seeds): nothing old is mixed in.
     other, table = tune.merge_previous({**record, "seeds": [7]}, new_grid)
     assert other["chosen"] == {"lora": 6e-4} and list(table.method) == ["lora"]
+    # A centre added for a newly tuned method keeps the others; a kept method's changed centre does not.
+    added, table = tune.merge_previous({**record, "centers": {"lora": 2e-3, "loha": 6e-3}}, new_grid)
+    assert list(table.method) == ["dreambooth", "lora"] and added["centers"] == {"lora": 2e-3, "loha": 6e-3}
+    moved, table = tune.merge_previous({**record, "centers": {"lora": 2e-3, "dreambooth": 1e-3}}, new_grid)
+    assert list(table.method) == ["lora"]
+    # Training options added since the old tuning, at their defaults, are the same protocol; others are not.
+    spelled, table = tune.merge_previous({**record, "train": {"steps": 150, "precision": "fp32", "optimizer": "adamw"}}, new_grid)
+    assert list(table.method) == ["dreambooth", "lora"]
+    mixed, table = tune.merge_previous({**record, "train": {"steps": 150, "precision": "bf16"}}, new_grid)
+    assert list(table.method) == ["lora"]
