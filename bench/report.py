@@ -410,7 +410,7 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
     return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in points) for c, q in points]
 
 
-FRONTIER_COSTS = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)]
+FRONTIER_COSTS = [("artifact_bytes", "file size (log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)]
 
 
 def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
@@ -456,7 +456,11 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
         ax.set_xlabel(title)
         if log_scale:
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
+            # Ticks at 1, 2, 5 x each power of ten, read as sizes (62 KB, 200 KB, 1 MB): a few labels a user can
+            # read, where matplotlib's minor labels collide and a decade alone may leave one label.
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].set_ylabel(f"{QUALITY_TITLES.get(fidelity, fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Cost against quality: mean over training runs, bars 95 % interval; ringed: not beaten on both by any other method (Pareto front)", fontsize=10)
