@@ -16,7 +16,7 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("method=lorra", "Could not find 'method/lorra'; available: dreambooth, hypernetwork, lora, textual_inversion"),
+    ("method=lorra", "Could not find 'method/lorra'; available: dora, dreambooth, hypernetwork, loha, lokr, lora, oft, textual_inversion"),
     ("model=sd99", "Could not find 'model/sd99'"),
     ("train.stepz=4", "Could not override 'train.stepz'"),
     ("train.steps=abc", "train.steps=abc"),
