@@ -22,6 +22,7 @@ of the micro model.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -125,7 +126,7 @@ def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
             cast_parameters(m, dtype)
     if sdxl:
         pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-                                         tokenizer_2=CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=text_config.max_position_embeddings),
+                                         tokenizer_2=copy.deepcopy(tokenizer),  # its own object: TI adds tokens per tokenizer
                                          unet=unet, scheduler=scheduler)
     else:
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

@@ -81,12 +81,14 @@ def _flat(d, prefix: str = "") -> dict[str, str]:
 def config_descriptions(runs: list[dict]) -> dict[str, str]:
     """Config hash -> the hyper-parameters that tell it apart from the same method's other configs in these
     runs, e.g. 'rank=16' for a `method.lora.rank=1,4,16` multirun (a family of one method)."""
+    from omegaconf import OmegaConf
+
     by_method: dict[str, dict[str, dict]] = {}
     for r in runs:
         method, config = r.get("method"), r.get("config") or {}
         mcfg = (config.get("method") or {}).get(method)
         if method and isinstance(mcfg, dict):
-            by_method.setdefault(method, {})[stages.config_hash(DictConfig_of(config), method)] = _flat(mcfg)
+            by_method.setdefault(method, {})[stages.config_hash(OmegaConf.create(config), method)] = _flat(mcfg)
     out = {}
     for configs in by_method.values():
         if len(configs) < 2:
@@ -96,12 +98,6 @@ def config_descriptions(runs: list[dict]) -> dict[str, str]:
         for h, c in configs.items():
             out[h] = ", ".join(f"{k.removeprefix('adapter.')}={c.get(k, '-')}" for k in differ)
     return out
-
-
-def DictConfig_of(config: dict):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(config)
 
 
 def arm_labels(df: pd.DataFrame) -> dict[tuple, str]:
@@ -417,8 +413,7 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
     """Quality at weight 1 (mean, 95 % interval) against each cost, one point per method config; the
     methods no other beats on both (cheaper or as cheap, and better or as good) are ringed and joined."""
     summary = stats.summarize(df, fidelity, 1.0, settings=settings)
-    rows = cost_rows(df)
-    if summary.empty or rows.empty:
+    if summary.empty or cost_rows(df).empty:
         return None
     summary = summary[summary.scope == "overall"]
     labels = arm_labels(df.assign(sweep=None))
@@ -427,15 +422,13 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
     arms = sorted({(r.model, r.method, r.config) for r in summary.itertuples()}, key=lambda a: method_rank(label_of(labels, *a)))
     col = colours([label_of(labels, *a) for a in arms])
     for ax, (metric, title, log_scale) in zip(axes[0], FRONTIER_COSTS):
-        costs = rows[rows.metric == metric]
+        costs = arm_means(df, metric)  # per label: mean over concepts of the mean over training runs, as the cost figure
         points = []
         for arm in arms:
-            c = costs[(costs.model == arm[0]) & (costs.method == arm[1]) & (costs.config == arm[2])]
             q = summary[(summary.model == arm[0]) & (summary.method == arm[1]) & (summary.config == arm[2])]
-            if c.empty or q.empty:
+            if label_of(labels, *arm) not in costs or q.empty:
                 continue
-            # Cost: mean over concepts of the mean over training runs (as the cost table); quality: the hierarchical mean.
-            points.append((arm, c.groupby("concept").value.mean().mean(), *q[["mean", "low", "high"]].iloc[0].to_numpy(dtype=float)))
+            points.append((arm, costs[label_of(labels, *arm)], *q[["mean", "low", "high"]].iloc[0].to_numpy(dtype=float)))
         if not points:
             continue
         best = pareto([(cost, mean if higher else -mean) for _, cost, mean, _, _ in points])

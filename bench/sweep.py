@@ -71,9 +71,10 @@ def resolve_a1111(text: str, data: ConceptData, key: str) -> tuple[str, tuple[tu
         if not math.isfinite(strength):
             raise SweepError(f"{key}: <{kind}:{name}:{weight}>: the strength must be finite; prompt {text!r}")
         tags.append((kind, strength))
-    if "<" in A1111_TAG.sub("", text) and re.search(r"<\w+:", A1111_TAG.sub("", text)):
+    rest = A1111_TAG.sub(" ", text)
+    if re.search(r"<\w+:", rest):
         raise SweepError(f"{key}: a <...> tag other than <lora:NAME:W>, <lyco:NAME:W>, <hypernet:NAME:W> in {text!r}")
-    words = [data.token if w == data.name else w for w in A1111_TAG.sub(" ", text).split()]
+    words = [data.token if w == data.name else w for w in rest.split()]
     return " ".join(words), tuple(tags)
 
 

@@ -455,14 +455,21 @@ def encode_images(pipe, images) -> torch.Tensor:
     return torch.cat(chunks).float().cpu() * vae.config.scaling_factor
 
 
+TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))  # pipe attributes: SDXL has the second pair
+
+
+def named_text_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The pipe's text encoders by attribute name: one for SD 1.x/2.x, two for SDXL (CLIP ViT-L and OpenCLIP ViT-bigG)."""
+    return {name: e for name, _ in TEXT_ENCODERS if (e := getattr(pipe, name, None)) is not None}
+
+
 def text_encoders(pipe) -> list[torch.nn.Module]:
-    """The pipe's text encoders: one for SD 1.x/2.x, two for SDXL (CLIP ViT-L and OpenCLIP ViT-bigG)."""
-    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+    return list(named_text_encoders(pipe).values())
 
 
 def tokenizers(pipe) -> list:
     """The tokenizer of each text encoder, in the same order."""
-    return [t for t, e in ((pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))) if e is not None]
+    return [getattr(pipe, tok) for name, tok in TEXT_ENCODERS if getattr(pipe, name, None) is not None]
 
 
 def tokenize(pipe, prompts: list[str]) -> torch.Tensor:

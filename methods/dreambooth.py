@@ -21,7 +21,7 @@ from bench.data import ConceptData
 from bench.images import generate
 from bench.io import atomic_dir, checksums, record_damage
 from bench.single_file import save_single_file
-from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, cast_parameters, check_positive, encode_set
+from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, cast_parameters, check_positive, encode_set, named_text_encoders
 
 CHECKSUMS = "checksums.json"  # beside cached class images
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
@@ -79,8 +79,7 @@ class DreamBooth(Method):
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
         """The UNet, and with `train_text_encoder` every text encoder (SDXL: both)."""
-        texts = {"text_encoder": pipe.text_encoder, "text_encoder_2": getattr(pipe, "text_encoder_2", None)} if self.train_text_encoder else {}
-        return {"unet": pipe.unet, **{k: v for k, v in texts.items() if v is not None}}
+        return {"unet": pipe.unet, **(named_text_encoders(pipe) if self.train_text_encoder else {})}
 
     # ---- prior preservation
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, per_sample_scale, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, named_text_encoders, per_sample_scale, save_tensors
 
 ADAPTER = "adapterbench"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -68,11 +68,9 @@ class LoRA(Method):
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
         """The UNet, and with `text_encoder` every text encoder (SDXL: both)."""
-        texts = {"text_encoder": pipe.text_encoder, "text_encoder_2": getattr(pipe, "text_encoder_2", None)} if self.text_encoder else {}
-        return {"unet": pipe.unet, **{k: v for k, v in texts.items() if v is not None}}
+        return {"unet": pipe.unet, **(named_text_encoders(pipe) if self.text_encoder else {})}
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
-        from diffusers.utils.peft_utils import recurse_remove_peft_layers
         from peft.utils import get_peft_model_state_dict
 
         tensors: dict[str, torch.Tensor] = {}
@@ -86,12 +84,7 @@ class LoRA(Method):
                 if "lora_B" in key:
                     value *= self.alpha / self.rank
                 tensors[f"{prefix}.{key}"] = value
-            # Remove the peft wrappers themselves, not just the adapter: the UNet's module tree (and so
-            # its state-dict keys) must be exactly the base model's again.
-            recurse_remove_peft_layers(module)
-            if hasattr(module, "peft_config"):
-                del module.peft_config
-            module._hf_peft_config_loaded = False
+            remove_peft(module)
         return Artifact(self.name, tensors, {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
 
     def apply(self, pipe, artifact: Artifact, weight: float) -> None:
@@ -137,6 +130,17 @@ class LoRA(Method):
         file = path / DIFFUSERS_FILE if path.is_dir() else path
         tensors, meta = load_tensors(file)
         return Artifact(self.name, tensors, meta or {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
+
+
+def remove_peft(module: torch.nn.Module) -> None:
+    """Remove peft's wrappers themselves, not just the adapter: the module tree (and so its state-dict keys)
+    is exactly the base model's again."""
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(module)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    module._hf_peft_config_loaded = False
 
 
 def to_kohya(tensors: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

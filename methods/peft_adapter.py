@@ -20,8 +20,8 @@ import torch
 
 from bench.data import ConceptData
 from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
+from methods.lora import ADAPTER, remove_peft
 
-ADAPTER = "adapterbench"
 FILE = "adapter.safetensors"
 LYCORIS_FILE = "lycoris.safetensors"  # LoHa/LoKr in the LyCORIS/kohya layout AUTOMATIC1111 and ComfyUI read
 LYCORIS_PREFIX = "lora_unet_"
@@ -48,17 +48,6 @@ def family(config, name: str = "<name>") -> str:
     return "dora" if name == "lora" and getattr(config, "use_dora", False) else name
 
 
-def remove_peft(module: torch.nn.Module) -> None:
-    """Remove peft's wrappers themselves, not just the adapter: the module tree (and so its state-dict keys)
-    is exactly the base model's again."""
-    from diffusers.utils.peft_utils import recurse_remove_peft_layers
-
-    recurse_remove_peft_layers(module)
-    if hasattr(module, "peft_config"):
-        del module.peft_config
-    module._hf_peft_config_loaded = False
-
-
 class PeftAdapter(Method):
     name = "peft_adapter"  # each YAML names its own (`name:`), e.g. loha
     weight_meaning = "per adapter family: " + "; ".join(f"{k}: {v}" for k, v in MEANINGS.items())
@@ -75,7 +64,6 @@ class PeftAdapter(Method):
         if not adapter.target_modules:
             raise MethodConfigError(f"method.{name}.adapter.target_modules: empty; name at least one module, e.g. to_q")
         self.adapter = adapter
-        self._weight_hooks: list = []
 
     @classmethod
     def weight_meaning_for(cls, mcfg: dict) -> str:
