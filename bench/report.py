@@ -449,9 +449,10 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
         ax.set_xlabel(title)
         if log_scale:
             ax.set_xscale("log")
-            # Ticks at 1, 2, 5 x each power of ten, read as sizes (62 KB, 200 KB, 1 MB): a few labels a user can
-            # read, where matplotlib's minor labels collide and a decade alone may leave one label.
-            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            # Ticks read as sizes (62 KB, 1 MB): each power of ten, and 2x and 5x too when the costs span under
+            # two decades (else one label may be all there is); more ticks than that collide.
+            span = math.log10(max(p[1] for p in points) / min(p[1] for p in points))
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].set_ylabel(f"{QUALITY_TITLES.get(fidelity, fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
