@@ -11,7 +11,8 @@ Prints three tables:
   workers x wall time; then the report);
 - per method and concept: CLIP-I at weight 1 and at weight 0 (mean over training runs), the per-run gain,
   and whether the method learned it: the gain averaged over training runs is at least 0.05 (how many
-  runs gain on their own is beside it, so a pass carried by one run shows);
+  runs gain on their own is beside it, so a pass carried by one run shows); beside it the oracle's
+  presence rate at weights 1 and 0, the ground truth CLIP-I stands in for;
 - cost per method (mean over runs).
 """
 
@@ -38,6 +39,9 @@ def learning_table(df):
     w1 = stats.unit_values(df, "clip_i", 1.0).set_index(["method", "concept", "train_seed"]).value
     w0 = stats.unit_values(df, "clip_i", 0.0).set_index(["method", "concept", "train_seed"]).value
     gain = (w1 - w0).dropna()
+    # The oracle's presence rate beside the CLIP-I criterion: CLIP-I at weight 0 depends on what the
+    # untrained token happens to draw (a pink star scores high against a pink crescent), presence does not.
+    present = {w: stats.unit_values(df, "presence", w).groupby(["method", "concept"]).value.mean() for w in (1.0, 0.0)} if "presence" in set(df.metric) else {}
     rows = []
     for (method, concept), g in gain.groupby(["method", "concept"], sort=False):
         kind = df[df.concept == concept].kind.dropna().iloc[0]
@@ -46,6 +50,7 @@ def learning_table(df):
             "CLIP-I @1": w1[method, concept].mean(), "CLIP-I @0": w0[method, concept].mean(),
             "gain (mean)": g.mean(), "gain (min run)": g.min(), "runs gaining": f"{int((g > 0).sum())}/{len(g)}",
             "learned": bool(g.mean() >= MIN_GAIN),
+            **{f"presence @{w:g}": present[w].get((method, concept), float("nan")) for w in present},
         })
     return pd.DataFrame(rows)
 
@@ -99,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         f"## Where the time goes\n\n{time_table(results, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
         f"## Every method learns every concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
         f"recontext prompts at weight 1 and 0, mean over training runs; 'learned': the gain averaged over training runs is at least {MIN_GAIN}. "
-        f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned.\n\n"
+        f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned. Beside it, ground truth: the oracle's presence "
+        "rate (share of those images in which it sees the concept) at weight 1 and 0; CLIP-I at weight 0 depends on what the untrained "
+        "token happens to draw, presence does not.\n\n"
         f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
     )
     publish(text, ROOT / "results" / "benchmarks" / f"comparison_{args.data}{'_' + args.name if args.name else ''}.md", args.write)
