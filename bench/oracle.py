@@ -5,7 +5,7 @@ check what its metrics claim against ground truth. The oracle is a small CNN wit
 on renders (never on the generator's output, and the generator never sees it):
 
 - shape: the world's shapes, every held-out shape, and "none" (blank or uniform images);
-- fill: "solid" and every held-out style fill.
+- fill: "solid" and every held-out style fill (a texture, or any colour of a palette style).
 
 An object concept (`sks_crescent`) is present when the shape head says its shape; a style concept
 (`zwx_checker`) when the fill head says its fill. Renders pass through the micro VAE and are blurred
@@ -44,6 +44,7 @@ SOLID = "solid"
 HELD_OUT_SHAPES = tuple(dict.fromkeys(shape for shape, _ in world.OBJECT_SHAPES.values()))
 SHAPE_CLASSES = (*world.SHAPES, *HELD_OUT_SHAPES, NONE)
 FILL_CLASSES = (SOLID, *world.STYLE_FILLS)
+PALETTE_MARGIN = 40.0  # RGB distance from a palette colour inside which a random solid fill is redrawn
 
 
 class OracleNet(nn.Module):
@@ -84,6 +85,15 @@ def _random_rgb(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randrange(256) for _ in range(3))  # type: ignore[return-value]
 
 
+def _solid_rgb(rng: random.Random) -> tuple[int, int, int]:
+    """A random solid fill that no palette style could have painted: the palettes' colours are their
+    concepts, so a 'solid' example near one would teach the judge that the concept is no concept."""
+    while True:
+        rgb = _random_rgb(rng)
+        if all(np.linalg.norm(np.subtract(rgb, c)) >= PALETTE_MARGIN for colours in world.PALETTES.values() for c in colours):
+            return rgb
+
+
 def render_example(rng: random.Random, resolution: int = 64) -> tuple[Image.Image, str, str]:
     """One labelled render: any shape (world or held-out) with any fill on any background, or a blank."""
     background = world.BACKGROUNDS[rng.choice(list(world.BACKGROUNDS))] if rng.random() < 0.7 else _random_rgb(rng)
@@ -95,12 +105,12 @@ def render_example(rng: random.Random, resolution: int = 64) -> tuple[Image.Imag
     if rng.random() < 0.5:
         fill_name = SOLID
         palette = [*world.COLOURS.values(), *(c for _, c in world.OBJECT_SHAPES.values())]
-        fill: tuple | Image.Image = rng.choice(palette) if rng.random() < 0.6 else _random_rgb(rng)
+        fill: tuple | Image.Image = rng.choice(palette) if rng.random() < 0.6 else _solid_rgb(rng)
         if sum(abs(a - b) for a, b in zip(fill, background)) < 90:  # a shape the colour of its background is not drawn
             fill = tuple(255 - c for c in background)
     else:
         fill_name = rng.choice(FILL_CLASSES[1:])
-        fill = world.STYLE_FILLS[fill_name](resolution * world.SUPERSAMPLE)
+        fill = world.STYLE_FILLS[fill_name](resolution * world.SUPERSAMPLE, rng)
     return world.render(shape, fill, background, world.Layout.sample(rng), resolution), shape, fill_name
 
 

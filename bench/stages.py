@@ -6,7 +6,10 @@ and nothing else:
 
     training  model, concept data (its pixels and words), train, training seed, method  -> run_id
     images    + sweep                                                                   -> images_key
-    scores    + metrics                                                                 -> scores_key
+    scores    + metrics, and the bytes of the embedded scorers it names                 -> scores_key
+
+The embedded scorers (micro CLIP, the oracle) are part of the scores key by content: retraining one
+re-scores every sweep, where a key of config alone would keep rows judged by the old one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +32,28 @@ def plain(node) -> object:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_config(node) else node
 
 
+@lru_cache(maxsize=None)
+def folder_digest(folder: Path) -> str:
+    """A hash of every file's name and bytes in `folder` (an embedded model: a few MB)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def scorers(metrics_cfg) -> dict:
+    """The embedded scorers `metrics` uses, by content (an external CLIP is named by its spec in the config)."""
+    from bench import zoo
+    from bench.oracle import ORACLE_DIR
+
+    out = {}
+    if metrics_cfg.get("clip", "micro") == "micro":
+        out["clip"] = folder_digest(zoo.micro_clip_dir())
+    if metrics_cfg.get("oracle", False) and ORACLE_DIR.is_dir():
+        out["oracle"] = folder_digest(ORACLE_DIR)
+    return out
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run and the keys of its three stages."""
@@ -39,7 +65,7 @@ class RunSpec:
     run_id: str  # training stage key
     config: str  # hash of the method's config alone: rows of different configs are never averaged
     sweep: str  # hash of the sweep config
-    metrics: str  # hash of the metrics config
+    metrics: str  # hash of the metrics config and the embedded scorers it uses
 
     @property
     def images_key(self) -> str:
@@ -71,7 +97,7 @@ def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
         run_id=run_id,
         config=config_hash(cfg, method),
         sweep=digest(plain(cfg.sweep), 8),
-        metrics=digest(plain(cfg.metrics), 8),
+        metrics=digest({"metrics": plain(cfg.metrics), "scorers": scorers(cfg.metrics)}, 8),
     )
 
 

@@ -251,7 +251,9 @@ class WorldConcept:
     instance_prompt: str
     class_prompt: str
     draw: Callable[[random.Random, int], Image.Image] = field(repr=False)
-    role: str = "eval"  # "eval": in the evaluation suite; "tune": only for choosing hyper-parameters
+    # "eval": in the evaluation suite; "tune": only for choosing hyper-parameters; "probe": beyond what a
+    # frozen micro model can draw (see TEXTURE_PROBES), compared on its own, never in the suite
+    role: str = "eval"
 
 
 def _checker(size: int, colour_a: RGB, colour_b: RGB, period: int) -> Image.Image:
@@ -273,18 +275,33 @@ def _gradient(size: int, top: RGB, bottom: RGB) -> Image.Image:
     return Image.fromarray(np.broadcast_to(arr, (size, size, 3)).round().astype(np.uint8), "RGB")
 
 
-# A style is a fill (texture or new palette) for the known shapes; SUPERSAMPLE-sized periods keep the
-# pattern a few output pixels wide, so it survives the 64 px render and the VAE. Checker squares of 8 px
-# and dots every 10 px (2-2.5 latent pixels): at 5 and 7 px even DreamBooth's full fine-tune reached only
-# 0.13 and 0.05 CLIP-I at weight 1 in the 150-step budget (their VAE round trip scores 0.68 and 0.64), so
-# those concepts measured the micro UNet's resolution, not the methods.
-_BIG = 64 * SUPERSAMPLE
-STYLE_FILLS: dict[str, Callable[[int], Image.Image]] = {
-    "stripes": lambda size: _stripes(size, (0, 200, 210), (250, 250, 120), period=size // 64 * 5, angle_deg=45),
-    "checker": lambda size: _checker(size, (240, 60, 160), (40, 200, 120), period=size // 64 * 8),
-    "dots": lambda size: _dots(size, (255, 255, 255), (20, 40, 120), period=size // 64 * 10),
-    "gradient": lambda size: _gradient(size, (255, 110, 40), (90, 30, 160)),
-    "bands": lambda size: _stripes(size, (230, 20, 40), (250, 250, 250), period=size // 64 * 4, angle_deg=90),
+# A style is a fill for the known shapes, `fill(size, rng)`: a texture image, or one solid colour of a
+# palette chosen per image. SUPERSAMPLE-sized periods keep a pattern a few output pixels wide, so it
+# survives the 64 px render and the VAE. Checker squares of 8 px and dots every 10 px (2-2.5 latent
+# pixels): at 5 and 7 px even DreamBooth's full fine-tune reached only 0.13 and 0.05 CLIP-I at weight 1
+# in the 150-step budget (their VAE round trip scores 0.68 and 0.64), so those concepts measured the micro
+# UNet's resolution, not the methods.
+Fill = Callable[[int, random.Random], "RGB | Image.Image"]
+
+# Palette styles: every image's shape in one of the palette's colours. None of them is a world colour or
+# an object's colour (tested: each is at least 60 RGB units from those and from each other palette's).
+PALETTES: dict[str, tuple[RGB, ...]] = {
+    "deep": ((60, 30, 120), (140, 0, 60), (20, 90, 40)),  # indigo, burgundy, forest
+    "muted": ((128, 128, 0), (190, 110, 130), (70, 110, 170)),  # olive, dusty rose, steel blue
+}
+
+
+def _palette(colours: tuple[RGB, ...]) -> Fill:
+    return lambda size, rng: rng.choice(colours)
+
+
+STYLE_FILLS: dict[str, Fill] = {
+    "stripes": lambda size, rng: _stripes(size, (0, 200, 210), (250, 250, 120), period=size // 64 * 5, angle_deg=45),
+    "checker": lambda size, rng: _checker(size, (240, 60, 160), (40, 200, 120), period=size // 64 * 8),
+    "dots": lambda size, rng: _dots(size, (255, 255, 255), (20, 40, 120), period=size // 64 * 10),
+    "gradient": lambda size, rng: _gradient(size, (255, 110, 40), (90, 30, 160)),
+    "bands": lambda size, rng: _stripes(size, (230, 20, 40), (250, 250, 250), period=size // 64 * 4, angle_deg=90),
+    **{name: _palette(colours) for name, colours in PALETTES.items()},
 }
 # A new shape in a colour the world never names: (shape, RGB).
 OBJECT_SHAPES: dict[str, tuple[str, RGB]] = {
@@ -304,10 +321,11 @@ def _object_drawer(shape: str, colour: RGB) -> Callable[[random.Random, int], Im
     return draw
 
 
-def _style_drawer(fill: Callable[[int], Image.Image]) -> Callable[[random.Random, int], Image.Image]:
+def _style_drawer(fill: Fill) -> Callable[[random.Random, int], Image.Image]:
     def draw(rng: random.Random, resolution: int) -> Image.Image:
         background = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
-        return render(rng.choice(SHAPES), fill(resolution * SUPERSAMPLE), background, Layout.sample(rng), resolution)
+        shape = rng.choice(SHAPES)
+        return render(shape, fill(resolution * SUPERSAMPLE, rng), background, Layout.sample(rng), resolution)
 
     return draw
 
@@ -324,6 +342,13 @@ def _style(key: str, initializer: str, role: str = "eval") -> WorldConcept:
 # Objects are new shapes (rare token 'sks', class 'shape'); styles are new fills of the known shapes (rare
 # token 'zwx'). Concepts train in separate runs, so sharing a token is what users do with 'sks' too.
 # Textual Inversion starts each from the known word nearest to it.
+#
+# The checker and dots textures are probes, not suite concepts: the micro model was only ever taught solid
+# colours, and a method that keeps the model frozen (Textual Inversion) can only choose among what it
+# already draws. On them TI's CLIP-I at weight 1 never passed 0.18 in any setting tried, where DreamBooth
+# reached 0.49 and 0.44 (results/benchmarks/learnability_textual_inversion.md). A suite concept is one
+# every method can reach, so a comparison on the suite measures how well each method learns, not whether
+# it can; `data=textures` runs the probes, which measure the second question.
 CONCEPTS: dict[str, WorldConcept] = {
     c.name: c
     for c in (
@@ -332,15 +357,18 @@ CONCEPTS: dict[str, WorldConcept] = {
         _object("cross", "star"),
         _object("ring", "circle"),
         _style("stripes", "yellow"),
-        _style("checker", "green"),
-        _style("dots", "blue"),
         _style("gradient", "orange"),
+        _style("deep", "purple"),
+        _style("muted", "green"),
+        _style("checker", "green", role="probe"),
+        _style("dots", "blue", role="probe"),
         _object("arrow", "triangle", role="tune"),
         _style("bands", "red", role="tune"),
     )
 }
 SUITE: tuple[str, ...] = tuple(n for n, c in CONCEPTS.items() if c.role == "eval")
 TUNING: tuple[str, ...] = tuple(n for n, c in CONCEPTS.items() if c.role == "tune")
+TEXTURE_PROBES: tuple[str, ...] = tuple(n for n, c in CONCEPTS.items() if c.role == "probe")
 
 
 def concept_images(name: str, n: int = 8, seed: int = 0, resolution: int = 64) -> list[Image.Image]:

@@ -2,7 +2,7 @@
 
     python benchmarks/oracle.py [--write]
 
-Per world concept (suite and tuning):
+Per world concept (suite, tuning and texture probes):
 - hit rate on fresh renders (seeds the oracle never saw), crisp and through the micro VAE;
 - false presence on the base model's images of world prompts (known shapes in known colours: none of
   them shows a held-out concept), and on the base model's images of the concept's own instance prompt

@@ -41,6 +41,8 @@ def test_the_default_covers_an_object_and_a_style_and_the_suite_excludes_the_tun
     assert suite == list(world.SUITE) and len(suite) >= 8
     assert sum(world.CONCEPTS[c].kind == "object" for c in suite) >= 4 and sum(world.CONCEPTS[c].kind == "style" for c in suite) >= 4
     assert not set(world.TUNING) & set(suite)
+    probes = list(_compose(["data=textures"]).data.concepts)
+    assert probes == list(world.TEXTURE_PROBES) and not set(probes) & set(suite)
 
 
 @pytest.mark.parametrize("group,option", list(group_options()))

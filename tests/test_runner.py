@@ -147,7 +147,7 @@ def test_all_methods_train_and_land_as_cost_rows_then_rerun_reuses(smoke_run):
     assert again[again.metric == "sweep_time"].value.iloc[0] < 0.2 * before[before.metric == "sweep_time"].value.iloc[0]  # read, not generated
 
 
-def test_stage_keys_cover_exactly_what_each_stage_reads(tmp_path):
+def test_stage_keys_cover_exactly_what_each_stage_reads(tmp_path, monkeypatch):
     from bench.data import load_world_concept
     from bench.stages import run_spec
 
@@ -162,6 +162,20 @@ def test_stage_keys_cover_exactly_what_each_stage_reads(tmp_path):
         assert run_spec(config(tmp_path, override), "lora", concept, 0).run_id != base.run_id, override
     assert run_spec(config(tmp_path), "lora", concept, 1).run_id != base.run_id
     assert run_spec(config(tmp_path), "lora", load_world_concept("sks_crescent", 7, 64), 0).run_id != base.run_id
+    # A retrained embedded scorer re-scores (its bytes are in the key); nothing before scoring changes.
+    import shutil
+
+    from bench import stages
+    from bench.oracle import ORACLE_DIR
+
+    fake = tmp_path / "oracle"
+    shutil.copytree(ORACLE_DIR, fake)
+    (fake / "oracle.json").write_text((fake / "oracle.json").read_text() + " ")
+    monkeypatch.setattr("bench.oracle.ORACLE_DIR", fake)
+    retrained = run_spec(config(tmp_path), "lora", concept, 0)
+    assert retrained.images_key == base.images_key and retrained.scores_key != base.scores_key
+    monkeypatch.undo()
+    assert stages.folder_digest(ORACLE_DIR) != stages.folder_digest(fake)
     # Another method's config does not touch this method's runs; its own config hash does change.
     other = run_spec(config(tmp_path, "method.hypernetwork.lr=0.1"), "lora", concept, 0)
     assert other == base

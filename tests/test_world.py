@@ -49,3 +49,27 @@ def test_tokenizer_keeps_every_world_word_whole_and_eos_highest():
         assert tok.tokenize(word) == [word + "</w>"]
     assert tok.eos_token_id == len(tok) - 1 and tok.bos_token_id == len(tok) - 2
     assert len(tok.tokenize("unseenword")) > 1  # unknown words still tokenize, as characters
+
+
+def test_palette_styles_use_colours_the_world_never_draws():
+    named = [*world.COLOURS.values(), *(c for _, c in world.OBJECT_SHAPES.values())]
+    for name, colours in world.PALETTES.items():
+        others = [c for other, cs in world.PALETTES.items() if other != name for c in cs]
+        for c in colours:
+            assert min(np.linalg.norm(np.subtract(c, n)) for n in named + others) >= 60, (name, c)
+        # each image's shape is painted in one of the palette's colours (its interior pixels exactly), and
+        # across images every colour of the palette turns up
+        used = []
+        for im in world.concept_images(f"zwx_{name}", 24):
+            arr = np.asarray(im).reshape(-1, 3).astype(int)
+            inside = [c for c in colours if (np.abs(arr - c).max(axis=1) == 0).sum() > 50]
+            assert len(inside) == 1, (name, inside)
+            used += inside
+        shape_rgbs = set(used)
+        assert shape_rgbs == set(colours), name
+
+
+def test_suite_tuning_and_probe_concepts_are_disjoint():
+    assert not set(world.SUITE) & set(world.TUNING) and not set(world.SUITE) & set(world.TEXTURE_PROBES)
+    assert set(world.SUITE) | set(world.TUNING) | set(world.TEXTURE_PROBES) == set(world.CONCEPTS)
+    assert all(world.CONCEPTS[c].kind == "style" for c in world.TEXTURE_PROBES)
