@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     text = (
         f"# Comparison benchmark: `python run.py data={args.data}{''.join(' ' + o for o in args.overrides)}`\n\n{header.removeprefix('adapterbench: ')}\n\n"
         f"## Where the time goes\n\n{time_table(results, wall, workers).to_markdown(index=False, floatfmt='.1f')}\n\n"
-        f"## Every method learns every concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
+        f"## Which method learns which concept\n\nCLIP-I (micro CLIP image similarity to the instance images) of the instance and "
         f"recontext prompts, mean over training runs: at weight 1, and of the base model's images of the same prompts and seeds "
         f"('base': one reference for every method); 'learned': the gain over the base averaged over training runs is at least {MIN_GAIN}. "
         f"{int(learning.learned.sum())} of {len(learning)} (method, concept) pairs learned. Beside it, each method's own weight 0 and the gain "
