@@ -33,6 +33,10 @@ def unload(pipe, tokens: list[str]) -> None:
         table = encoder.get_input_embeddings().weight
         if table.untyped_storage().nbytes() != table.numel() * table.element_size():
             table.data = table.data.clone()
+        # The load grew the config's vocab_size with the table; the unload shrinks the table only. A config
+        # left larger than its table is saved as such by whatever saves this encoder next, and that folder
+        # no longer loads (transformers refuses the mismatched embedding).
+        encoder.config.vocab_size = table.shape[0]
 
 
 def load_vectors(pipe, vectors: list[torch.Tensor], token: str) -> None:

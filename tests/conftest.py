@@ -39,15 +39,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def sdxl_dir(micro_pipe, tmp_path_factory):
+def sdxl_dir(tmp_path_factory):
     """A tiny SDXL folder (StableDiffusionXLPipeline layout: two text encoders, the second with a projection,
     a UNet with SDXL's added text/time conditions and its block layout) at 64 px. The first text encoder,
     the tokenizers, the VAE and the scheduler are the micro model's; the second encoder and the UNet are
-    fresh (seeded), so SDXL's mechanics run here; nothing about image quality is claimed."""
+    fresh (seeded), so SDXL's mechanics run here; nothing about image quality is claimed. The micro parts come
+    from a pipeline of its own: the session's `micro_pipe` may hold another test's leftovers (a token added
+    by a Textual Inversion test made the saved encoder and tokenizer disagree in size)."""
     import copy
 
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from bench.models import load_pipeline
+
+    micro_pipe = load_pipeline(MICRO, "cpu")
 
     torch.manual_seed(0)
     te1 = micro_pipe.text_encoder.config

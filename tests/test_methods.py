@@ -12,6 +12,7 @@ from bench.data import load_world_concept
 from bench.images import generate
 from methods import build_method
 from methods.base import MethodConfigError, TrainingDiverged, TrainSettings
+from methods.textual_inversion import unload
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 METHODS = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -84,6 +85,9 @@ def test_same_seed_same_training(name, micro_pipe, concept, tmp_path):
 def test_training_yields_an_artifact_and_leaves_the_base_model(name, trained, micro_pipe, concept):
     method, result = trained[name]
     assert result.artifact.tensors and result.trainable_params > 0
+    # the text encoder's table, its config and the tokenizer agree again (a saved encoder must load)
+    encoder = micro_pipe.text_encoder
+    assert encoder.get_input_embeddings().weight.shape[0] == encoder.config.vocab_size == len(micro_pipe.tokenizer)
     assert len(result.losses) == 6 and all(np.isfinite(result.losses))
     base = generate(micro_pipe, [PROMPT], [0], steps=STEPS)[0]
     fresh = generate(micro_pipe, [PROMPT], [0], steps=STEPS)[0]
@@ -141,8 +145,9 @@ def test_textual_inversion_exports_load_in_stock_diffusers(trained, micro_pipe, 
         try:
             stock = pixels(generate(micro_pipe, [prompt], [0], steps=STEPS)[0])
         finally:
-            # A multi-vector embedding loads as '<sks>', '<sks>_1', ...: unload every one of them.
-            micro_pipe.unload_textual_inversion(method._tokens("<sks>"))
+            # A multi-vector embedding loads as '<sks>', '<sks>_1', ...: unload every one of them (our unload:
+            # stock diffusers' leaves the encoder's config.vocab_size at the grown size).
+            unload(micro_pipe, method._tokens("<sks>"))
         assert np.array_equal(stock, ours), file
 
 
@@ -191,20 +196,29 @@ def test_nan_loss_stops_training_and_leaves_the_base_model(micro_pipe, concept):
     assert not getattr(micro_pipe.unet, "peft_config", None) or "adapterbench" not in micro_pipe.unet.peft_config
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora")])
+@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora", "dreambooth")])
 def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, micro_pipe, concept):
     from bench.sweep import sweep_method, sweep_prompts
 
     method, result = trained[name]
-    assert method.batched_weights
     prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
-    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 16}
+    # batch 12 of 4 samples per weight: DreamBooth's groups are uneven in some batches (padded inside)
+    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 12}
+    assert method.batched_weights and method.batches(micro_pipe, result.artifact, len(cfg["weights"]))
     one_by_one = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
     batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
     assert one_by_one.keys() == batched.keys()
     for key in one_by_one:
         # Other batch layouts may round one pixel level differently (CPU matrix kernels vary with batch size).
         assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
+    assert "forward" not in vars(micro_pipe.unet)  # DreamBooth's batched forward is gone with the sweep
+
+
+def test_dreambooth_sweeps_one_weight_at_a_time_when_the_stacked_unets_would_not_fit(trained, micro_pipe, monkeypatch):
+    method, result = trained["dreambooth"]
+    nbytes = sum(t.numel() * t.element_size() for t in result.artifact.tensors.values())
+    monkeypatch.setattr(type(method), "BATCH_BYTES", 4 * nbytes)
+    assert method.batches(micro_pipe, result.artifact, 4) and not method.batches(micro_pipe, result.artifact, 5)
 
 
 def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tmp_path):
