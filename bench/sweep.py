@@ -123,7 +123,7 @@ def sweep_method(pipe, method, artifact, data: ConceptData, prompts: list[SweepP
     allows it (and `sweep.batched`), else one weight applied at a time."""
     seeds = [int(s) for s in cfg.seeds]
     weights = [float(w) for w in cfg.weights]
-    if method.batched_weights and cfg.get("batched", True) and method.batches(pipe, artifact, len(weights)):
+    if method.batched_weights and cfg.get("batched", True):
         out = sweep_batched(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress)
     else:
         out = sweep_one_weight_at_a_time(pipe, method, artifact, data, prompts, seeds, weights, cfg, progress)

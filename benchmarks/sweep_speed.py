@@ -3,8 +3,7 @@
     python benchmarks/sweep_speed.py [--steps 20] [--weights 8] [--write]
 
 Uses the embedded micro model and a briefly trained artifact of each method that supports batched
-weights (Textual Inversion, hypernetwork, LoRA, DreamBooth: its interpolated UNets stacked and run
-through torch.func.vmap); prints a table (results/benchmarks/sweep_speed.md with --write).
+weights (Textual Inversion, hypernetwork, LoRA); prints a table (results/benchmarks/sweep_speed.md with --write).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from bench.data import load_world_concept  # noqa: E402
 from bench.models import load_pipeline  # noqa: E402
 from bench.sweep import sweep_method, sweep_prompts  # noqa: E402
 from methods.base import TrainSettings  # noqa: E402
-from methods.dreambooth import DreamBooth  # noqa: E402
 from methods.hypernetwork import Hypernetwork  # noqa: E402
 from methods.lora import LoRA  # noqa: E402
 from methods.textual_inversion import TextualInversion  # noqa: E402
@@ -44,7 +42,7 @@ def main() -> None:
     prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "recontext": ["{instance} on a white background"]}), data)
     weights = [round(-1 + 2.25 * i / (args.weights - 1), 3) for i in range(args.weights)]
     rows = []
-    for method in (TextualInversion(lr=2e-2), Hypernetwork(lr=2e-3), LoRA(lr=2e-3), DreamBooth(lr=6e-4, prior_preservation=False)):
+    for method in (TextualInversion(lr=2e-2), Hypernetwork(lr=2e-3), LoRA(lr=2e-3)):
         artifact = method.train(pipe, data, TrainSettings(steps=20, batch_size=4, progress=False)).artifact
         for batched in (False, True):
             cfg = OmegaConf.create({"weights": weights, "seeds": [0, 1], "steps": args.steps, "guidance": 5.0, "batch": 32, "batched": batched})

@@ -192,10 +192,6 @@ class Method(ABC):
         """The prompt as this method's artifact expects it (Textual Inversion swaps in its placeholder)."""
         return text
 
-    def batches(self, pipe, artifact: Artifact, n_weights: int) -> bool:
-        """Whether a sweep of `n_weights` weights of this artifact runs them in shared batches."""
-        return self.batched_weights
-
     def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
         """Make every weight in `weights` available at once (methods with `batched_weights`)."""
         raise NotImplementedError(f"{self.name} cannot put several weights in one batch")

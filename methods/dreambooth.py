@@ -51,7 +51,6 @@ class DreamBooth(Method):
     name = "dreambooth"
     weight_meaning = "every fine-tuned tensor set to base + w·(tuned − base): w = 0 is the base model, w = 1 the fine-tuned one"
     weight_decay = 1e-2
-    batched_weights = True  # when `batches` says so: see apply_many
 
     def __init__(
         self,
@@ -188,84 +187,9 @@ class DreamBooth(Method):
             module.load_state_dict(new, strict=False)
 
     def remove(self, pipe) -> None:
-        if "forward" in vars(pipe.unet):  # apply_many's batched forward
-            del pipe.unet.forward
-        self._stacked, self._sample_weights = {}, None
-        for name, base in getattr(self, "_base", {}).items():
+        for name, base in self._base.items():
             getattr(pipe, name).load_state_dict(base)
         self._base = {}
-
-    # ---- several strengths in one denoising batch
-
-    # The interpolated UNets of a batched sweep are held at once: K weights cost K copies of the tuned
-    # tensors. Beyond this many bytes the sweep applies one weight at a time instead (an SD 1.5 UNet is
-    # 3.4 GB in fp32, so real models sweep one weight at a time; the micro UNet's 8 copies are 140 MB).
-    BATCH_BYTES = 1 << 30
-
-    def batches(self, pipe, artifact: Artifact, n_weights: int) -> bool:
-        """UNet-only fine-tunes of models without added conditioning (SD 1.x/2.x), when the stacked copies
-        fit in BATCH_BYTES."""
-        nbytes = sum(t.numel() * t.element_size() for t in artifact.tensors.values())
-        return (list(artifact.meta.get("components", [])) == ["unet"] and pipe.unet.config.get("addition_embed_type") is None
-                and n_weights * nbytes <= self.BATCH_BYTES)
-
-    def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
-        """Each weight's UNet as one slice of stacked tensors; the UNet's forward runs every weight's samples
-        through its own slice at once (torch.func.vmap over functional_call)."""
-        unet = pipe.unet
-        state = unet.state_dict()
-        self._weights = [float(w) for w in dict.fromkeys(weights)]
-        tuned = {k.split(".", 1)[1]: t for k, t in artifact.tensors.items() if k.startswith("unet.")}
-        # lerp is exact at both ends, as in `apply`: w=0 is the base model, w=1 the tuned one.
-        self._stacked = {k: torch.stack([torch.lerp(state[k].float(), t.to(state[k].device).float(), w).to(state[k].dtype) for w in self._weights])
-                         for k, t in tuned.items()}
-        self._sample_weights = None
-        original = unet.forward
-        inside = []
-
-        def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
-            if inside or self._sample_weights is None:  # functional_call's own call of the module
-                return original(sample, timestep, encoder_hidden_states, *args, **kwargs)
-            return self._batched_forward(unet, inside, sample, timestep, encoder_hidden_states, *args, **kwargs)
-
-        unet.forward = forward
-
-    def set_sample_weights(self, pipe, weights: list[float]) -> None:
-        self._sample_weights = [self._weights.index(float(w)) for w in weights]
-
-    def _batched_forward(self, unet, inside: list, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
-        import warnings
-
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-        from torch.func import functional_call, vmap
-
-        n = sample.shape[0]
-        index = self._sample_weights * (n // len(self._sample_weights))  # [uncond; cond] halves under guidance
-        groups: dict[int, list[int]] = {}
-        for i, k in enumerate(index):
-            groups.setdefault(k, []).append(i)
-        size = max(map(len, groups.values()))
-        # vmap needs equal groups: a short one is padded with copies of its first sample, dropped after.
-        rows = torch.tensor([g + [g[0]] * (size - len(g)) for g in groups.values()], device=sample.device)
-        ks = list(groups)
-        params = {name: t[ks] for name, t in self._stacked.items()}
-        per_sample_t = torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.numel() == n
-
-        def one(p, x, e, t):
-            return functional_call(unet, p, (x, t if per_sample_t else timestep), {"encoder_hidden_states": e, "return_dict": False, **kwargs})[0]
-
-        inside.append(True)
-        try:
-            with warnings.catch_warnings():
-                # CPU attention has no vmap batching rule yet: torch loops over the weights there, and says so.
-                warnings.filterwarnings("ignore", message=".*batching rule.*")
-                out = vmap(one)(params, sample[rows], encoder_hidden_states[rows], timestep[rows] if per_sample_t else torch.zeros(len(ks)))
-        finally:
-            inside.pop()
-        result = torch.empty((n, *out.shape[2:]), dtype=out.dtype, device=out.device)
-        for slot, g in enumerate(groups.values()):
-            result[g] = out[slot, : len(g)]
-        return UNet2DConditionOutput(sample=result) if return_dict else (result,)
 
     # ---- files
 

@@ -196,29 +196,20 @@ def test_nan_loss_stops_training_and_leaves_the_base_model(micro_pipe, concept):
     assert not getattr(micro_pipe.unet, "peft_config", None) or "adapterbench" not in micro_pipe.unet.peft_config
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora", "dreambooth")])
+@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora")])
 def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, micro_pipe, concept):
     from bench.sweep import sweep_method, sweep_prompts
 
     method, result = trained[name]
+    assert method.batched_weights
     prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
-    # batch 12 of 4 samples per weight: DreamBooth's groups are uneven in some batches (padded inside)
-    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 12}
-    assert method.batched_weights and method.batches(micro_pipe, result.artifact, len(cfg["weights"]))
+    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 16}
     one_by_one = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
     batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
     assert one_by_one.keys() == batched.keys()
     for key in one_by_one:
         # Other batch layouts may round one pixel level differently (CPU matrix kernels vary with batch size).
         assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
-    assert "forward" not in vars(micro_pipe.unet)  # DreamBooth's batched forward is gone with the sweep
-
-
-def test_dreambooth_sweeps_one_weight_at_a_time_when_the_stacked_unets_would_not_fit(trained, micro_pipe, monkeypatch):
-    method, result = trained["dreambooth"]
-    nbytes = sum(t.numel() * t.element_size() for t in result.artifact.tensors.values())
-    monkeypatch.setattr(type(method), "BATCH_BYTES", 4 * nbytes)
-    assert method.batches(micro_pipe, result.artifact, 4) and not method.batches(micro_pipe, result.artifact, 5)
 
 
 def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tmp_path):
