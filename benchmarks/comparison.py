@@ -61,7 +61,8 @@ def learning_table(df):
     # The base model's CLIP-I per concept, from the weight-0 images of methods that reproduce the prompt
     # itself at weight 0 (bit for bit the base model's images: the sweep fails a method whose weight 0 is
     # more than one pixel level off).
-    at_base = w0[[reproduces_base_prompt(m) for m in w0.index.get_level_values("method")]]
+    on_base = {m: reproduces_base_prompt(m) for m in w0.index.unique("method")}
+    at_base = w0[w0.index.get_level_values("method").map(on_base).to_numpy(bool)]
     base = at_base.groupby("concept").mean()
     # The oracle's presence rate beside the CLIP-I criterion: ground truth, where CLIP-I is a proxy.
     present = {w: stats.unit_values(df, "presence", w).groupby(["method", "concept"]).value.mean() for w in (1.0, 0.0)} if "presence" in set(df.metric) else {}
