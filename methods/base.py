@@ -134,6 +134,8 @@ class TrainingSet:
     input_ids: torch.Tensor  # [N, E, L]: one row of token ids per text encoder (SDXL has two)
     hidden_states: torch.Tensor | None = None  # [N, L, D] when the text side is frozen
     pooled: torch.Tensor | None = None  # [N, P]: SDXL's pooled text embedding (its UNet's added condition)
+    distinct_ids: torch.Tensor | None = None  # [U, E, L]: each distinct caption's row once
+    row_of: torch.Tensor | None = None  # [N]: the row of distinct_ids each image's caption is
 
 
 class Method(ABC):
@@ -317,7 +319,7 @@ class TrainStep:
                 pooled.append(s.pooled[idx].to(device, dtype) if s.pooled is not None else None)
             else:
                 with self.autocast():
-                    hidden, pool = self.method.encode(self.pipe, s.input_ids[idx].to(device))
+                    hidden, pool = batch_text(self.method, self.pipe, s, idx, device)
                 states.append(hidden)
                 pooled.append(pool)
         x = torch.cat(xts)
@@ -521,9 +523,25 @@ def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -
 
 
 def encode_set(pipe, images, prompts: list[str], with_text: bool) -> TrainingSet:
-    ids = tokenize(pipe, prompts)
+    distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    distinct_ids, row_of = tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts])
+    ids = distinct_ids[row_of]
     hidden, pooled = encode_text(pipe, ids) if with_text else (None, None)
-    return TrainingSet(encode_images(pipe, images), ids, hidden, pooled)
+    return TrainingSet(encode_images(pipe, images), ids, hidden, pooled, distinct_ids=distinct_ids, row_of=row_of)
+
+
+def batch_text(method: Method, pipe, s: TrainingSet, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The text condition of the images `idx` of `s` through `method.encode` (with gradients). Captions
+    repeat (a concept with one instance prompt, the usual DreamBooth set-up, has one): when the set has fewer
+    distinct captions than the batch has images, each is encoded once and indexed out to its images, which
+    gives every image the states of its own caption and, through the index's backward (a sum over the
+    repeats), the gradient of encoding every row. The choice depends on sizes only, not on which images
+    were drawn, so it is the same at every step (and on mode=estimate's fake tensors)."""
+    if s.distinct_ids is None or len(s.distinct_ids) >= len(idx):
+        return method.encode(pipe, s.input_ids[idx].to(device))
+    hidden, pooled = method.encode(pipe, s.distinct_ids.to(device))
+    take = s.row_of[idx].to(hidden.device)
+    return hidden[take], (pooled[take] if pooled is not None else None)
 
 
 def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:

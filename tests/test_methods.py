@@ -257,3 +257,33 @@ def test_dreambooth_single_file_of_an_sd2_style_model_has_the_open_clip_layout(m
     stock = StableDiffusionPipeline.from_single_file(str(single), config=str(folder), local_files_only=True, safety_checker=None)
     stock.set_progress_bar_config(disable=True)
     assert np.array_equal(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]), ours)
+
+
+def test_repeated_captions_are_encoded_once_with_the_states_and_gradients_of_every_row(micro_pipe, concept):
+    """The training step encodes each distinct caption of a batch once (`batch_text`); the reference is the
+    text encoder run on every row, as the diffusers examples do: same states, same gradient on the
+    trained vectors."""
+    from methods.base import batch_text, encode_set, text_condition
+
+    method = make("textual_inversion")
+    params = method.prepare(micro_pipe, concept)
+    try:
+        captions = ["a sks shape", "a sks shape on grass", "a sks shape", "a sks shape"]
+        s = encode_set(micro_pipe, concept.images[:4], [method.prompt(c, concept) for c in captions], with_text=False)
+        idx = torch.tensor([0, 2, 1, 3, 0, 3])
+        seen = []
+        encode = method.encode
+        method.encode = lambda pipe, rows: seen.append(len(rows)) or encode(pipe, rows)
+        weights = torch.linspace(0.5, 2.0, len(idx))[:, None, None]  # a different weight per sample: each row's gradient counts
+        results = []
+        for fn in (lambda: batch_text(method, micro_pipe, s, idx, "cpu"), lambda: text_condition(micro_pipe, s.input_ids[idx])):
+            hidden, _ = fn()
+            (grad,) = torch.autograd.grad((hidden.square() * weights).sum(), params[0])
+            results.append((hidden.detach(), grad))
+        assert seen == [2]  # two distinct captions for six images
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+        # The repeats' gradients are summed in another order: float32 rounding, relative to the gradient's size.
+        torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-3, atol=1e-5 * float(results[1][1].abs().max()))
+        assert results[1][1].abs().sum() > 0
+    finally:
+        method.finish(micro_pipe, concept)
