@@ -50,10 +50,11 @@ def _cfg():
 
 def _pipe():
     if "pipe" not in _STATE:
-        from bench.models import load_pipeline
+        from bench.models import load_pipeline, long_lived
 
         start = time.perf_counter()
-        _STATE["pipe"] = load_pipeline(_cfg().model, _cfg().device)
+        with long_lived():
+            _STATE["pipe"] = load_pipeline(_cfg().model, _cfg().device)
         _STATE["load_s"] = _STATE.get("load_s", 0.0) + time.perf_counter() - start
     return _STATE["pipe"]
 

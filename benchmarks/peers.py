@@ -56,13 +56,14 @@ def ours(args) -> None:
 
     from bench.cost import measure_training
     from bench.data import load_concepts
-    from bench.models import load_pipeline
+    from bench.models import load_pipeline, long_lived
     from methods import build_method
     from methods.base import TrainSettings
 
     torch.set_num_threads(args.threads)
     cfg = our_config(args.ours, args.steps, args.batch, args.threads, args.results)
-    pipe = load_pipeline(cfg.model, "cpu")
+    with long_lived():  # as a worker loads its model
+        pipe = load_pipeline(cfg.model, "cpu")
     concept = load_concepts(cfg.data, int(cfg.model.resolution))[0]
     settings = TrainSettings.from_config(cfg, seed=0)
     _, cost = measure_training(build_method(cfg, args.ours), pipe, concept, settings, args.results / "train" / args.ours)

@@ -4,6 +4,10 @@
 
 Uses the embedded micro model and a briefly trained artifact of each method that supports batched
 weights (Textual Inversion, hypernetwork, LoRA); prints a table (results/benchmarks/sweep_speed.md with --write).
+
+Beside it, the floor no batching can go below: the base UNet's forward passes alone, as many sample
+evaluations as the sweep needs (images x steps x 2 for guidance), at the batched sweep's batch size. One
+weight at a time over that floor is the largest speed-up batching weights could give on this machine.
 """
 
 from __future__ import annotations
@@ -51,11 +55,38 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             rows.append({"method": method.name, "mode": "batched weights" if batched else "one weight at a time", "images": len(images), "seconds": elapsed, "images/s": len(images) / elapsed})
     table = pd.DataFrame(rows)
-    text = f"Micro SD, {args.steps} DDIM steps, {args.weights} weights x {len(prompts)} prompts x 2 seeds, batch 32, 2 threads.\n\n" + table.to_markdown(index=False, floatfmt=".2f")
+    evaluations = len(images) * args.steps * 2
+    floor = unet_seconds(pipe, 2 * 32, evaluations)
+    one_at_a_time = table[table["mode"] == "one weight at a time"].set_index("method")["seconds"]
+    bound = pd.DataFrame({"method": one_at_a_time.index, "one weight at a time (s)": one_at_a_time.values,
+                          "UNet forwards alone, batch 64 (s)": floor, "largest possible speed-up": one_at_a_time.values / floor,
+                          "batched speed-up": one_at_a_time.values / table[table["mode"] == "batched weights"]["seconds"].values})
+    text = (f"Micro SD, {args.steps} DDIM steps, {args.weights} weights x {len(prompts)} prompts x 2 seeds, batch 32, 2 threads.\n\n"
+            + table.to_markdown(index=False, floatfmt=".2f")
+            + f"\n\nThe floor: the base UNet alone for the sweep's {evaluations:,} sample evaluations ({len(images)} images x {args.steps} steps x 2 "
+            f"for guidance) at batch 64, {floor:.2f} s; batching cannot make a sweep faster than its UNet passes.\n\n"
+            + bound.to_markdown(index=False, floatfmt=".2f"))
     print(text)
     if args.write:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text("# Sweep speed (benchmarks/sweep_speed.py)\n\n" + text + "\n")
+
+
+def unet_seconds(pipe, batch: int, evaluations: int) -> float:
+    """Seconds the base UNet takes for `evaluations` sample evaluations in batches of `batch` (timed on
+    enough batches to cover them, after two warm-up calls), nothing else of the pipeline."""
+    unet, side = pipe.unet, pipe.unet.config.sample_size
+    x = torch.randn(batch, unet.config.in_channels, side, side)
+    t = torch.full((batch,), 500)
+    context = torch.randn(batch, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim)
+    calls = -(-evaluations // batch)
+    with torch.no_grad():
+        for _ in range(2):
+            unet(x, t, encoder_hidden_states=context)
+        start = time.perf_counter()
+        for _ in range(calls):
+            unet(x, t, encoder_hidden_states=context)
+    return (time.perf_counter() - start) * evaluations / (calls * batch)
 
 
 if __name__ == "__main__":

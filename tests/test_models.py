@@ -46,3 +46,23 @@ def test_missing_or_wrong_model_paths_fail_early_naming_the_key(tmp_path):
         model_path({"name": "sd21"})
     with pytest.raises(ModelConfigError, match="model.dtype"):
         load_pipeline({"name": "micro", "embedded": True, "dtype": "float13"}, "cpu")
+
+
+def test_long_lived_pauses_the_collector_and_freezes_what_start_up_made():
+    import gc
+
+    from bench.models import long_lived
+
+    before = gc.get_freeze_count()
+    try:
+        with long_lived():
+            assert not gc.isenabled()  # no full passes while libraries import
+            made = [[] for _ in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= before + len(made)  # out of every later pass
+        with pytest.raises(RuntimeError):
+            with long_lived():
+                raise RuntimeError("a failed load")
+        assert gc.isenabled()  # a failed load leaves the collector on
+    finally:
+        gc.unfreeze()
