@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--weights", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3, help="timings per mode (alternating); the table gives the median")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -48,20 +50,26 @@ def main() -> None:
     rows = []
     for method in (TextualInversion(lr=2e-2), Hypernetwork(lr=2e-3), LoRA(lr=2e-3)):
         artifact = method.train(pipe, data, TrainSettings(steps=20, batch_size=4, progress=False)).artifact
-        for batched in (False, True):
-            cfg = OmegaConf.create({"weights": weights, "seeds": [0, 1], "steps": args.steps, "guidance": 5.0, "batch": 32, "batched": batched})
-            start = time.perf_counter()
-            images = sweep_method(pipe, method, artifact, data, prompts, cfg, progress=False)
-            elapsed = time.perf_counter() - start
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.repeats):  # the two modes alternate, so a drift in the host's speed hits both
+            for batched in (False, True):
+                cfg = OmegaConf.create({"weights": weights, "seeds": [0, 1], "steps": args.steps, "guidance": 5.0, "batch": 32, "batched": batched})
+                start = time.perf_counter()
+                images = sweep_method(pipe, method, artifact, data, prompts, cfg, progress=False)
+                times[batched].append(time.perf_counter() - start)
+        for batched, seconds in times.items():
+            elapsed = statistics.median(seconds)
             rows.append({"method": method.name, "mode": "batched weights" if batched else "one weight at a time", "images": len(images), "seconds": elapsed, "images/s": len(images) / elapsed})
     table = pd.DataFrame(rows)
     evaluations = len(images) * args.steps * 2
-    floor = unet_seconds(pipe, 2 * 32, evaluations)
-    one_at_a_time = table[table["mode"] == "one weight at a time"].set_index("method")["seconds"]
-    bound = pd.DataFrame({"method": one_at_a_time.index, "one weight at a time (s)": one_at_a_time.values,
-                          "UNet forwards alone, batch 64 (s)": floor, "largest possible speed-up": one_at_a_time.values / floor,
-                          "batched speed-up": one_at_a_time.values / table[table["mode"] == "batched weights"]["seconds"].values})
-    text = (f"Micro SD, {args.steps} DDIM steps, {args.weights} weights x {len(prompts)} prompts x 2 seeds, batch 32, 2 threads.\n\n"
+    floor = statistics.median(unet_seconds(pipe, 2 * 32, evaluations) for _ in range(args.repeats))
+    seconds = table.pivot(index="method", columns="mode", values="seconds")
+    one_at_a_time = seconds["one weight at a time"]
+    bound = pd.DataFrame({"one weight at a time (s)": one_at_a_time, "UNet forwards alone, batch 64 (s)": floor,
+                          "largest possible speed-up": one_at_a_time / floor,
+                          "batched speed-up": one_at_a_time / seconds["batched weights"]}).reset_index()
+    text = (f"Micro SD, {args.steps} DDIM steps, {args.weights} weights x {len(prompts)} prompts x 2 seeds, batch 32, 2 threads; "
+            f"seconds: median of {args.repeats} alternating timings per mode.\n\n"
             + table.to_markdown(index=False, floatfmt=".2f")
             + f"\n\nThe floor: the base UNet alone for the sweep's {evaluations:,} sample evaluations ({len(images)} images x {args.steps} steps x 2 "
             f"for guidance) at batch 64, {floor:.2f} s; batching cannot make a sweep faster than its UNet passes.\n\n"
