@@ -131,11 +131,15 @@ class TrainingSet:
     """Cached latents and token ids of one image set (instance or class images)."""
 
     latents: torch.Tensor  # [N, C, h, w], already scaled by the VAE's scaling factor
-    input_ids: torch.Tensor  # [N, E, L]: one row of token ids per text encoder (SDXL has two)
+    distinct_ids: torch.Tensor  # [U, E, L]: each distinct caption's token ids once, a row per text encoder (SDXL has two)
+    row_of: torch.Tensor  # [N]: the row of distinct_ids that is each image's caption
     hidden_states: torch.Tensor | None = None  # [N, L, D] when the text side is frozen
     pooled: torch.Tensor | None = None  # [N, P]: SDXL's pooled text embedding (its UNet's added condition)
-    distinct_ids: torch.Tensor | None = None  # [U, E, L]: each distinct caption's row once
-    row_of: torch.Tensor | None = None  # [N]: the row of distinct_ids each image's caption is
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """[N, E, L]: each image's caption's token ids."""
+        return self.distinct_ids[self.row_of]
 
 
 class Method(ABC):
@@ -524,10 +528,10 @@ def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -
 
 def encode_set(pipe, images, prompts: list[str], with_text: bool) -> TrainingSet:
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    distinct_ids, row_of = tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts])
-    ids = distinct_ids[row_of]
-    hidden, pooled = encode_text(pipe, ids) if with_text else (None, None)
-    return TrainingSet(encode_images(pipe, images), ids, hidden, pooled, distinct_ids=distinct_ids, row_of=row_of)
+    s = TrainingSet(encode_images(pipe, images), tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts]))
+    if with_text:
+        s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
+    return s
 
 
 def batch_text(method: Method, pipe, s: TrainingSet, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -537,7 +541,7 @@ def batch_text(method: Method, pipe, s: TrainingSet, idx: torch.Tensor, device) 
     gives every image the states of its own caption and, through the index's backward (a sum over the
     repeats), the gradient of encoding every row. The choice depends on sizes only, not on which images
     were drawn, so it is the same at every step (and on mode=estimate's fake tensors)."""
-    if s.distinct_ids is None or len(s.distinct_ids) >= len(idx):
+    if len(s.distinct_ids) >= len(idx):
         return method.encode(pipe, s.input_ids[idx].to(device))
     hidden, pooled = method.encode(pipe, s.distinct_ids.to(device))
     take = s.row_of[idx].to(hidden.device)
