@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timings per mode (alternating); the table gives the median")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats: at least 1 timing per mode, got {args.repeats}")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     pipe = load_pipeline({"name": "micro", "embedded": True, "dtype": "float32"}, "cpu")
     data = load_world_concept("sks_crescent", 8, 64)
