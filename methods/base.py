@@ -240,7 +240,7 @@ class Method(ABC):
             # (lr x update below the weight's resolution); autocast gives the forward its low precision.
             if p.dtype in (torch.float16, torch.bfloat16):
                 p.data = p.data.float()
-        instance = encode_set(pipe, data.images, [self.prompt(c, data) for c in data.captions], with_text=False)
+        instance = encode_set(pipe, data.images, [self.prompt(c, data) for c in data.captions])
         if not self.trains_text:
             for s in [instance] + ([prior[0]] if prior else []):
                 s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
@@ -526,12 +526,10 @@ def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -
     return {"text_embeds": torch.cat(pooled).to(x.dtype), "time_ids": time_ids}
 
 
-def encode_set(pipe, images, prompts: list[str], with_text: bool) -> TrainingSet:
+def encode_set(pipe, images, prompts: list[str]) -> TrainingSet:
+    """The images' latents and their captions' token ids (the text states, when frozen, are added by `train`)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    s = TrainingSet(encode_images(pipe, images), tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts]))
-    if with_text:
-        s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
-    return s
+    return TrainingSet(encode_images(pipe, images), tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts]))
 
 
 def batch_text(method: Method, pipe, s: TrainingSet, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -131,7 +131,7 @@ class DreamBooth(Method):
         if not self.prior_preservation:
             return None
         images = self.class_images(pipe, data, settings)
-        return encode_set(pipe, images, [data.class_prompt] * len(images), with_text=False), self.prior_loss_weight
+        return encode_set(pipe, images, [data.class_prompt] * len(images)), self.prior_loss_weight
 
     # ---- training
 

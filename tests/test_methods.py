@@ -269,7 +269,7 @@ def test_repeated_captions_are_encoded_once_with_the_states_and_gradients_of_eve
     params = method.prepare(micro_pipe, concept)
     try:
         captions = ["a sks shape", "a sks shape on grass", "a sks shape", "a sks shape"]
-        s = encode_set(micro_pipe, concept.images[:4], [method.prompt(c, concept) for c in captions], with_text=False)
+        s = encode_set(micro_pipe, concept.images[:4], [method.prompt(c, concept) for c in captions])
         idx = torch.tensor([0, 2, 1, 3, 0, 3])
         seen = []
         encode = method.encode
