@@ -331,7 +331,7 @@ def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
     if cost_rows(df).empty:
         return None
     panels = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB, tensors)", False), ("train_time", "train time (s)", False), ("trainable_params", "trainable parameters (log)", True)]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")  # the title clear of the panels' titles
     for ax, (metric, title, log_scale) in zip(axes, panels):
         means = arm_means(df, metric)
         col = colours(list(means))
@@ -356,8 +356,11 @@ def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.
     labels = arm_labels(df)
     col = colours(sorted(set(labels.values()), key=method_rank))
     weights = sorted(stats.quality_rows(df).weight.unique())
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    # At most four panels a row: one row of seven shrinks every label to unreadable in a report's width.
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows + 0.4), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes.flat, metrics):
         curves: dict[str, list] = {}
         for w in weights:
             for r in stats.summarize(df, metric, float(w), settings=settings).itertuples():
@@ -371,7 +374,14 @@ def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.
         ax.axvline(0, color="grey", lw=0.8, ls=":")
         ax.set_title(metric_title(metric), fontsize=10)
         ax.set_xlabel("adapter weight")
-    axes[0][0].legend(fontsize=8)
+    spare = list(axes.flat[len(metrics):])
+    for ax in spare[1:]:
+        ax.remove()
+    if spare:  # the legend in an empty cell, off the data
+        spare[0].axis("off")
+        spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center", fontsize=9)
+    else:
+        axes.flat[0].legend(fontsize=8)
     fig.suptitle("Metrics against adapter weight: mean over training runs, bands 95 % hierarchical bootstrap")
     return save_figure(fig, out, "curves")
 
@@ -418,7 +428,7 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
     summary = summary[summary.scope == "overall"]
     labels = arm_labels(df.assign(sweep=None))
     higher = higher_is_better(fidelity)
-    fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False, layout="constrained")
     arms = sorted({(r.model, r.method, r.config) for r in summary.itertuples()}, key=lambda a: method_rank(label_of(labels, *a)))
     col = colours([label_of(labels, *a) for a in arms])
     for ax, (metric, title, log_scale) in zip(axes[0], FRONTIER_COSTS):
