@@ -157,10 +157,15 @@ def format_ci(mean: float, lo: float, hi: float, fmt: str = "{:.3f}") -> str:
     """'mean [low, high]'; fmt 'bytes' prints human units; a zero-width interval is left out."""
     if not np.isfinite(mean):
         return ""
-    show = human_bytes if fmt == "bytes" else fmt.format
+    show = human_bytes if fmt == "bytes" else lambda v: _unsigned_zero(fmt.format(v))
     if not np.isfinite(lo) or show(lo) == show(hi) == show(mean):
         return show(mean)
     return f"{show(mean)} [{show(lo)}, {show(hi)}]"
+
+
+def _unsigned_zero(text: str) -> str:
+    """'-0.000' (a float error's tiny negative, e.g. 1 - cos of identical images) reads as a real sign: '0.000'."""
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def metric_title(metric: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 from bench import records
 import pandas as pd
 
-from bench.report import bootstrap_ci, build_report, cost_table, quality_table
+from bench.report import bootstrap_ci, build_report, cost_table, format_ci, quality_table
 
 
 def hand_made(tmp_path, seeds=(0, 1), concepts=("c", "d")):
@@ -42,6 +42,15 @@ def test_bootstrap_interval_brackets_the_mean_and_needs_two_values():
     mean, lo, hi = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and 1.0 <= lo < mean < hi <= 4.0
     assert np.isnan(bootstrap_ci(np.array([1.0]))[1])
+
+
+def test_intervals_print_mean_and_ends_and_a_rounded_zero_without_sign():
+    assert format_ci(0.25, 0.1, 0.4) == "0.250 [0.100, 0.400]"
+    assert format_ci(0.25, 0.25, 0.25) == "0.250"  # a zero-width interval is left out
+    assert format_ci(-3e-9, -4e-9, -1e-9) == "0.000"  # 1 - cos of identical images, a float error below 0
+    assert format_ci(-0.02, -0.05, 0.01) == "-0.020 [-0.050, 0.010]"
+    assert format_ci(float("nan"), 0.0, 1.0) == ""
+    assert format_ci(2048.0, 1024.0, 4096.0, "bytes") == "2.05 KB [1.02 KB, 4.1 KB]"
 
 
 def test_cost_table_means_over_runs_with_intervals(tmp_path):
