@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
+from pathlib import Path
 
 # Everything is local: never reach for a model hub, even when a library would like to.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +24,7 @@ from bench.config import register  # noqa: E402
 
 register()
 USAGE_ERROR = 2
+CONF = Path(__file__).resolve().parent / "conf"
 # Hydra's main() does not return the task's value, so the worst status of this process's jobs is kept here.
 exit_status = 0
 
@@ -74,7 +77,7 @@ def config_error(argv: list[str]) -> str | None:
         choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line] for o in parsed]
         first = [c[0] for c in choices]
         variants = [first] + [first[:i] + [v] + first[i + 1:] for i, c in enumerate(choices) for v in c[1:]]
-        with initialize_config_dir(config_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             configs = [compose("config", overrides=overrides) for overrides in variants]
         if len(configs) > 1:
             # A multirun's later jobs would otherwise find a nonsense hyper-parameter only after the
@@ -93,8 +96,13 @@ def config_error(argv: list[str]) -> str | None:
         lines = str(e).strip().splitlines()
         options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
         detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
+        missing = re.search(r"Could not (?:load|find) '(\w+)/([^']+)'", lines[0])
+        if not options and missing and (CONF / missing[1]).is_dir():
+            # Hydra lists a group's options for `method=foo` but not for a list entry, `method=[foo]`.
+            options = sorted(f.stem for f in (CONF / missing[1]).glob("*.yaml") if not f.stem.endswith("_schema"))
+        options = [o for o in options if not o.endswith("_schema")]  # the structured schemas are not choices
         known = f"; available: {', '.join(options)}" if options else ""
-        return f"config: {lines[0]}{detail}{known}"
+        return f"config: {lines[0].rstrip('.')}{detail}{known}"
     return None
 
 

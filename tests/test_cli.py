@@ -17,6 +17,8 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("override,expected", [
     ("method=lorra", "Could not find 'method/lorra'; available: dora, dreambooth, hypernetwork, loha, lokr, lora, oft, textual_inversion"),
+    ("method=[lora,lorra]", "Could not load 'method/lorra'; available: dora, dreambooth, hypernetwork, loha, lokr, lora, oft, textual_inversion"),
+    ("sweep=nope", "Could not find 'sweep/nope'; available: default, full, smoke"),
     ("model=sd99", "Could not find 'model/sd99'"),
     ("train.stepz=4", "Could not override 'train.stepz'"),
     ("train.steps=abc", "train.steps=abc"),
