@@ -175,15 +175,21 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{method} threads={t} pair {pair} {side}: {(peer if side == 'peer' else mine)[-1]}", file=sys.stderr)
                 pw, pr = statistics.mean(w for w, _ in peer), statistics.mean(r for _, r in peer)
                 ow, orate = statistics.mean(w for w, _ in mine), statistics.mean(r for _, r in mine)
+                # Each pair's own ratios too: the host's speed drifts over minutes (at two threads by more
+                # than the bar's margin), and their spread shows how far one row's mean can be trusted.
+                whole = [p[0] / o[0] for p, o in zip(peer, mine)]
+                step = [o[1] / p[1] for p, o in zip(peer, mine)]
                 rows.append({"method": method, "threads": t, "example (s, whole process)": pw, "ours (s)": ow, "speed-up, whole": pw / ow,
+                             "pairs, whole": f"{min(whole):.2f}-{max(whole):.2f}",
                              "example steps/s": pr, "ours steps/s": orate, "speed-up, per step": orate / pr,
+                             "pairs, per step": f"{min(step):.2f}-{max(step):.2f}",
                              f">= {TARGET}x": "yes" if min(pw / ow, orate / pr) >= TARGET else "no"})
     table = pd.DataFrame(rows)
     text = (
         f"# Our trainers vs the diffusers examples\n\nMicro SD, `{CONCEPT}` (8 images), batch {args.batch}, {args.steps} steps, fp32, "
         f"{args.pairs} interleaved pairs per row (mean), on {usable_cores()} usable cores ({cpu_model()}); example scripts from "
         f"`{args.peers.name}` (`SOURCE`: {(args.peers / 'SOURCE').read_text().split()[0][:12] if (args.peers / 'SOURCE').is_file() else 'unknown'}). "
-        f"Speed-up = example time / our time (per step: our steps/s / theirs).\n\n{table.to_markdown(index=False, floatfmt='.2f')}\n"
+        f"Speed-up = example time / our time (per step: our steps/s / theirs); 'pairs': the lowest and highest of the pairs' own ratios.\n\n{table.to_markdown(index=False, floatfmt='.2f')}\n"
     )
     publish(text, ROOT / "results" / "benchmarks" / "peers.md", args.write)
 
