@@ -96,10 +96,10 @@ def config_error(argv: list[str]) -> str | None:
         lines = str(e).strip().splitlines()
         options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
         detail = f" ({str(cause).strip().splitlines()[0]})" if cause is not None and str(cause).strip() else ""
-        missing = re.search(r"Could not (?:load|find) '(\w+)/([^']+)'", lines[0])
-        if not options and missing and (CONF / missing[1]).is_dir():
+        group = re.search(r"Could not (?:load|find) '(\w+)/", lines[0])
+        if not options and group and (CONF / group[1]).is_dir():
             # Hydra lists a group's options for `method=foo` but not for a list entry, `method=[foo]`.
-            options = sorted(f.stem for f in (CONF / missing[1]).glob("*.yaml") if not f.stem.endswith("_schema"))
+            options = sorted(f.stem for f in (CONF / group[1]).glob("*.yaml"))
         options = [o for o in options if not o.endswith("_schema")]  # the structured schemas are not choices
         known = f"; available: {', '.join(options)}" if options else ""
         return f"config: {lines[0].rstrip('.')}{detail}{known}"
