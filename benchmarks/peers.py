@@ -135,12 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", nargs="*", default=list(SCRIPTS), choices=list(SCRIPTS))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--pairs", type=int, default=2, help="interleaved (example, ours) pairs per method and thread count")
+    p.add_argument("--pairs", type=int, default=4, help="interleaved (example, ours) pairs per method and thread count (at two threads single pairs range 1.25-1.52x on this host: fewer do not settle a row)")
     p.add_argument("--threads", type=int, nargs="*", default=None, help="default: 1 and every usable core")
     p.add_argument("--write", action="store_true", help="write results/benchmarks/peers.md")
     p.add_argument("--ours", help=argparse.SUPPRESS)  # the child process: one training of ours
     p.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pairs < 1:
+        p.error(f"--pairs: at least 1 pair per row, got {args.pairs}")
     if args.ours:
         args.threads = args.threads[0]
         return ours(args)
