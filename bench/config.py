@@ -105,7 +105,7 @@ class CheckConfig:
     # metric -> {abs: ..., rel: ...}; the larger allowance wins. 'fd' covers every Fréchet distance,
     # 'default' any metric not named.
     tolerances: dict[str, Any] = field(default_factory=dict)
-    confidence: float = 0.99  # one-sided level of the spread-based allowance (Student t)
+    alpha: float = 0.05  # family-wise false-alarm rate of one check (Holm over every method and metric)
     junit: Optional[str] = None  # default: RESULTS_DIR/regression_junit.xml
 
 

@@ -1,18 +1,21 @@
 """Regression checks of adapter quality against a stored baseline.
 
 `mode=baseline` turns a run's table into a JSON baseline: per method (and method-config hash) and metric,
-each training run's value at weight 1 (concept x training seed; generation seeds averaged inside), their
-mean, and the spread across training seeds within a concept. `mode=check` runs the same comparison and
-compares the new mean with the baseline's.
+each training run's value at weight 1 (concept x training seed; the generation seeds of the sweep averaged
+inside), their mean, and the spread across training seeds within a concept. `mode=check` runs the same
+comparison and asks, per method and metric, whether the current runs are worse than the baseline's by
+more than the metric's margin (`check.tolerances`: a change too small to matter), with a one-sided test:
 
-The allowance comes from that measured spread, not from fixed numbers: a difference of two means of
-n_b and n_c runs, matched by concept, has standard error s_w * sqrt(1/n_b + 1/n_c), where s_w is the
-pooled within-concept standard deviation across training seeds (across all runs when no concept has two
-seeds). A metric regresses when it moves in its bad direction by more than the one-sided Student-t
-quantile (`check.confidence`, df = baseline runs - concepts) times that error, and by more than the
-floor in `check.tolerances` (which keeps numerical noise from failing a check with no spread). File size
-and trainable parameters are exact. Exit 0 (within allowance), 1 (something regressed) or 2 (usage
-error: missing or malformed baseline).
+- **paired** where the check has the baseline's runs (same concept and training seed, hence the same
+  instance images, noise and generation seeds): Student's t on the per-run differences;
+- **unpaired** otherwise (e.g. other training seeds): the difference of the two means against its standard
+  error from the pooled within-concept spread across training seeds (df = runs - concepts on both sides).
+
+Every (method, metric) test of one check is one family: Holm's step-down procedure keeps the chance of
+any false alarm in the whole check at most `check.alpha`. A method **regressed** when any of its metrics
+is rejected after Holm's correction, or its file grew / its trainable parameters changed (exact checks).
+Where the oracle judges, presence (ground truth) is among the checked metrics. Exit 0 (no method
+regressed), 1 (a method regressed) or 2 (usage error: missing or malformed baseline).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ FORMAT = "adapterbench-baseline/2"
 # The cost metrics a baseline holds (smaller is better): those that do not depend on the machine.
 # Time and memory are left out because CI machines differ.
 COST_METRICS = {"artifact_bytes", "trainable_params"}
-QUALITY_METRICS = ("clip_i", "clip_t", "drift", "cmmd")  # plus every Fréchet distance present
+QUALITY_METRICS = ("presence", "clip_i", "clip_t", "drift", "cmmd")  # plus every Fréchet distance present
 CONFIG_KEYS = ("model", "data", "train", "seeds", "sweep", "metrics", "method")
 
 
@@ -45,31 +48,41 @@ class BaselineError(ValueError):
 
 @dataclass
 class Comparison:
+    """One (method, metric) test of a check."""
+
     method: str
     metric: str
     baseline: float
     current: float
-    allowed: float  # how far it may move in the bad direction
     higher_is_better: bool
-    basis: str = ""  # how `allowed` was set, for the printed table
+    margin: float = 0.0  # a move in the bad direction up to this is no regression
+    p: float = math.nan  # one-sided p of 'worse than the baseline by more than the margin'
+    test: str = ""  # how p was computed (or why nothing was compared)
+    p_holm: float = math.nan  # p adjusted by Holm's procedure over the whole check
+    regressed: bool = False
 
     @property
     def change(self) -> float:
         return self.current - self.baseline
 
     @property
-    def regressed(self) -> bool:
-        if not math.isfinite(self.current):
-            return True
-        worse_by = -self.change if self.higher_is_better else self.change
-        return worse_by > self.allowed
+    def compared(self) -> bool:
+        return math.isfinite(self.baseline) and math.isfinite(self.current)
 
     @property
     def direction(self) -> str:
+        if not self.compared:
+            return "-"
         if self.change == 0:
             return "same"
         better = (self.change > 0) == self.higher_is_better
         return "better" if better else "worse"
+
+    @property
+    def result(self) -> str:
+        if self.regressed:
+            return "REGRESSED"
+        return "ok" if self.compared else "NOT COMPARED"
 
 
 def direction_of(metric: str) -> bool | None:
@@ -139,12 +152,16 @@ def read_baseline(path: Path) -> dict:
         raise BaselineError(f"baseline: {path} is not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("methods"), dict):
         raise BaselineError(f"baseline: {path} is not an adapterbench baseline (expected format {FORMAT!r}; rewrite it with mode=baseline)")
+    if not doc["methods"]:
+        raise BaselineError(f"baseline: {path} holds no methods; rewrite it with mode=baseline")
     for method, entry in doc["methods"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
             raise BaselineError(f"baseline: {path}: methods.{method} needs a 'metrics' mapping")
         for metric, m in entry["metrics"].items():
             if not isinstance(m, dict) or not isinstance(m.get("value"), (int, float)) or not isinstance(m.get("higher_is_better"), bool):
                 raise BaselineError(f"baseline: {path}: methods.{method}.metrics.{metric} needs a numeric 'value' and a boolean 'higher_is_better'")
+            if not math.isfinite(m["value"]) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (m.get("units") or {}).values()):
+                raise BaselineError(f"baseline: {path}: methods.{method}.metrics.{metric} holds a value that is not a finite number")
     return doc
 
 
@@ -161,35 +178,109 @@ def config_differences(doc: dict, cfg) -> list[str]:
     return out
 
 
-def floor(metric: str, baseline: float, tolerances: dict) -> float:
-    """The larger of the metric's absolute and relative floor (config `check.tolerances`)."""
+def check_settings(check: dict) -> None:
+    """The `check` config, before any work: one line naming the key."""
+    alpha = check.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise BaselineError(f"check.alpha: the family-wise false-alarm rate must be between 0 and 1 (e.g. 0.05), got {alpha!r}")
+    for metric, tol in (check.get("tolerances") or {}).items():
+        if not isinstance(tol, dict) or not all(k in ("abs", "rel") and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for k, v in tol.items()):
+            raise BaselineError(f"check.tolerances.{metric}: a mapping of abs and/or rel to non-negative numbers, got {tol!r}")
+
+
+def margin(metric: str, baseline: float, tolerances: dict) -> float:
+    """The larger of the metric's absolute and relative margin (config `check.tolerances`)."""
     tol = tolerances.get(metric) or (tolerances.get("fd") if is_frechet(metric) else None) or tolerances.get("default") or {}
     return max(float(tol.get("abs", 0.0)), float(tol.get("rel", 0.0)) * abs(baseline))
 
 
-def allowance(entry: dict, n_current: int, metric: str, check: dict) -> tuple[float, str]:
-    """(allowed move in the bad direction, how it was set)."""
-    base_floor = floor(metric, float(entry["value"]), check.get("tolerances") or {})
-    sd, n_b = entry.get("within_sd"), int(entry.get("n_runs") or 0)
-    if metric in COST_METRICS or sd is None or n_b < 2 or n_current < 1:
-        return base_floor, "floor"
+def _units(entry: dict) -> pd.DataFrame:
+    """A baseline metric's per-run values as a frame (concept, train_seed, value)."""
+    rows = []
+    for key, value in (entry.get("units") or {}).items():
+        concept, _, seed = key.rpartition("/")
+        rows.append({"concept": concept, "train_seed": int(seed), "value": float(value)})
+    return pd.DataFrame(rows, columns=["concept", "train_seed", "value"])
+
+
+def worse_p(base: pd.DataFrame, now: pd.DataFrame, hib: bool, delta: float) -> tuple[float, str]:
+    """One-sided p-value of H1 'now is worse than base by more than `delta`', and how it was computed.
+
+    Paired (Student t on per-run differences) over the runs both have; unpaired (pooled within-concept
+    spread) when they share fewer than two runs. A difference with no spread at all is decided exactly."""
     from scipy.stats import t
 
-    dof = max(1, n_b - int(entry.get("n_concepts") or 1))
-    q = float(t.ppf(float(check.get("confidence", 0.99)), dof))
-    spread = q * float(sd) * math.sqrt(1 / n_b + 1 / n_current)
-    return (spread, f"t={q:.2f} x sd {sd:.3g}") if spread >= base_floor else (base_floor, "floor")
+    sign = 1.0 if hib else -1.0  # 'worse' is a negative signed difference
+    both = base.merge(now, on=["concept", "train_seed"], suffixes=("_b", "_c"))
+    if len(both) >= 2:
+        d = sign * (both.value_c - both.value_b).to_numpy(float)
+        shortfall = d.mean() + delta  # below 0: worse by more than the margin
+        se = d.std(ddof=1) / math.sqrt(len(d))
+        if se == 0:
+            return (0.0 if shortfall < 0 else 1.0), f"paired, {len(d)} runs, no spread"
+        return float(t.cdf(shortfall / se, len(d) - 1)), f"paired t, {len(d)} runs"
+    n_b, n_c = len(base), len(now)
+    if n_b < 1 or n_c < 1:
+        return math.nan, "no runs"
+    sd_pool = within_sd(pd.concat([base.assign(side="b"), now.assign(side="c")]).assign(concept=lambda f: f.concept + "/" + f.side))
+    dof = n_b + n_c - base.concept.nunique() - now.concept.nunique()
+    shortfall = sign * (now.value.mean() - base.value.mean()) + delta
+    if not math.isfinite(sd_pool) or dof < 1:
+        return math.nan, f"unpaired, {n_b} vs {n_c} runs: no spread to test with"
+    se = sd_pool * math.sqrt(1 / n_b + 1 / n_c)
+    if se == 0:
+        return (0.0 if shortfall < 0 else 1.0), f"unpaired, {n_b} vs {n_c} runs, no spread"
+    return float(t.cdf(shortfall / se, dof)), f"unpaired t, {n_b} vs {n_c} runs"
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN stays NaN and is not counted in the family)."""
+    idx = [i for i, v in enumerate(p) if math.isfinite(v)]
+    m = len(idx)
+    out = [math.nan] * len(p)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p[i])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
 
 
 def compare(doc: dict, df: pd.DataFrame, check: dict) -> list[Comparison]:
-    """Every baselined (method, metric) against this run's table; `check` is the `check` config."""
-    current = summarize(df, float(doc.get("weight", 1.0)))
+    """Every baselined (method, metric) against this run's table, tested and Holm-corrected as one family;
+    `check` is the `check` config (`alpha`, `tolerances`)."""
+    weight = float(doc.get("weight", 1.0))
+    current = summarize(df, weight)
+    tolerances = check.get("tolerances") or {}
+    alpha = float(check.get("alpha", 0.05))
     out = []
     for method, entry in sorted(doc["methods"].items()):
         for metric, m in sorted(entry["metrics"].items()):
-            now = current.get(method, {}).get("metrics", {}).get(metric, {})
-            allowed, basis = allowance(m, int(now.get("n_runs", 0)), metric, check)
-            out.append(Comparison(method, metric, float(m["value"]), float(now.get("value", float("nan"))), allowed, bool(m["higher_is_better"]), basis))
+            now = current.get(method, {}).get("metrics", {}).get(metric)
+            hib = bool(m["higher_is_better"])
+            c = Comparison(method, metric, float(m["value"]), float(now["value"]) if now else math.nan, hib, margin(metric, float(m["value"]), tolerances))
+            if now is None:
+                c.test = "not in this run"
+            elif metric in COST_METRICS:
+                c.test = "exact"
+                c.regressed = (c.baseline - c.current if hib else c.current - c.baseline) > c.margin
+            else:
+                c.p, c.test = worse_p(_units(m), _units(now), hib, c.margin)
+            out.append(c)
+    for c, adjusted in zip(out, holm([c.p for c in out])):
+        c.p_holm = adjusted
+        if math.isfinite(adjusted):
+            c.regressed = adjusted <= alpha
+    return out
+
+
+def method_decisions(comparisons: list[Comparison]) -> dict[str, str]:
+    """One decision per method: 'REGRESSED' (naming the metrics), 'ok', or 'NOT COMPARED' (naming why)."""
+    out = {}
+    for method in dict.fromkeys(c.method for c in comparisons):
+        mine = [c for c in comparisons if c.method == method]
+        bad = [c.metric for c in mine if c.regressed]
+        missing = [c.metric for c in mine if not c.compared]
+        out[method] = f"REGRESSED ({', '.join(bad)})" if bad else ("ok" if not missing else f"NOT COMPARED ({', '.join(missing)})")
     return out
 
 
@@ -202,10 +293,12 @@ def format_comparisons(comparisons: list[Comparison]) -> str:
                 "baseline": c.baseline,
                 "current": c.current,
                 "change": c.change,
-                "allowed": c.allowed,
-                "from": c.basis,
+                "margin": c.margin,
+                "test": c.test,
+                "p": c.p,
+                "p (Holm)": c.p_holm,
                 "direction": c.direction,
-                "result": "REGRESSED" if c.regressed else "ok",
+                "result": c.result,
             }
             for c in comparisons
         ]
@@ -214,10 +307,17 @@ def format_comparisons(comparisons: list[Comparison]) -> str:
 
 
 def write_junit(comparisons: list[Comparison], path: Path) -> None:
-    suite = ET.Element("testsuite", name="adapterbench.regression", tests=str(len(comparisons)), failures=str(sum(c.regressed for c in comparisons)))
-    for c in comparisons:
-        case = ET.SubElement(suite, "testcase", classname=f"adapterbench.{c.method}", name=c.metric)
-        if c.regressed:
-            failure = ET.SubElement(case, "failure", message=f"{c.metric} moved {c.change:+.4g} ({c.direction}); allowed {c.allowed:.4g}")
-            failure.text = f"baseline {c.baseline:.6g}, current {c.current:.6g}, higher_is_better={c.higher_is_better}"
+    """One test case per method (its decision), with each metric's line in the case's text."""
+    decisions = method_decisions(comparisons)
+    failed = [m for m, d in decisions.items() if d != "ok"]
+    suite = ET.Element("testsuite", name="adapterbench.regression", tests=str(len(decisions)), failures=str(len(failed)))
+    for method, decision in decisions.items():
+        case = ET.SubElement(suite, "testcase", classname="adapterbench.regression", name=method)
+        lines = [f"{c.metric}: baseline {c.baseline:.6g}, current {c.current:.6g}, margin {c.margin:.4g}, {c.test}, p {c.p:.3g}, Holm p {c.p_holm:.3g}: {c.result}"
+                 for c in comparisons if c.method == method]
+        if decision != "ok":
+            failure = ET.SubElement(case, "failure", message=f"{method}: {decision}")
+            failure.text = "\n".join(lines)
+        else:
+            ET.SubElement(case, "system-out").text = "\n".join(lines)
     atomic_write_text(Path(path), ET.tostring(suite, encoding="unicode"))

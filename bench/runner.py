@@ -61,6 +61,8 @@ def main(cfg: DictConfig) -> int:
     if not cfg.get("baseline"):
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
+    if mode == "check":
+        regression.check_settings(OmegaConf.to_container(cfg.check, resolve=True))
     # Exactly the stages this config needs: finished ones are reused, rows of other configs are not read.
     status, runs = run_comparison(cfg)
     table = config_table(results, runs)
@@ -74,13 +76,21 @@ def main(cfg: DictConfig) -> int:
     others = other_config_stages(results, runs)
     if others:
         print(f"adapterbench: note: {results} also holds {others} training/scoring stage(s) of other configs; they are not read by this {mode}")
+    unbaselined = sorted(set(table.method.dropna()) - set(doc["methods"]))
+    if unbaselined:
+        print(f"adapterbench: note: method(s) {', '.join(unbaselined)} of this run are not in the baseline and are not checked")
     comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check, resolve=True))
     print(regression.format_comparisons(comparisons))
     junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
     regression.write_junit(comparisons, junit)
-    regressed = [c for c in comparisons if c.regressed]
-    print(f"adapterbench: {len(regressed)} of {len(comparisons)} checks regressed; JUnit XML {junit}")
-    return 1 if regressed or status else 0
+    decisions = regression.method_decisions(comparisons)
+    for method, decision in decisions.items():
+        print(f"adapterbench: {method}: {decision}")
+    failed = [m for m, d in decisions.items() if d != "ok"]
+    print(f"adapterbench: {len(failed)} of {len(decisions)} methods regressed or could not be compared "
+          f"(one-sided tests, Holm over {sum(np.isfinite(c.p) for c in comparisons)} method x metric tests at family-wise alpha "
+          f"{float(cfg.check.get('alpha', 0.05)):g}); JUnit XML {junit}")
+    return 1 if failed or status else 0
 
 
 def parallelism(cfg: DictConfig, n_jobs: int) -> tuple[int, int]:
@@ -369,6 +379,12 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
             lines.append(row)
     if lines:
         print(pd.DataFrame(lines).set_index("method").to_string())
+        print(f"adapterbench: columns at weight 1, mean [95% interval] over training runs; presence: share of images in which the "
+              f"micro world's oracle sees the concept (ground truth); blank images over every weight")
+        verdicts = stats.learned(table) if (table.metric == "presence").any() else pd.DataFrame()
+        if len(verdicts):
+            per = [f"{m} {int(g.learned.sum())}/{len(g)}" for m, g in verdicts.groupby("method", sort=False)]
+            print(f"adapterbench: concepts learned ({stats.LEARNED_RULE}): {', '.join(per)}")
         contended = contended_runs(table)
         if contended:
             print(f"adapterbench: note: {contended} training run(s) were timed while other processes kept more cores busy than this "

@@ -194,6 +194,53 @@ def ranking(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------------------- learned
+
+
+# "Learned" where the oracle judges: the concept drawn in at least this much larger a share of images at
+# weight 1 than at the same run's weight 0 ...
+LEARNED_MIN_GAIN = 0.25
+LEARNED_RULE = (f"learned: presence at weight 1 minus presence at weight 0 (the same run's images: same prompts and seeds) "
+                f"is at least {LEARNED_MIN_GAIN} on average over training runs, and its 95 % t-interval over runs excludes 0")
+
+
+def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student's t-interval of the mean of `values` (NaN ends for fewer than 2).
+
+    Used for per-(method, concept) verdicts, which rest on a concept's few training runs: a percentile
+    bootstrap of 3 values can only return one of their means, so its interval is too narrow and its
+    estimate sits on an end; the t-interval widens with small n as it should."""
+    from scipy.stats import t
+
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def learned(df: pd.DataFrame, metric: str = "presence", min_gain: float = LEARNED_MIN_GAIN, confidence: float = 0.95) -> pd.DataFrame:
+    """Per arm and concept: did the method learn it? The paired gain `metric`@1 - `metric`@0 of each training
+    run (its own weight 0: the base model, or for Textual Inversion its initializer word), mean over runs
+    with a t-interval; learned when the mean is at least `min_gain` and the interval excludes 0 (LEARNED_RULE)."""
+    w1 = unit_values(df, metric, 1.0).set_index([*ARM, *UNIT]).value
+    w0 = unit_values(df, metric, 0.0).set_index([*ARM, *UNIT]).value
+    both = pd.concat({"at_1": w1, "at_0": w0}, axis=1).dropna().reset_index()
+    rows = []
+    for key, g in both.groupby([*ARM, "concept", "kind"], dropna=False, sort=True):
+        gain, low, high = t_interval((g.at_1 - g.at_0).to_numpy(), confidence)
+        resolved = bool(np.isfinite(low) and (low > 0 or high < 0))
+        ok = bool(resolved and gain >= min_gain and low > 0)
+        verdict = "learned" if ok else ("one run: no interval" if len(g) < 2 else ("not learned" if resolved or gain < min_gain else "unresolved"))
+        rows.append({**dict(zip([*ARM, "concept", "kind"], key)), "metric": metric, "n_runs": len(g), "at_1": g.at_1.mean(), "at_0": g.at_0.mean(),
+                     "gain": gain, "low": low, "high": high, "learned": ok, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------- best weight
 
 

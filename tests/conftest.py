@@ -7,10 +7,26 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _same_global_state_for_every_test():
+    """Every test starts from the same thread count and global random generators (torch, numpy, random) and
+    leaves them as it found them: what one test draws or sets cannot change another's numbers, in any order."""
+    threads, states = torch.get_num_threads(), (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
 
 MICRO = {"name": "micro", "embedded": True, "dtype": "float32"}
 
