@@ -223,6 +223,17 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     return mean, mean - half, mean + half
 
 
+def judge_gain(gains: np.ndarray, min_gain: float = LEARNED_MIN_GAIN, confidence: float = 0.95) -> dict:
+    """The learning verdict on per-run paired gains: mean and t-interval, `learned` when the mean is at least
+    `min_gain` and the interval excludes 0 (LEARNED_RULE), and a one-word `verdict`."""
+    gain, low, high = t_interval(gains, confidence)
+    resolved = bool(np.isfinite(low) and (low > 0 or high < 0))
+    ok = bool(resolved and gain >= min_gain and low > 0)
+    n = int(np.isfinite(np.asarray(gains, float)).sum())
+    verdict = "learned" if ok else ("one run: no interval" if n < 2 else ("not learned" if resolved or gain < min_gain else "unresolved"))
+    return {"gain": gain, "low": low, "high": high, "learned": ok, "verdict": verdict}
+
+
 def learned(df: pd.DataFrame, metric: str = "presence", min_gain: float = LEARNED_MIN_GAIN, confidence: float = 0.95) -> pd.DataFrame:
     """Per arm and concept: did the method learn it? The paired gain `metric`@1 - `metric`@0 of each training
     run (its own weight 0: the base model, or for Textual Inversion its initializer word), mean over runs
@@ -232,12 +243,8 @@ def learned(df: pd.DataFrame, metric: str = "presence", min_gain: float = LEARNE
     both = pd.concat({"at_1": w1, "at_0": w0}, axis=1).dropna().reset_index()
     rows = []
     for key, g in both.groupby([*ARM, "concept", "kind"], dropna=False, sort=True):
-        gain, low, high = t_interval((g.at_1 - g.at_0).to_numpy(), confidence)
-        resolved = bool(np.isfinite(low) and (low > 0 or high < 0))
-        ok = bool(resolved and gain >= min_gain and low > 0)
-        verdict = "learned" if ok else ("one run: no interval" if len(g) < 2 else ("not learned" if resolved or gain < min_gain else "unresolved"))
         rows.append({**dict(zip([*ARM, "concept", "kind"], key)), "metric": metric, "n_runs": len(g), "at_1": g.at_1.mean(), "at_0": g.at_0.mean(),
-                     "gain": gain, "low": low, "high": high, "learned": ok, "verdict": verdict})
+                     **judge_gain((g.at_1 - g.at_0).to_numpy(), min_gain, confidence)})
     return pd.DataFrame(rows)
 
 

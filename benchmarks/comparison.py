@@ -40,7 +40,7 @@ def learning_table(df):
 
     from bench import stats
 
-    keys = ["method", "concept", "kind"]
+    keys = ["method", "config", "concept", "kind"]  # two configs of a method are two rows, never one
     truth = stats.learned(df, "presence").set_index(keys) if "presence" in set(df.metric) else pd.DataFrame()
     proxy = stats.learned(df, "clip_i", min_gain=PROXY_MIN_GAIN).set_index(keys)
     rows = []

@@ -135,11 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = pd.DataFrame(rows)
     rows = []
     for (setting, concept), g in runs.groupby(["setting", "concept"], sort=False):
-        mean, low, high = stats.t_interval(g.gain.to_numpy())
-        ok = bool(mean >= stats.LEARNED_MIN_GAIN and low > 0)
+        v = stats.judge_gain(g.gain.to_numpy())
         rows.append({"setting": setting, "concept": concept, "runs": len(g), "presence @1": g.presence_1.mean(), "presence @0": g.presence_0.mean(),
-                     "gain": mean, "gain 95% t-interval": f"[{low:.3f}, {high:.3f}]", "learned": ok, "CLIP-I gain (proxy)": g.clip_i_gain.mean(),
-                     "train_s": g.train_s.mean()})
+                     "gain": v["gain"], "gain 95% t-interval": f"[{v['low']:.3f}, {v['high']:.3f}]", "learned": v["verdict"],
+                     "CLIP-I gain (proxy)": g.clip_i_gain.mean(), "train_s": g.train_s.mean()})
     table = pd.DataFrame(rows)
     text = (
         f"# Learnability: {args.method} on {', '.join(args.concepts)}\n\n"

@@ -65,3 +65,10 @@ def test_the_benchmark_table_is_decided_by_presence_with_clip_i_beside_it():
     table = learning_table(df).iloc[0]
     assert table.learned == "not learned" and table["proxy says (gain >= 0.05)"] == "learned"
     assert table["CLIP-I gain"] == pytest.approx(0.45) and table["presence @1"] == pytest.approx(0.05 / 3)
+
+
+def test_two_configs_of_a_method_are_two_rows_never_one():
+    a = pd.DataFrame(rows("lora", {1.0: [0.8, 0.9, 0.7], 0.0: [0.0, 0.0, 0.0]}))
+    b = pd.DataFrame(rows("lora", {1.0: [0.1, 0.1, 0.2], 0.0: [0.0, 0.0, 0.0]})).assign(config="other", run_id=lambda d: d.run_id + "b")
+    table = learning_table(pd.concat([a, b], ignore_index=True)).set_index("config")
+    assert table.loc["c", "learned"] == "learned" and table.loc["other", "learned"] == "not learned"
