@@ -42,7 +42,7 @@ def learning_table(df):
 
     keys = ["method", "config", "concept", "kind"]  # two configs of a method are two rows, never one
     truth = stats.learned(df, "presence").set_index(keys) if "presence" in set(df.metric) else pd.DataFrame()
-    proxy = stats.learned(df, "clip_i", min_gain=PROXY_MIN_GAIN).set_index(keys)
+    proxy = stats.learned(df, "clip_i", min_gain=PROXY_MIN_GAIN).set_index(keys) if "clip_i" in set(df.metric) else pd.DataFrame()
     rows = []
     for key in (truth.index if len(truth) else proxy.index):
         t, c = (truth.loc[key] if len(truth) else None), (proxy.loc[key] if key in proxy.index else None)
