@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 KINDS = ("object", "style")
 KOHYA_FOLDER = re.compile(r"^(?P<repeats>\d+)_(?P<prompt>.+)$")
+# Words that are never a concept's token: binding 'of' in 'a photo of dog' would retrain a word every
+# prompt uses. A token is a rare word ('sks', 'ohwx') placed just before the class word.
+NOT_A_TOKEN = frozenset("a an the of in on at by for to with and or my our your his her their this that photo picture image drawing painting portrait style art".split())
 MIN_SIDE_PX = 8
 
 
@@ -139,6 +142,8 @@ def load_folder(
     m = KOHYA_FOLDER.match(folder.name)
     if m:
         repeats = int(m["repeats"])
+        if repeats == 0:
+            raise ConceptDataError(f"data.path: {folder} has 0 repeats in its kohya name, and kohya skips such folders; rename it (e.g. '10_{m['prompt']}')")
         instance_prompt = instance_prompt or m["prompt"].strip()
     if not instance_prompt:
         raise ConceptDataError(
@@ -146,10 +151,14 @@ def load_folder(
             "(e.g. data.instance_prompt='a sks dog')"
         )
     words = instance_prompt.split()
-    token = words[0] if m else _rare_token(words, folder)
+    token = words[0] if m and not data_prompt_given(instance_prompt, m) else _rare_token(words, folder)
     class_word = class_word or (words[-1] if len(words) > 1 else "")
     if not class_word or class_word == token:
         raise ConceptDataError(f"data.class_word: cannot tell the class word from {instance_prompt!r}; set it")
+    if token.lower() in NOT_A_TOKEN:
+        where = "data.instance_prompt" if not m or data_prompt_given(instance_prompt, m) else f"data.path: the folder name {folder.name!r}"
+        raise ConceptDataError(f"{where}: {instance_prompt!r} would bind the concept to the common word {token!r}; put a rare token "
+                               f"just before the class word (e.g. 'a photo of sks {class_word}')")
     images = [read_image(p, resolution) for p in files]
     captions = [read_caption(p.with_suffix(".txt")) or instance_prompt for p in files]
     class_prompt = " ".join(w for w in words if w != token)
@@ -177,6 +186,11 @@ def read_caption(path: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError as e:
         raise ConceptDataError(f"{path}: caption is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+
+
+def data_prompt_given(instance_prompt: str, kohya: re.Match) -> bool:
+    """Whether the instance prompt was set by the user rather than read from the kohya folder name."""
+    return instance_prompt != kohya["prompt"].strip()
 
 
 def _rare_token(words: list[str], folder: Path) -> str:

@@ -165,16 +165,27 @@ def read_baseline(path: Path) -> dict:
     return doc
 
 
+def _leaves(value, prefix: str) -> dict[str, object]:
+    """A nested config as {dotted key: value}; lists and scalars are leaves."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
 def config_differences(doc: dict, cfg) -> list[str]:
-    """The config keys where this check differs from the baseline's run (each a line to print)."""
+    """Each config key (dotted, as a user types it) where this check differs from the baseline's run, with
+    the baseline's value and this run's: one line each."""
     base = doc.get("config")
     if not base:
         return ["the baseline stores no config; it cannot say whether this check runs the same comparison"]
+    missing = "(not set)"
     out = []
     for key in CONFIG_KEYS:
-        now = plain(cfg.get(key))
-        if json.dumps(now, sort_keys=True, default=str) != json.dumps(base.get(key), sort_keys=True, default=str):
-            out.append(f"{key} differs from the baseline's ({json.dumps(base.get(key), default=str)[:120]} -> {json.dumps(now, default=str)[:120]})")
+        was, now = _leaves(base.get(key), key), _leaves(plain(cfg.get(key)), key)
+        for leaf in sorted(set(was) | set(now)):
+            a, b = (json.dumps(d[leaf], sort_keys=True, default=str) if leaf in d else missing for d in (was, now))
+            if a != b:
+                out.append(f"{leaf} differs from the baseline's: {a} -> {b}")
     return out
 
 

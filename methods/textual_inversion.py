@@ -1,6 +1,9 @@
 """Textual Inversion: learn new token vectors only; the whole model stays frozen.
 
-Weight `w` interpolates each vector from its initializer word (w=0) to the learned one (w=1). SDXL has
+Weight `w` interpolates each vector from its initializer word (w=0) to the learned one (w=1). The vectors
+at weight 0 are exactly the tokens of the initializer written `num_vectors` times: a word the tokenizer
+splits into k pieces ('toy' -> 'to', 'y') gives k vectors per copy, so weight 0 reproduces the prompt
+'a toy toy shape' bit for bit (an average of the pieces would be a vector no prompt can write). SDXL has
 two text encoders: the placeholder gets its vectors in each (768 values per vector for CLIP ViT-L,
 1,280 for OpenCLIP ViT-bigG), stored as `clip_l` and `clip_g` as AUTOMATIC1111 and diffusers read them.
 """
@@ -68,6 +71,7 @@ class TextualInversion(Method):
         self._hooks: list = []
         self._placeholder: str | None = None
         self._many: dict[float, str] = {}  # weight -> its placeholder, while apply_many is in force
+        self._count = num_vectors  # vectors per placeholder: num_vectors x the initializer's token count
 
     @staticmethod
     def placeholder(data: ConceptData) -> str:
@@ -78,28 +82,33 @@ class TextualInversion(Method):
         return replace_word(text, data.token, self.placeholder(data))
 
     def base_prompt(self, text: str, data: ConceptData) -> str:
-        """At weight 0 every vector is the initializer word's embedding: 'a sks shape' -> 'a circle shape'."""
+        """At weight 0 the vectors are the initializer's tokens, `num_vectors` copies: 'a sks shape' -> 'a circle shape'."""
         init = " ".join([self.initializer or data.initializer] * self.num_vectors)
         return replace_word(text, data.token, init)
 
     def init_vectors(self, pipe, word: str) -> list[torch.Tensor]:
-        """Per text encoder, the initializer word's input embedding repeated for each vector (averaged over
-        its sub-tokens)."""
-        out = []
+        """Per text encoder, the input embeddings of the initializer's tokens, `num_vectors` copies in a row:
+        what the prompt with the word written `num_vectors` times feeds the encoder."""
+        out, counts = [], set()
         for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe)):
             ids = tok(word, add_special_tokens=False).input_ids
             if not ids:
                 raise MethodConfigError(f"method.initializer: {word!r} tokenizes to nothing")
+            counts.add(len(ids))
             table = encoder.get_input_embeddings().weight
-            out.append(table[torch.tensor(ids, device=table.device)].detach().float().mean(0, keepdim=True).repeat(self.num_vectors, 1).cpu())
+            out.append(table[torch.tensor(ids, device=table.device)].detach().float().repeat(self.num_vectors, 1).cpu())
+        if len(counts) > 1:  # SDXL's two CLIP tokenizers share one vocabulary; another pair might not
+            raise MethodConfigError(f"method.initializer: the text encoders' tokenizers split {word!r} into different numbers of tokens ({sorted(counts)}); choose a word both keep whole")
         return out
 
-    def _tokens(self, placeholder: str) -> list[str]:
-        return [placeholder] + [f"{placeholder}_{i}" for i in range(1, self.num_vectors)]
+    @staticmethod
+    def _tokens(placeholder: str, count: int) -> list[str]:
+        return [placeholder] + [f"{placeholder}_{i}" for i in range(1, count)]
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
         self._placeholder = self.placeholder(data)
         init = self.init_vectors(pipe, self.initializer or data.initializer)
+        self._count = count = init[0].shape[0]
         load_vectors(pipe, [v.clone() for v in init], self._placeholder)
         self._keys = tensor_keys(pipe)
         self.vectors = []
@@ -107,14 +116,14 @@ class TextualInversion(Method):
         for tok, encoder, v in zip(tokenizers(pipe), text_encoders(pipe), init):
             vectors = torch.nn.Parameter(v.clone().to(encoder.device))
             self.vectors.append(vectors)
-            first = tok.convert_tokens_to_ids(self._tokens(self._placeholder)[0])
+            first = tok.convert_tokens_to_ids(self._placeholder)
 
             # Only the new vectors train: the embedding table's output is patched at their positions, so the
             # optimizer never touches (or keeps moments for) the rest of the table.
             def patch(module, inputs, output, first=first, vectors=vectors):
                 ids = inputs[0]
-                mask = (ids >= first) & (ids < first + self.num_vectors)
-                picked = vectors[(ids - first).clamp(0, self.num_vectors - 1)].to(output.dtype)
+                mask = (ids >= first) & (ids < first + count)
+                picked = vectors[(ids - first).clamp(0, count - 1)].to(output.dtype)
                 return torch.where(mask[..., None], picked, output)
 
             self._hooks.append(encoder.get_input_embeddings().register_forward_hook(patch))
@@ -125,7 +134,7 @@ class TextualInversion(Method):
             hook.remove()
         self._hooks = []
         if self._placeholder is not None:
-            unload(pipe, self._tokens(self._placeholder))
+            unload(pipe, self._tokens(self._placeholder, self._count))
         meta = {"placeholder": self._placeholder, "initializer": self.initializer or data.initializer, "num_vectors": self.num_vectors}
         return Artifact(self.name, {k: v.detach().float().cpu().clone() for k, v in zip(self._keys, self.vectors)}, meta)
 
@@ -135,9 +144,12 @@ class TextualInversion(Method):
         if sorted(artifact.tensors) != sorted(keys):
             raise MethodConfigError(f"textual_inversion: the artifact holds {sorted(artifact.tensors)}, this model's text encoders need {keys}")
         learned = [artifact.tensors[k].float() for k in keys]
-        if learned[0].shape[0] != self.num_vectors:
-            raise MethodConfigError(f"method.num_vectors: artifact has {learned[0].shape[0]} vectors, config says {self.num_vectors}")
-        return self.init_vectors(pipe, artifact.meta["initializer"]), learned
+        init = self.init_vectors(pipe, artifact.meta["initializer"])
+        if learned[0].shape[0] != init[0].shape[0]:
+            raise MethodConfigError(f"method.num_vectors: the artifact has {learned[0].shape[0]} vectors; {self.num_vectors} copies of its "
+                                    f"initializer {artifact.meta['initializer']!r} make {init[0].shape[0]}")
+        self._count = init[0].shape[0]
+        return init, learned
 
     @staticmethod
     def _lerp(init: list[torch.Tensor], learned: list[torch.Tensor], weight: float) -> list[torch.Tensor]:
@@ -164,10 +176,10 @@ class TextualInversion(Method):
 
     def remove(self, pipe) -> None:
         if self._many:
-            unload(pipe, [t for token in self._many.values() for t in self._tokens(token)])
+            unload(pipe, [t for token in self._many.values() for t in self._tokens(token, self._count)])
             self._many = {}
         elif self._placeholder is not None:
-            unload(pipe, self._tokens(self._placeholder))
+            unload(pipe, self._tokens(self._placeholder, self._count))
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
         """A safetensors as AUTOMATIC1111 writes it (the reported file: `emb_params`, or SDXL's `clip_l` and

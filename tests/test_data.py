@@ -142,3 +142,24 @@ def test_decompression_bombs_and_non_utf8_captions_are_refused_by_name(tmp_path,
     (folder / "img1.txt").write_bytes("a sks dog on a caf\xe9 table".encode("latin-1"))
     with pytest.raises(ConceptDataError, match=r"img1.txt: caption is not UTF-8"):
         load_folder(folder, 32)
+
+
+@pytest.mark.parametrize("prompt", ["a photo of dog", "a dog", "photo dog", "the sks", "a sks sks"])
+def test_a_common_word_or_the_class_word_is_never_the_token(tmp_path, prompt):
+    """'a photo of dog' has no rare token: binding 'of' (or 'photo', or the class word) would retrain a word
+    every prompt uses, so the folder is refused naming the key, with the form that works."""
+    _write_images(tmp_path / "mydog")
+    with pytest.raises(ConceptDataError, match=r"data\.(instance_prompt|class_word)"):
+        load_folder(tmp_path / "mydog", 64, instance_prompt=prompt)
+
+
+def test_kohya_names_with_zero_repeats_or_a_common_first_word_are_refused_and_a_set_prompt_wins(tmp_path):
+    _write_images(tmp_path / "0_sks dog")
+    with pytest.raises(ConceptDataError, match="data.path: .*0 repeats.*kohya skips"):
+        load_folder(tmp_path / "0_sks dog", 64)
+    _write_images(tmp_path / "10_a dog")
+    with pytest.raises(ConceptDataError, match="data.path: the folder name '10_a dog'"):
+        load_folder(tmp_path / "10_a dog", 64)
+    # A prompt set beside a kohya folder: its token is the word before the class word, not its first word.
+    data = load_folder(tmp_path / "10_a dog", 64, instance_prompt="a photo of ohwx dog")
+    assert (data.token, data.class_word, data.repeats) == ("ohwx", "dog", 10)

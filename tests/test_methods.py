@@ -147,7 +147,7 @@ def test_textual_inversion_exports_load_in_stock_diffusers(trained, micro_pipe, 
         finally:
             # A multi-vector embedding loads as '<sks>', '<sks>_1', ...: unload every one of them (our unload:
             # stock diffusers' leaves the encoder's config.vocab_size at the grown size).
-            unload(micro_pipe, method._tokens("<sks>"))
+            unload(micro_pipe, method._tokens("<sks>", result.artifact.tensors["emb_params"].shape[0]))
         assert np.array_equal(stock, ours), file
 
 
@@ -287,3 +287,22 @@ def test_repeated_captions_are_encoded_once_with_the_states_and_gradients_of_eve
         assert results[1][1].abs().sum() > 0
     finally:
         method.finish(micro_pipe, concept)
+
+
+@pytest.mark.parametrize("num_vectors", [1, 2])
+def test_textual_inversion_from_a_word_the_tokenizer_splits_reproduces_it_at_weight_zero(num_vectors, micro_pipe, concept, tmp_path):
+    """The micro tokenizer spells 'toy' as three pieces (t, o, y): the vectors start as those pieces, once per
+    copy, so weight 0 is the prompt 'a toy shape' (or 'a toy toy shape') exactly, and training still moves them."""
+    assert len(micro_pipe.tokenizer.tokenize("toy")) == 3
+    method = make("textual_inversion", lr=0.5, num_vectors=num_vectors, initializer="toy")
+    result = method.train(micro_pipe, concept, TrainSettings(steps=4, batch_size=2, progress=False, cache_dir=tmp_path))
+    assert result.artifact.tensors["emb_params"].shape[0] == 3 * num_vectors
+    base_prompt = method.base_prompt(PROMPT, concept)
+    assert base_prompt == "a " + " ".join(["toy"] * num_vectors) + " shape"
+    base = pixels(generate(micro_pipe, [base_prompt], [0], steps=STEPS)[0])
+    prompt = method.prompt(PROMPT, concept)
+    assert np.array_equal(pixels(generate_with(micro_pipe, method, result.artifact, 0.0, prompt)), base)
+    assert not np.array_equal(pixels(generate_with(micro_pipe, method, result.artifact, 1.0, prompt)), base)
+    reloaded = method.load(method.save(result.artifact, tmp_path / "saved"))
+    assert np.array_equal(pixels(generate_with(micro_pipe, method, reloaded, 0.0, prompt)), base)
+    assert np.array_equal(pixels(generate(micro_pipe, [base_prompt], [0], steps=STEPS)[0]), base)  # the pipe is restored

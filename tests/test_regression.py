@@ -170,7 +170,7 @@ def test_command_line_modes_and_exit_codes(tmp_path):
 
     trained = len(list((tmp_path / "run" / "train").iterdir()))
     r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", *common, "train.steps=5")
-    assert "train differs from the baseline's" in r.stdout, r.stdout
+    assert "train.steps differs from the baseline's: 4 -> 5" in r.stdout, r.stdout
     assert len(list((tmp_path / "run" / "train").iterdir())) == trained + 4  # the new config really trained
     assert "also holds 8 training/scoring stage(s) of other configs; they are not read" in r.stdout, r.stdout
 
@@ -193,3 +193,19 @@ def test_check_has_power_other_seeds_pass_a_tenth_of_the_learning_rate_fails(tmp
     regressed = [line.split()[:2] for line in r.stdout.splitlines() if "REGRESSED" in line and not line.startswith("adapterbench:")]
     assert regressed and all(method == "hypernetwork" for method, _ in regressed), r.stdout
     assert "hypernetwork: REGRESSED" in r.stdout and (tmp_path / "slow" / "regression_junit.xml").is_file()
+
+
+def test_config_differences_name_each_changed_key_with_both_values():
+    """Each changed leaf by its dotted key (the one a user types), old -> new, however long the rest of the
+    config is (a note cut at a fixed width used to lose exactly the key that changed)."""
+    from bench.regression import config_differences
+
+    padding = {f"key{i:02d}": "x" * 30 for i in range(20)}
+    base = {"train": {**padding, "steps": 150, "curve": [0.5]}, "method": {"lora": {"lr": 0.002, "rank": 4}}, "seeds": [0, 1, 2]}
+    now = {"train": {**padding, "steps": 40, "curve": [0.25, 0.5]}, "method": {"lora": {"lr": 0.002, "rank": 4, "alpha": 8}}, "seeds": [0, 1, 2]}
+    lines = config_differences({"config": base}, now)
+    assert lines == ["train.curve differs from the baseline's: [0.5] -> [0.25, 0.5]",
+                     "train.steps differs from the baseline's: 150 -> 40",
+                     "method.lora.alpha differs from the baseline's: (not set) -> 8"]
+    assert config_differences({"config": base}, base) == []
+    assert config_differences({}, now) == ["the baseline stores no config; it cannot say whether this check runs the same comparison"]
