@@ -211,8 +211,10 @@ def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
     try:
         rows, outputs = work()
     except Exception as e:  # recorded as a failed stage; the other runs carry on
+        from methods import qualified
         from methods.base import MethodConfigError, TrainingDiverged
 
+        e = qualified(e, spec.method) if isinstance(e, MethodConfigError) else e
         message = str(e) if isinstance(e, (MethodConfigError, TrainingDiverged)) else f"{type(e).__name__}: {e}"
         log.error("%s %s/%s seed %s: %s failed: %s", stage.split("_")[0], spec.method, spec.concept, spec.train_seed, stage, message, exc_info=not isinstance(e, (MethodConfigError, TrainingDiverged)))
         records.write_stage(results, failed, [{**_ident(spec), "metric": f"{stage.split('_')[0]}_failed", "value": 1.0, "unit": "flag", "scorer": "runner", "status": f"failed: {message}"}])

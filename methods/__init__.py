@@ -26,8 +26,17 @@ def build_method(cfg, name: str):
     except InstantiationException as e:
         cause = e.__cause__ or e
         if isinstance(cause, MethodConfigError):
-            raise cause from None
+            raise qualified(cause, name) from None
         raise MethodConfigError(f"method.{name}: {cause}") from None
     if not isinstance(method, Method):
         raise MethodConfigError(f"method.{name}._target_: {type(method).__name__} is not a methods.base.Method")
     return method
+
+
+def qualified(error: Exception, name: str) -> Exception:
+    """A method's own config error ('method.rank: ...') under the key the user typed ('method.lora.rank:
+    ...'); a method only knows its keys, not the name it is configured under."""
+    message = str(error)
+    if message.startswith("method.") and not message.startswith((f"method.{name}.", f"method.{name}:")):
+        return type(error)(f"method.{name}.{message[len('method.'):]}")
+    return error

@@ -34,7 +34,7 @@ def test_composition_errors_are_one_line_exit_2(override, expected, tmp_path):
 def test_a_multirun_with_one_bad_job_stops_before_the_first_job(tmp_path):
     r = run_cli("-m", "method=lora", "method.lora.rank=4,16x", f"results_dir={tmp_path}", "hydra/launcher=local")
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "method.rank" in lines[0] and "16x" in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "method.lora.rank" in lines[0] and "16x" in lines[0], r.stderr
     assert not (tmp_path / "train").exists()
 
 
