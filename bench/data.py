@@ -130,20 +130,24 @@ def load_folder(
     class_word: str | None = None,
     initializer: str | None = None,
     kind: str = "object",
+    key: str = "data.path",
 ) -> ConceptData:
-    """A user's concept folder: images, `.txt` captions beside them, kohya `N_token class` naming."""
+    """A user's concept folder: images, `.txt` captions beside them, kohya `N_token class` naming. `key` is
+    the config key that named the folder, for messages."""
     folder = Path(folder)
+    if folder.is_file():
+        raise ConceptDataError(f"{key}: {folder} is a file; a concept is a folder of images")
     if not folder.is_dir():
-        raise ConceptDataError(f"data.path: concept folder {folder} does not exist")
+        raise ConceptDataError(f"{key}: concept folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ConceptDataError(f"data.path: concept folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ConceptDataError(f"{key}: concept folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     repeats = 1
     m = KOHYA_FOLDER.match(folder.name)
     if m:
         repeats = int(m["repeats"])
         if repeats == 0:
-            raise ConceptDataError(f"data.path: {folder} has 0 repeats in its kohya name, and kohya skips such folders; rename it (e.g. '10_{m['prompt']}')")
+            raise ConceptDataError(f"{key}: {folder} has 0 repeats in its kohya name, and kohya skips such folders; rename it (e.g. '10_{m['prompt']}')")
         instance_prompt = instance_prompt or m["prompt"].strip()
     if not instance_prompt:
         raise ConceptDataError(
@@ -156,7 +160,7 @@ def load_folder(
     if not class_word or class_word == token:
         raise ConceptDataError(f"data.class_word: cannot tell the class word from {instance_prompt!r}; set it")
     if token.lower() in NOT_A_TOKEN:
-        where = "data.instance_prompt" if not m or data_prompt_given(instance_prompt, m) else f"data.path: the folder name {folder.name!r}"
+        where = "data.instance_prompt" if not m or data_prompt_given(instance_prompt, m) else f"{key}: the folder name {folder.name!r}"
         raise ConceptDataError(f"{where}: {instance_prompt!r} would bind the concept to the common word {token!r}; put a rare token "
                                f"just before the class word (e.g. 'a photo of sks {class_word}')")
     images = [read_image(p, resolution) for p in files]
@@ -231,7 +235,7 @@ def load_concepts(cfg, resolution: int) -> list[ConceptData]:
         if entry in world.CONCEPTS:
             concepts.append(load_world_concept(entry, int(cfg.get("n_images", 8)), resolution, int(cfg.get("seed", 0))))
         elif "/" in entry or Path(entry).is_dir():
-            concepts.append(load_folder(Path(entry), resolution, kind=str(cfg.get("kind") or "object")))
+            concepts.append(load_folder(Path(entry), resolution, kind=str(cfg.get("kind") or "object"), key=f"data.concepts[{i}]"))
         else:
             raise ConceptDataError(f"data.concepts[{i}]: {entry!r} is neither a micro-world concept ({', '.join(world.CONCEPTS)}) nor a folder")
     if cfg.get("path"):

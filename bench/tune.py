@@ -37,6 +37,9 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
     overlap = set(t.concepts) & set(world.SUITE)
     if overlap:
         raise MethodConfigError(f"tune.concepts: {sorted(overlap)} belong to the evaluation suite; tune on concepts the comparison does not report")
+    for i, name in enumerate(t.concepts or []):
+        if str(name) not in world.CONCEPTS and not Path(str(name)).is_dir():
+            raise MethodConfigError(f"tune.concepts[{i}]: {name!r} is neither a micro-world concept (its tuning concepts: {', '.join(world.TUNING)}) nor a folder")
     if not t.concepts or not t.seeds or len(set(t.seeds)) != len(t.seeds):
         raise MethodConfigError(f"tune.concepts / tune.seeds: need at least one tuning concept and distinct tuning seeds, got {list(t.concepts)} / {list(t.seeds)}")
     if higher_is_better(str(t.objective)) is not True:

@@ -163,3 +163,13 @@ def test_kohya_names_with_zero_repeats_or_a_common_first_word_are_refused_and_a_
     # A prompt set beside a kohya folder: its token is the word before the class word, not its first word.
     data = load_folder(tmp_path / "10_a dog", 64, instance_prompt="a photo of ohwx dog")
     assert (data.token, data.class_word, data.repeats) == ("ohwx", "dog", 10)
+
+
+def test_a_missing_or_file_entry_is_named_by_the_key_that_gave_it(tmp_path):
+    _write_images(tmp_path / "10_sks dog")
+    (tmp_path / "notes.txt").write_text("x")
+    cfg = {"concepts": [str(tmp_path / "10_sks dog"), str(tmp_path / "10_sks cat")]}
+    with pytest.raises(ConceptDataError, match=r"^data\.concepts\[1\]: concept folder .*10_sks cat does not exist"):
+        load_concepts(cfg, 64)
+    with pytest.raises(ConceptDataError, match=r"^data\.path: .*notes\.txt is a file; a concept is a folder"):
+        load_concepts({"path": str(tmp_path / "notes.txt")}, 64)

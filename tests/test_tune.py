@@ -56,7 +56,8 @@ def test_a_chosen_option_keeps_the_type_its_list_gave_it():
 
 @pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3"),
                                                   ("+tune.options.lora.rnak=[4,8]", "options.lora.*rnak"), ("tune.centers.lora=-0.1", "centers.lora.*positive"),
-                                                  ("+tune.centers.lorra=0.1", "centers.lorra.*not a method")])
+                                                  ("+tune.centers.lorra=0.1", "centers.lorra.*not a method"),
+                                                  ("tune.concepts=[sks_arrow,nosuch]", r"concepts\[1\]: 'nosuch' is neither")])
 def test_bad_tuning_configs_name_the_key(tmp_path, override, match):
     with pytest.raises(MethodConfigError, match=f"tune.*{match}"):
         grid_config(config(tmp_path, override))
