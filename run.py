@@ -79,6 +79,10 @@ def config_error(argv: list[str]) -> str | None:
         variants = [first] + [first[:i] + [v] + first[i + 1:] for i, c in enumerate(choices) for v in c[1:]]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             configs = [compose("config", overrides=overrides) for overrides in variants]
+        for cfg in configs:
+            problem = results_dir_error(cfg.results_dir)
+            if problem:
+                return problem
         if len(configs) > 1:
             # A multirun's later jobs would otherwise find a nonsense hyper-parameter only after the
             # earlier jobs have run: every job's methods are built (cheap: no model is loaded) first.
@@ -106,7 +110,29 @@ def config_error(argv: list[str]) -> str | None:
     return None
 
 
+def results_dir_error(value) -> str | None:
+    """Why `results_dir` cannot hold a run, checked before Hydra creates its folder under it (None: it can)."""
+    text = "" if value is None else str(value)
+    if not text.strip():
+        return "results_dir: empty; name a folder for the results (e.g. results_dir=results/mine)"
+    path = Path(text).absolute()
+    if path.exists() and not path.is_dir():
+        return f"results_dir: {path} is a file, not a folder"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"results_dir: {existing} is a file, so {path} cannot be made"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"results_dir: {existing} is not writable, so {path} cannot be {'written' if existing == path else 'made'}"
+    return None
+
+
+def expand_home(argv: list[str]) -> list[str]:
+    """`results_dir=~/x` as the shell would expand it (Hydra keeps the '~' and would make a folder named '~')."""
+    return [re.sub(r"^(\+{0,2}results_dir=)(['\"]?)~", lambda m: m[1] + m[2] + os.path.expanduser("~"), a) for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = expand_home(sys.argv[1:])
     error = config_error(sys.argv[1:])
     if error:
         print(f"adapterbench: error: {error}", file=sys.stderr)

@@ -55,3 +55,21 @@ def test_the_cluster_launcher_runs_a_multirun_here_one_thread_per_job(tmp_path):
     for run in runs:
         hardware = run["hardware"]
         assert hardware["core_budget"] == 1 and hardware["core_budget_source"] == "submitit local executor", hardware
+
+
+def test_results_dir_that_cannot_hold_a_run_is_one_line_before_anything_is_made(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for value, expected in [("", "results_dir: empty"), (str(tmp_path / "a_file"), "is a file, not a folder"),
+                            (str(tmp_path / "a_file" / "sub"), "is a file, so")]:
+        r = run_cli(f"results_dir={value}" if value else "results_dir=''")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert not (ROOT / "hydra").exists()
+
+
+def test_results_dir_under_home_is_expanded_as_the_shell_would(tmp_path):
+    """Hydra keeps a quoted '~' and would make a folder named '~' in the working directory."""
+    env = {**os.environ, "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "run.py", "results_dir='~/runs'", "seeds=[]"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "seeds: no training seed" in r.stderr, r.stderr
+    assert (tmp_path / "runs" / "hydra").is_dir() and not (ROOT / "~").exists()
