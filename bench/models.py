@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +30,17 @@ class ModelConfigError(ValueError):
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' is CUDA when present, else the CPU."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The harness trains and generates on the CPU or CUDA; other torch device types (mps, xpu, meta) are
+    # untested here, and a string torch cannot parse would be a traceback from deep in the first worker.
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ModelConfigError(f"device: {name!r} is not one of auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ModelConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise ModelConfigError(f"device: {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 

@@ -66,3 +66,12 @@ def test_long_lived_pauses_the_collector_and_freezes_what_start_up_made():
         assert gc.isenabled()  # a failed load leaves the collector on
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("name", ["tpu", "mps", "meta", "xpu", "cuda:x", "CPU", ""])
+def test_a_device_the_harness_does_not_run_on_is_one_line_naming_the_key(name):
+    from bench.models import resolve_device
+
+    with pytest.raises(ModelConfigError, match=r"^device: .* is not one of auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda")
