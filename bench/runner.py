@@ -137,6 +137,8 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
         raise MethodConfigError("seeds: no training seed (e.g. seeds=[0,1,2])")
     if len(set(seeds)) != len(seeds):
         raise MethodConfigError(f"seeds: {seeds} lists a training seed twice")
+    if not all(0 <= int(s) < 2**32 for s in seeds):  # the range every generator the harness seeds accepts
+        raise MethodConfigError(f"seeds: {seeds} holds a training seed outside 0..2**32-1")
     TrainSettings.from_config(cfg)
     model_path(cfg.model)
     check_sweep_config(cfg.sweep)

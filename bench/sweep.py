@@ -109,6 +109,8 @@ def check_sweep_config(cfg) -> None:
         raise SweepError("sweep.seeds: empty; list at least one generation seed (two or more for intervals and best weights)")
     if len(set(map(int, seeds))) != len(seeds):
         raise SweepError(f"sweep.seeds: {seeds} lists a seed twice")
+    if not all(0 <= int(s) < 2**32 for s in seeds):  # the range every generator the harness seeds accepts
+        raise SweepError(f"sweep.seeds: {seeds} holds a seed outside 0..2**32-1")
     if not all(math.isfinite(float(w)) for w in weights):
         raise SweepError(f"sweep.weights: {weights} holds a value that is not a finite number")
     for key in ("steps", "batch"):

@@ -23,6 +23,9 @@ def run_cli(*args):
     ("train.stepz=4", "Could not override 'train.stepz'"),
     ("train.steps=abc", "train.steps=abc"),
     ("seeds=[0,1", "no viable alternative"),
+    ("seeds=[18446744073709551616]", "seeds: [18446744073709551616] holds a training seed outside 0..2**32-1"),
+    ("sweep.seeds=[-1,2]", "sweep.seeds: [-1, 2] holds a seed outside 0..2**32-1"),
+    ("device=tpu", "device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
 ])
 def test_composition_errors_are_one_line_exit_2(override, expected, tmp_path):
     r = run_cli(override, f"results_dir={tmp_path}")
