@@ -26,6 +26,8 @@ def run_cli(*args):
     ("seeds=[18446744073709551616]", "seeds: [18446744073709551616] holds a training seed outside 0..2**32-1"),
     ("sweep.seeds=[-1,2]", "sweep.seeds: [-1, 2] holds a seed outside 0..2**32-1"),
     ("device=tpu", "device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+    ("model.resolution=63", "model.resolution: 63 is not a positive multiple of 8"),
+    ("model.resolution=0", "model.resolution: 0 is not a positive multiple of 8"),
 ])
 def test_composition_errors_are_one_line_exit_2(override, expected, tmp_path):
     r = run_cli(override, f"results_dir={tmp_path}")
