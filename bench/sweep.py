@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def resolve_a1111(text: str, data: ConceptData, key: str) -> tuple[str, tuple[tu
     return " ".join(words), tuple(tags)
 
 
+def fill_template(template: str, fields: dict[str, str], key: str) -> str:
+    """`template` with its {name} placeholders filled from `fields`. Only bare names: str.format would also
+    read '{0}', '{instance.__class__}' or '{instance:>9}', and turn them into a prompt or a traceback."""
+    known = ", ".join(f"{{{name}}}" for name in fields)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise SweepError(f"{key}: {template!r} is not a prompt template ({e}); write a literal brace as {{{{ or }}}}") from None
+    out = []
+    for literal, name, spec, conversion in parts:
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in fields or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise SweepError(f"{key}: unknown placeholder {shown} in {template!r}; use {known}")
+        out.append(fields[name])
+    return "".join(out)
+
+
 def sweep_prompts(cfg, data: ConceptData) -> list[SweepPrompt]:
     """The sweep's prompt sets; templates may use {instance}, {token} and {class_word}, and AUTOMATIC1111's
     `<lora:NAME:W>`-style tags and embedding names (`resolve_a1111`)."""
@@ -85,10 +106,7 @@ def sweep_prompts(cfg, data: ConceptData) -> list[SweepPrompt]:
     fields = {"instance": data.instance_prompt, "token": data.token, "class_word": data.class_word}
     for kind in KINDS:
         for i, template in enumerate(cfg.get(kind) or []):
-            try:
-                written = str(template).format(**fields)
-            except KeyError as e:
-                raise SweepError(f"sweep.{kind}[{i}]: unknown placeholder {e} in {template!r}; use {{instance}}, {{token}} or {{class_word}}") from None
+            written = fill_template(str(template), fields, f"sweep.{kind}[{i}]")
             text, tags = resolve_a1111(written, data, f"sweep.{kind}[{i}]")
             out.append(SweepPrompt(f"{kind}_{i}", kind, text, written, tags))
     if not any(p.kind != "unrelated" for p in out):

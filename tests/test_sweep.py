@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
@@ -22,10 +24,22 @@ def test_prompt_templates_fill_and_name_bad_keys(concept):
         ("unrelated_0", "a red star"),
     ]
     assert prompts[1].scoring_text(concept) == "a shape on a white background"
-    with pytest.raises(SweepError, match=r"sweep.recontext\[0\].*'subject'"):
+    with pytest.raises(SweepError, match=r"sweep.recontext\[0\]: unknown placeholder {subject}"):
         sweep_prompts(OmegaConf.create({"instance": [], "recontext": ["a {subject}"]}), concept)
     with pytest.raises(SweepError, match="sweep.instance"):
         sweep_prompts(OmegaConf.create({"unrelated": ["a red star"]}), concept)
+
+
+@pytest.mark.parametrize("template,shown", [("{instance} {0}", "{0}"), ("{instance.__class__}", "{instance.__class__}"),
+                                            ("{instance!r}", "{instance!r}"), ("{instance:>40}", "{instance:>40}"), ("{}", "{}")])
+def test_a_template_reads_bare_placeholder_names_only(concept, template, shown):
+    """str.format would fill '{instance.__class__}' with "<class 'str'>" (a prompt nobody wrote) and fail on
+    '{0}' with an IndexError traceback."""
+    with pytest.raises(SweepError, match=r"^sweep\.instance\[0\]: unknown placeholder " + re.escape(shown)):
+        sweep_prompts(OmegaConf.create({"instance": [template]}), concept)
+    with pytest.raises(SweepError, match=r"^sweep\.instance\[0\]: .* is not a prompt template"):
+        sweep_prompts(OmegaConf.create({"instance": ["{instance"]}), concept)
+    assert sweep_prompts(OmegaConf.create({"instance": ["{{literal}} {instance}"]}), concept)[0].text == "{literal} a sks shape"
 
 
 def test_image_names_say_run_sweep_prompt_seed_and_weight(tmp_path):
