@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -129,6 +130,20 @@ def _put(out: dict, method: str, config, metric: str, units: pd.DataFrame) -> No
         "n_concepts": int(units.concept.nunique()),
         "higher_is_better": bool(direction_of(metric)),
     }
+
+
+def output_file_error(path: Path, key: str) -> str | None:
+    """Why a file this mode writes at the end (the baseline, the JUnit XML) could not be written there,
+    checked before the run's work (None: it can): the verdict must not be lost after the training."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        return f"{key}: {path} is a folder; name a file (e.g. {path / 'baseline.json'})"
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        return f"{key}: {existing} is a file, so {path} cannot be written"
+    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{key}: {path} cannot be written (no write permission under {existing})"
+    return None
 
 
 def write_baseline(df: pd.DataFrame, path: Path, cfg=None, weight: float = 1.0) -> dict:

@@ -46,6 +46,9 @@ def main(cfg: DictConfig) -> int:
         from bench.report import build_report
 
         dirs = [results, *[Path(d) for d in cfg.get("merge") or []]]
+        for key, d in zip(["results_dir", *(f"merge[{i}]" for i in range(len(dirs) - 1))], dirs):
+            if not d.is_dir() or not any((d / "rows").glob("*.parquet")):
+                raise ModelConfigError(f"{key}: {d} holds no result rows; run a comparison into it first (python run.py results_dir={d})")
         print(f"adapterbench: report {build_report(dirs, fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats)).resolve()}")
         return 0
     if mode == "tune":
@@ -61,8 +64,12 @@ def main(cfg: DictConfig) -> int:
     if not cfg.get("baseline"):
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
+    junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
     if mode == "check":
         regression.check_settings(OmegaConf.to_container(cfg.check, resolve=True))
+    problem = regression.output_file_error(Path(cfg.baseline), "baseline") if mode == "baseline" else regression.output_file_error(junit, "check.junit")
+    if problem:
+        raise regression.BaselineError(problem)
     # Exactly the stages this config needs: finished ones are reused, rows of other configs are not read.
     status, runs = run_comparison(cfg)
     table = config_table(results, runs)
@@ -81,7 +88,6 @@ def main(cfg: DictConfig) -> int:
         print(f"adapterbench: note: method(s) {', '.join(unbaselined)} of this run are not in the baseline and are not checked")
     comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check, resolve=True))
     print(regression.format_comparisons(comparisons))
-    junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
     regression.write_junit(comparisons, junit)
     decisions = regression.method_decisions(comparisons)
     for method, decision in decisions.items():

@@ -209,3 +209,24 @@ def test_config_differences_name_each_changed_key_with_both_values():
                      "method.lora.alpha differs from the baseline's: (not set) -> 8"]
     assert config_differences({"config": base}, base) == []
     assert config_differences({}, now) == ["the baseline stores no config; it cannot say whether this check runs the same comparison"]
+
+
+def test_an_output_file_that_cannot_be_written_is_named_before_the_work(tmp_path):
+    """mode=baseline / mode=check write their verdict at the end: a folder, a path under a file or a
+    read-only folder is refused first, naming the key (before, it was a traceback after all the training)."""
+    import os
+
+    from bench.regression import output_file_error
+
+    (tmp_path / "a_file").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    assert output_file_error(tmp_path / "new" / "deeper" / "b.json", "baseline") is None
+    assert "baseline: " in output_file_error(tmp_path, "baseline") and "is a folder" in output_file_error(tmp_path, "baseline")
+    assert "is a file, so" in output_file_error(tmp_path / "a_file" / "j.xml", "check.junit")
+    if os.geteuid() != 0:  # root writes anywhere; the permission case is a user's
+        locked.chmod(0o555)
+        try:
+            assert "cannot be written" in output_file_error(locked / "b.json", "baseline")
+        finally:
+            locked.chmod(0o755)
