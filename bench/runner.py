@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bench import records, stages, stats, worker
 from bench.data import load_concepts
 from bench.io import atomic_write_text, remove_debris
-from bench.models import ModelConfigError, model_path, resolve_device
+from bench.models import ModelConfigError, model_path, resolve_device, resolve_dtype
 from bench.provenance import core_budget
 from methods import build_method
 from methods.base import MethodConfigError, TrainSettings
@@ -147,6 +147,7 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
         raise MethodConfigError(f"seeds: {seeds} holds a training seed outside 0..2**32-1")
     TrainSettings.from_config(cfg)
     model_path(cfg.model)
+    resolve_dtype(str(cfg.model.get("dtype") or "auto"), resolve_device(str(cfg.device)))
     check_sweep_config(cfg.sweep)
     stats.Settings.from_config(cfg.stats)
     check_fidelity(str(cfg.stats.fidelity))

@@ -29,6 +29,7 @@ def run_cli(*args):
     ("model.resolution=63", "model.resolution: 63 is not a positive multiple of 8"),
     ("model.resolution=0", "model.resolution: 0 is not a positive multiple of 8"),
     ("mode=report", "holds no result rows; run a comparison into it first"),
+    ("model.dtype=int8", "model.dtype: 'int8' is not one of auto, float32"),
 ])
 def test_composition_errors_are_one_line_exit_2(override, expected, tmp_path):
     r = run_cli(override, f"results_dir={tmp_path}")
