@@ -181,8 +181,18 @@ def check_clip_spec(spec: str) -> None:
     if not spec.startswith("local-dir:"):
         raise ModelConfigError(f"metrics.clip: {spec!r} is neither 'micro' nor 'local-dir:/path/to/open_clip/folder' (no model hub is reachable, so the weights must be local)")
     folder = Path(spec.removeprefix("local-dir:"))
-    if not (folder / "open_clip_config.json").is_file():
+    config = folder / "open_clip_config.json"
+    if not config.is_file():
         raise ModelConfigError(f"metrics.clip: {folder} holds no open_clip_config.json (an open_clip model folder: config and weights)")
+    try:
+        doc = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelConfigError(f"metrics.clip: {config} is not readable JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("model_cfg"), dict):
+        raise ModelConfigError(f"metrics.clip: {config} has no 'model_cfg' object (open_clip's local-dir layout: model_cfg, preprocess_cfg)")
+    weights = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    if not any((folder / w).is_file() for w in weights):
+        raise ModelConfigError(f"metrics.clip: {folder} holds no weights ({' or '.join(weights)})")
 
 
 def run(cfg: DictConfig) -> int:

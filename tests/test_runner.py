@@ -194,7 +194,7 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "key"), [
-    ("method.lora.rank=0", "method.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size"),
+    ("method.lora.rank=0", r"method\.lora\.rank"), ("train.steps=-3", "train.steps"), ("train.batch_size=0", "train.batch_size"),
     ("train.steps=100000000000", "train.steps"), ("seeds=[]", "seeds"), ("seeds=[1,1]", "seeds"), ("workers=0", "workers"),
     ("threads=-1", "threads"), ("sweep.weights=[]", "sweep.weights"), ("sweep.weights=[0,0.5]", "sweep.weights"),
     ("sweep.seeds=[]", "sweep.seeds"), ("sweep.guidance=nan", "sweep.guidance"), ("sweep.steps=0", "sweep.steps"),
@@ -212,6 +212,22 @@ def test_nonsense_config_fails_before_any_training(tmp_path, override, key):
     with pytest.raises(usage_errors(), match=key):
         run(cfg)
     assert not (tmp_path / "rows").exists()
+
+
+@pytest.mark.parametrize(("files", "message"), [({"open_clip_config.json": "{not json"}, "is not readable JSON"),
+                                               ({"open_clip_config.json": "[]"}, "has no 'model_cfg' object"),
+                                               ({"open_clip_config.json": '{"model_cfg": {}}'}, "holds no weights")])
+def test_a_broken_local_clip_folder_is_named_before_any_training(tmp_path, files, message):
+    sys.path.insert(0, str(ROOT))
+    from run import usage_errors
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    with pytest.raises(usage_errors(), match=f"metrics.clip: .*{message}"):
+        run(config(tmp_path / "run", f"metrics.clip=local-dir:{folder}"))
+    assert not (tmp_path / "run" / "rows").exists()
 
 
 def test_inception_fid_without_local_weights_fails_before_any_training(tmp_path):
