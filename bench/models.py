@@ -65,8 +65,21 @@ def model_path(cfg) -> Path:
         raise ModelConfigError(f"model.path: {path} does not exist")
     if path.is_dir() and not (path / "model_index.json").is_file():
         raise ModelConfigError(f"model.path: {path} is a folder without model_index.json (not a diffusers pipeline folder)")
+    if path.is_dir():
+        pipeline_class(path)  # model_index.json readable, a pipeline this harness trains, its components present
     if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
         raise ModelConfigError(f"model.path: {path} is neither a diffusers folder nor a {'/'.join(sorted(SINGLE_FILE_SUFFIXES))} checkpoint")
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                if not list(f.keys()):
+                    raise ModelConfigError(f"model.path: {path} holds no tensors")
+        except ModelConfigError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for a bad header
+            raise ModelConfigError(f"model.path: {path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
     return path
 
 
@@ -90,9 +103,20 @@ def pipeline_class(folder: Path, key: str = "model.path"):
 
     import diffusers
 
-    name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    index = folder / "model_index.json"
+    try:
+        doc = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelConfigError(f"{key}: {index} is not readable JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ModelConfigError(f"{key}: {index} is not a diffusers model index (a JSON object with _class_name and components)")
+    name = doc.get("_class_name")
     if name not in PIPELINES:
         raise ModelConfigError(f"{key}: {folder} holds a {name} model; this harness trains {' and '.join(PIPELINES)} models")
+    # Components are [library, class] pairs; [null, null] marks an optional one left out (safety checker).
+    missing = [c for c, v in doc.items() if not c.startswith("_") and isinstance(v, list) and v and v[0] is not None and not (folder / c).is_dir()]
+    if missing:
+        raise ModelConfigError(f"{key}: {folder} lacks the component folder(s) {', '.join(missing)} its model_index.json lists")
     return getattr(diffusers, name)
 
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 
 from bench import zoo
@@ -39,13 +40,29 @@ def test_missing_or_wrong_model_paths_fail_early_naming_the_key(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ModelConfigError, match="neither a diffusers folder"):
         model_path({"name": "sd15", "path": str(tmp_path / "weights.bin")})
-    (tmp_path / "sd15.safetensors").write_bytes(b"x")
+    (tmp_path / "broken.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelConfigError, match="model.path: .*broken.safetensors is not a readable safetensors file"):
+        model_path({"name": "sd15", "path": str(tmp_path / "broken.safetensors")})
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "sd15.safetensors"))
     with pytest.raises(ModelConfigError, match="model.config_path"):
         load_pipeline({"name": "sd15", "path": str(tmp_path / "sd15.safetensors")}, "cpu")
     with pytest.raises(ModelConfigError, match="model.path: model 'sd21' needs"):
         model_path({"name": "sd21"})
     with pytest.raises(ModelConfigError, match="model.dtype"):
         load_pipeline({"name": "micro", "embedded": True, "dtype": "float13"}, "cpu")
+
+
+@pytest.mark.parametrize(("index", "message"), [("{broken", "is not readable JSON"), ("[1, 2]", "is not a diffusers model index"),
+                                                ('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": [null, null]}',
+                                                 "lacks the component folder.s. unet")])
+def test_a_model_folder_that_cannot_load_is_named_before_loading(tmp_path, index, message):
+    """model_index.json broken, a JSON list, or the only file there: one line naming model.path (each was a
+    traceback from diffusers in the first worker)."""
+    (tmp_path / "model_index.json").write_text(index)
+    with pytest.raises(ModelConfigError, match=f"model.path: .*{message}"):
+        model_path({"name": "sd15", "path": str(tmp_path)})
 
 
 def test_long_lived_pauses_the_collector_and_freezes_what_start_up_made():
