@@ -40,13 +40,14 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from bench.data import ConceptDataError
     from bench.estimate import EstimateConfigError
     from bench.models import ModelConfigError
+    from bench.records import RowsFileError
     from bench.regression import BaselineError
     from bench.stats import StatsConfigError
     from bench.sweep import SweepError
     from methods.base import MethodConfigError
     from metrics.fd import InceptionUnavailable
 
-    return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, StatsConfigError, SweepError, InceptionUnavailable)
+    return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, RowsFileError, StatsConfigError, SweepError, InceptionUnavailable)
 
 
 def job(cfg: DictConfig) -> int:

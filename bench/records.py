@@ -119,8 +119,20 @@ def read_table(*results_dirs: Path) -> pd.DataFrame:
     return read_files([f for d in results_dirs for f in sorted(Path(d).glob("rows/*.parquet"))])
 
 
+class RowsFileError(ValueError):
+    """A file under rows/ that is not a rows file this harness wrote (a usage error: one line, exit 2)."""
+
+
 def read_files(files: Iterable[Path]) -> pd.DataFrame:
-    parts = [frame(pd.read_parquet(f).to_dict("records")) for f in files]
+    parts = []
+    for f in files:
+        try:
+            rows = pd.read_parquet(f)
+            if not {"metric", "value"} <= set(rows.columns):
+                raise ValueError(f"no metric and value columns (has {sorted(rows.columns)[:6]})")
+            parts.append(frame(rows.to_dict("records")))
+        except Exception as e:  # pyarrow and pandas raise several types for a file that is not theirs
+            raise RowsFileError(f"results_dir: {f} is not a rows file of this harness ({str(e).splitlines()[0][:160]}); move it out of rows/") from None
     return frame([]) if not parts else pd.concat(parts, ignore_index=True)
 
 

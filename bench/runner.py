@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import re
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -120,6 +121,9 @@ def parallelism(cfg: DictConfig, n_jobs: int) -> tuple[int, int]:
     return workers, threads
 
 
+STAGE_FILE = re.compile(r"(failed_)?(train|scores|base|inputs)_[0-9a-f-]+")
+
+
 def check_results_dir(results: Path) -> None:
     if results.exists() and not results.is_dir():
         raise ModelConfigError(f"results_dir: {results} is a file, not a folder")
@@ -129,6 +133,17 @@ def check_results_dir(results: Path) -> None:
             pass
     except OSError as e:
         raise ModelConfigError(f"results_dir: cannot write to {results} ({e.strerror or e})") from None
+    # What the harness keeps under it must be what it wrote: a stray table in rows/ would be read as
+    # results, and a lock that is not a file would stop a worker with a traceback mid-run.
+    for sub in ("rows", ".locks"):
+        if (results / sub).exists() and not (results / sub).is_dir():
+            raise ModelConfigError(f"results_dir: {results / sub} is a file; the harness keeps a folder there (move the file away)")
+    for f in sorted((results / "rows").glob("*.parquet")):
+        if not STAGE_FILE.match(f.stem):
+            raise records.RowsFileError(f"results_dir: {f} is not a rows file of this harness (its stages are named train_, scores_, base_, inputs_); move it out of rows/")
+    for f in sorted((results / ".locks").glob("*")):
+        if not f.is_file():
+            raise ModelConfigError(f"results_dir: {f} is not a lock file the harness made; remove it")
 
 
 def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:

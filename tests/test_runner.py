@@ -398,3 +398,20 @@ def test_threads_fit_the_core_budget_a_launcher_gives(tmp_path, monkeypatch, omp
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
     cfg = config(tmp_path, "workers=null", "threads=null", *overrides)
     assert runner.parallelism(cfg, n_jobs=16) == expected
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda r: (r / "rows").mkdir(parents=True) or (r / "rows" / "mine.parquet").write_bytes(b"PAR1"), r"rows/mine.parquet is not a rows file of this harness"),
+    (lambda r: (r / ".locks" / "train_0a1b.lock").mkdir(parents=True), r"\.locks/train_0a1b.lock is not a lock file the harness made"),
+    (lambda r: r.mkdir(parents=True) or (r / "rows").write_text("x"), r"rows is a file; the harness keeps a folder there"),
+])
+def test_what_the_harness_keeps_in_results_dir_is_checked_before_any_training(tmp_path, make, message):
+    """A stray table in rows/ (it would be read as results), a lock that is a folder, rows/ as a file: one
+    line naming the path, exit 2, nothing trained (each was a traceback mid-run)."""
+    sys.path.insert(0, str(ROOT))
+    from run import usage_errors
+
+    make(tmp_path / "run")
+    with pytest.raises(usage_errors(), match=message):
+        run(config(tmp_path / "run"))
+    assert not (tmp_path / "run" / "train").exists()
