@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def usage_errors() -> tuple[type[Exception], ...]:
     return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, RowsFileError, StatsConfigError, SweepError, InceptionUnavailable)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (never caught as an Exception)."""
+
+
+def on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def job(cfg: DictConfig) -> int:
     from bench.runner import main as run_main
 
@@ -58,6 +67,10 @@ def job(cfg: DictConfig) -> int:
     except usage_errors() as e:
         print(f"adapterbench: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except (KeyboardInterrupt, Terminated) as e:
+        name, status = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT (Ctrl-C)", 130)
+        print(f"adapterbench: stopped by {name}; every finished stage is kept in {cfg.results_dir}: run the same command again to resume", file=sys.stderr)
+        raise SystemExit(status) from None  # a multirun's later jobs must not start either
 
 
 def config_error(argv: list[str]) -> str | None:
@@ -133,6 +146,7 @@ def expand_home(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, on_sigterm)
     sys.argv[1:] = expand_home(sys.argv[1:])
     error = config_error(sys.argv[1:])
     if error:

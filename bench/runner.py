@@ -288,7 +288,7 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
         bar.close()
         return load_s
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads, True)) as pool:
         try:
             # A run's stages were just checked here: its worker gets those hashes instead of redoing them.
             jobs = (("prepare", worker.prepare_concept, [(name,) for name in concept_names]),
@@ -305,6 +305,14 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
                             bar.set_postfix_str(f"{item.method} {item.concept} seed {item.train_seed}")
         except BrokenProcessPool as e:
             log.error("a worker process died (%s); finished stages are kept, the rest is recorded as not run", e)
+        except BaseException:
+            # Ctrl-C or SIGTERM: the children ignore SIGINT and would finish their runs before the pool's
+            # exit returned; stop them now (their stages are written atomically, so nothing half-done stays).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+            raise
     bar.close()
     return load_s
 

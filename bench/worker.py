@@ -33,9 +33,15 @@ log = logging.getLogger(__name__)
 _STATE: dict = {}
 
 
-def init(cfg_yaml: str, threads: int) -> None:
-    """Per-process set-up: the thread count, then the config; models load on first use."""
+def init(cfg_yaml: str, threads: int, pool_child: bool = False) -> None:
+    """Per-process set-up: the thread count, then the config; models load on first use. A pool's child
+    leaves Ctrl-C to the parent (the terminal sends it to the whole process group): the parent stops the
+    children and prints one line, instead of every child printing its own traceback."""
     import os
+    import signal
+
+    if pool_child:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -2,8 +2,10 @@
 before any work (and, for a multirun, before any of its jobs runs)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,26 @@ def test_results_dir_under_home_is_expanded_as_the_shell_would(tmp_path):
     r = subprocess.run([sys.executable, "run.py", "results_dir='~/runs'", "seeds=[]"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "seeds: no training seed" in r.stderr, r.stderr
     assert (tmp_path / "runs" / "hydra").is_dir() and not (ROOT / "~").exists()
+
+
+@pytest.mark.parametrize(("signum", "status", "workers"), [(signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 1)])
+def test_a_signal_mid_run_is_one_line_its_exit_code_and_a_resumable_results_dir(tmp_path, signum, status, workers):
+    """Ctrl-C (sent to the whole process group, as a terminal does) or SIGTERM while training: one line that
+    says what to do, exit 130/143, no traceback from the parent or any worker; the rerun finishes the job."""
+    args = [sys.executable, "run.py", "method=[lora,hypernetwork]", "data=sks_crescent", "seeds=[0,1]", "train.steps=400",
+            "train.curve_fractions=[]", "sweep=smoke", "progress=false", f"workers={workers}", "threads=1", f"results_dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any((tmp_path / "rows").glob("base_*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # the concept is prepared: training is under way
+    time.sleep(2)
+    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == status, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("adapterbench:")]
+    assert len(lines) == 1 and "run the same command again to resume" in lines[0], err[-3000:]
+    assert not list((tmp_path / "rows").glob("train_*.parquet"))  # stopped mid-training: no run finished
+    # Nothing half-written stays in the way: the same command (shorter, to be quick) completes.
+    done = subprocess.run([*args[:5], "train.steps=4", *args[6:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
