@@ -89,7 +89,7 @@ def test_a_signal_mid_run_is_one_line_its_exit_code_and_a_resumable_results_dir(
     """Ctrl-C (sent to the whole process group, as a terminal does) or SIGTERM while training: one line that
     says what to do, exit 130/143, no traceback from the parent or any worker; the rerun finishes the job."""
     args = [sys.executable, "run.py", "method=[lora,hypernetwork]", "data=sks_crescent", "seeds=[0,1]", "train.steps=400",
-            "train.curve_fractions=[]", "sweep=smoke", "progress=false", f"workers={workers}", "threads=1", f"results_dir={tmp_path}"]
+            "sweep=smoke", "progress=false", f"workers={workers}", "threads=1", f"results_dir={tmp_path}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while not any((tmp_path / "rows").glob("base_*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
