@@ -219,7 +219,7 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     """`run`, also returning the runs of this config (for the modes that read exactly their rows)."""
     import time
 
-    started, wall_start = time.time(), time.perf_counter()
+    wall_start = time.perf_counter()
     results = Path(cfg.results_dir)
     check_results_dir(results)
     concepts, runs = plan(cfg)
@@ -230,18 +230,18 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
-    load_s = 0.0
+    load_s, written = 0.0, []
     if pending:
         print(f"adapterbench: {len(runs)} training runs ({len(cfg.method)} methods x {len(concepts)} concepts x {len(cfg.seeds)} training seeds), "
               f"{len(pending)} to do; {workers} worker(s) x {threads} thread(s)")
-        load_s = execute(cfg, results, pending, workers, threads)
+        load_s, written = execute(cfg, results, pending, workers, threads)
     records.publish(results)
     failures = failed_runs(results, runs)
     report_start = time.perf_counter()
     report = report_stage(results, cfg)
     report_s = time.perf_counter() - report_start
     print_summary(config_table(results, runs), results, failures, cfg)
-    timing = stage_times(results, started, load_s, report_s, time.perf_counter() - wall_start, workers)
+    timing = stage_times(results, written, load_s, report_s, time.perf_counter() - wall_start, workers)
     in_workers = ", ".join(f"{k} {human_seconds(timing[k])}" for k in ("load models", *STAGE_TIMES))
     print(f"adapterbench: time in {workers} worker(s): {in_workers}; report {human_seconds(report_s)}; wall {human_seconds(timing['wall'])}")
     atomic_write_text(results / "timing.json", json.dumps(timing, indent=1))
@@ -253,40 +253,41 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
 STAGE_TIMES = {"base images": "base_gen_time", "class images": "input_gen_time", "train": "train_time", "generate": "sweep_time", "score": "score_time"}
 
 
-def stage_times(results: Path, since: float, load_s: float, report_s: float, wall_s: float, workers: int) -> dict:
-    """Seconds per stage of this invocation: the stages' own wall-clock rows in the rows files written
-    since it started (reused stages cost nothing now), model loading in the workers, the report, and
-    the whole wall time. Stages run in `workers` processes at once, so they add up to about
-    workers x wall time."""
-    fresh = [f for f in (results / "rows").glob("*.parquet") if f.stat().st_mtime >= since and not f.stem.startswith("failed_")]
-    table = records.read_files(fresh)
+def stage_times(results: Path, written: list[str], load_s: float, report_s: float, wall_s: float, workers: int) -> dict:
+    """Seconds per stage of this invocation: the wall-clock rows of the stages its workers wrote (reused
+    stages cost nothing now; another process working in the same folder wrote its own), model loading in
+    the workers, the report, and the whole wall time. Stages run in `workers` processes at once, so they
+    add up to about workers x wall time."""
+    table = records.read_files([f for f in (records.stage_file(results, stage) for stage in written) if f.is_file()])
     out = {"load models": load_s}
     out.update({name: float(table[table.metric == metric].value.sum()) for name, metric in STAGE_TIMES.items()})
     out.update({"report": report_s, "wall": wall_s, "workers": workers})
     return out
 
 
-def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> float:
+def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> tuple[float, list[str]]:
     """Prepare each concept, then run every pending run, in `workers` processes (or this one); returns
-    the seconds the workers spent loading models."""
+    the seconds the workers spent loading models and the stages they wrote."""
     concept_names = list(dict.fromkeys(r.concept for r in pending))
     job_cfg = cfg.copy()
     if workers > 1:
         job_cfg.progress = False  # one bar for the whole comparison, not one per worker
     cfg_yaml = OmegaConf.to_yaml(job_cfg, resolve=True)
     bar = tqdm(total=len(concept_names) + len(pending), desc="comparison", unit="job", disable=not cfg.progress)
-    load_s = 0.0
+    load_s, written = 0.0, []
     if workers == 1:
         worker.init(cfg_yaml, threads)
         for name in concept_names:
-            load_s += worker.prepare_concept(name)["load_s"]
+            out = worker.prepare_concept(name)
+            load_s, written = load_s + out["load_s"], written + out["written"]
             bar.update()
         for spec in pending:
             bar.set_postfix_str(f"{spec.method} {spec.concept} seed {spec.train_seed}")
-            load_s += worker.run(spec)["load_s"]  # same process: the hashes checked above are known here
+            out = worker.run(spec)  # same process: the hashes checked above are known here
+            load_s, written = load_s + out["load_s"], written + out["written"]
             bar.update()
         bar.close()
-        return load_s
+        return load_s, written
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker.init, initargs=(cfg_yaml, threads, True)) as pool:
         try:
@@ -299,7 +300,8 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for f in done:
                         item = futures.pop(f)
-                        load_s += f.result()["load_s"]
+                        out = f.result()
+                        load_s, written = load_s + out["load_s"], written + out["written"]
                         bar.update()
                         if phase == "runs":
                             bar.set_postfix_str(f"{item.method} {item.concept} seed {item.train_seed}")
@@ -314,7 +316,7 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
             bar.close()
             raise
     bar.close()
-    return load_s
+    return load_s, written
 
 
 def report_stage(results: Path, cfg: DictConfig) -> Path:

@@ -152,7 +152,7 @@ def prepare_concept(concept_name: str) -> dict:
     # Each prompt's seeds are one batch of their own, so regenerating some prompts gives the same pixels
     # as generating all of them; the stage (and its checksums) covers every base image of the concept.
     stage = f"base_{stages.digest({'model': stages.plain(cfg.model), 'sweep': stages.plain(cfg.sweep), 'texts': texts})}"
-    generated = 0
+    generated, written = 0, []
     with stage_lock(stage):
         if not records.stage_done(results, stage):
             start = time.perf_counter()
@@ -163,6 +163,7 @@ def prepare_concept(concept_name: str) -> dict:
             ident = {"model": str(cfg.model.name), "concept": concept.name, "kind": concept.kind}
             records.write_stage(results, stage, [{**ident, "metric": "base_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}],
                                 outputs=list(files.values()))
+            written.append(stage)
     folder = stages.instance_dir(results, concept)
     if not folder.is_dir():
         with atomic_dir(folder) as tmp:
@@ -181,7 +182,9 @@ def prepare_concept(concept_name: str) -> dict:
             made = method.generate_inputs(_pipe(), concept, settings)
             ident = {"model": str(cfg.model.name), "method": name, "config": stages.config_hash(cfg, name), "concept": concept.name, "kind": concept.kind}
             records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}], outputs=made)
-    return {"concept": concept_name, "base_texts": generated, "load_s": load_seconds()}
+            written.append(stage)
+    # `written`: the stages this call made (not reused), whose time rows are this invocation's.
+    return {"concept": concept_name, "base_texts": generated, "load_s": load_seconds(), "written": written}
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -201,7 +204,8 @@ def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
         records.stage_file(_results(), f"scores_{spec.scores_key}").unlink(missing_ok=True)
         shutil.rmtree(stages.images_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
     status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
-    return {**status, "load_s": load_seconds()}
+    written = [stage for stage, key in ((f"train_{spec.run_id}", "train"), (f"scores_{spec.scores_key}", "scores")) if status.get(key) == "ok"]
+    return {**status, "load_s": load_seconds(), "written": written}
 
 
 def _stage(spec: stages.RunSpec, stage: str, work) -> str:

@@ -415,3 +415,14 @@ def test_what_the_harness_keeps_in_results_dir_is_checked_before_any_training(tm
     with pytest.raises(usage_errors(), match=message):
         run(config(tmp_path / "run"))
     assert not (tmp_path / "run" / "train").exists()
+
+
+def test_stage_times_count_only_the_stages_this_invocation_wrote(tmp_path):
+    """Two runs in one results dir at once: each one's timing.json holds its own stages' times, not the
+    other's rows that happen to be fresh (it read every rows file written since it started)."""
+    from bench.runner import stage_times
+
+    records.write_stage(tmp_path, "train_aaaa", [{"run_id": "aaaa", "metric": "train_time", "value": 3.0, "unit": "s", "scorer": "wall_clock", "status": "ok"}])
+    records.write_stage(tmp_path, "train_bbbb", [{"run_id": "bbbb", "metric": "train_time", "value": 50.0, "unit": "s", "scorer": "wall_clock", "status": "ok"}])
+    assert stage_times(tmp_path, ["train_aaaa"], 1.0, 0.5, 9.0, 1)["train"] == 3.0
+    assert stage_times(tmp_path, [], 0.0, 0.5, 9.0, 1)["train"] == 0.0
