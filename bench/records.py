@@ -9,6 +9,8 @@ stage with a missing or corrupt output, or an unreadable rows file, is reported 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 from collections.abc import Iterable
@@ -60,16 +62,18 @@ def outputs_file(results_dir: Path, stage: str) -> Path:
 
 
 def write_stage(results_dir: Path, stage: str, rows: Iterable[dict], outputs: Iterable[Path] = ()) -> Path:
-    """The stage's rows, after the checksums of its output files (files, or every file in folders)."""
+    """The stage's rows, after the checksums of its output files (files, or every file in folders) and of
+    the rows file itself: a rows file swapped for another valid one (say, with no rows) is damage too."""
     results_dir = Path(results_dir)
-    files = files_under(*outputs)
-    if files:
-        atomic_write_text(outputs_file(results_dir, stage), json.dumps(checksums(files, results_dir), indent=1, sort_keys=True))
-    else:
-        outputs_file(results_dir, stage).unlink(missing_ok=True)
     path = stage_file(results_dir, stage)
+    buffer = io.BytesIO()
+    frame(rows).to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    record = checksums(files_under(*outputs), results_dir)
+    record[path.relative_to(results_dir).as_posix()] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    atomic_write_text(outputs_file(results_dir, stage), json.dumps(record, indent=1, sort_keys=True))
     with atomic_path(path) as tmp:
-        frame(rows).to_parquet(tmp, index=False)
+        tmp.write_bytes(data)
     return path
 
 

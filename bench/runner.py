@@ -228,13 +228,16 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
         log.info("removed %d temporary file(s) that killed writers left in %s", removed, results)
     # Both stages checked (rows readable, outputs matching their checksums): a damaged one is redone.
     pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
+    # Every concept's base images checked too (the report and any re-scoring read them), finished or not.
+    methods = {name: build_method(cfg, name) for name in cfg.method}
+    stale = [c.name for c in concepts if not (records.stage_done(results, worker.base_stage(cfg, c, methods)[0]) and worker.instance_images_current(results, c))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
     load_s, written = 0.0, []
-    if pending:
+    if pending or stale:
         print(f"adapterbench: {len(runs)} training runs ({len(cfg.method)} methods x {len(concepts)} concepts x {len(cfg.seeds)} training seeds), "
               f"{len(pending)} to do; {workers} worker(s) x {threads} thread(s)")
-        load_s, written = execute(cfg, results, pending, workers, threads)
+        load_s, written = execute(cfg, results, pending, workers, threads, stale)
     records.publish(results)
     failures = failed_runs(results, runs)
     report_start = time.perf_counter()
@@ -265,10 +268,11 @@ def stage_times(results: Path, written: list[str], load_s: float, report_s: floa
     return out
 
 
-def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int) -> tuple[float, list[str]]:
-    """Prepare each concept, then run every pending run, in `workers` processes (or this one); returns
-    the seconds the workers spent loading models and the stages they wrote."""
-    concept_names = list(dict.fromkeys(r.concept for r in pending))
+def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], workers: int, threads: int, stale: list[str] = ()) -> tuple[float, list[str]]:
+    """Prepare each concept of a pending run (and the `stale` ones, whose base images are missing or
+    damaged), then run every pending run, in `workers` processes (or this one); returns the seconds the
+    workers spent loading models and the stages they wrote."""
+    concept_names = list(dict.fromkeys([*(r.concept for r in pending), *stale]))
     job_cfg = cfg.copy()
     if workers > 1:
         job_cfg.progress = False  # one bar for the whole comparison, not one per worker

@@ -139,6 +139,14 @@ def base_texts(cfg, concept, methods: dict) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+def base_stage(cfg, concept, methods: dict) -> tuple[str, list[str]]:
+    """The stage name of a concept's base images, and their prompts. Each prompt's seeds are one batch of
+    their own, so regenerating some prompts gives the same pixels as generating all of them; the stage
+    (and its checksums) covers every base image of the concept."""
+    texts = base_texts(cfg, concept, methods)
+    return f"base_{stages.digest({'model': stages.plain(cfg.model), 'sweep': stages.plain(cfg.sweep), 'texts': texts})}", texts
+
+
 def prepare_concept(concept_name: str) -> dict:
     """Base images for one concept, and each method's generated inputs (timed, as rows)."""
     from bench.sweep import base_images
@@ -147,11 +155,8 @@ def prepare_concept(concept_name: str) -> dict:
     cfg, concept = _cfg(), _concept(concept_name)
     methods = {name: _method(name) for name in cfg.method}
     results = _results()
-    texts = base_texts(cfg, concept, methods)
+    stage, texts = base_stage(cfg, concept, methods)
     files = {(t, int(s)): stages.base_image_file(results, cfg.model, cfg.sweep, t, s) for t in texts for s in cfg.sweep.seeds}
-    # Each prompt's seeds are one batch of their own, so regenerating some prompts gives the same pixels
-    # as generating all of them; the stage (and its checksums) covers every base image of the concept.
-    stage = f"base_{stages.digest({'model': stages.plain(cfg.model), 'sweep': stages.plain(cfg.sweep), 'texts': texts})}"
     generated, written = 0, []
     with stage_lock(stage):
         if not records.stage_done(results, stage):
@@ -164,11 +169,14 @@ def prepare_concept(concept_name: str) -> dict:
             records.write_stage(results, stage, [{**ident, "metric": "base_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}],
                                 outputs=list(files.values()))
             written.append(stage)
+    # The instance images as the report shows them: rewritten whenever the folder is not exactly them.
     folder = stages.instance_dir(results, concept)
-    if not folder.is_dir():
+    if not instance_images_current(results, concept):
+        if folder.is_dir():
+            log.warning("%s: the instance images differ from the concept's; writing them again", folder)
         with atomic_dir(folder) as tmp:
-            for i, im in enumerate(concept.images):
-                im.save(tmp / f"{i:03d}.png", format="PNG")
+            for name, data in instance_pngs(concept).items():
+                (tmp / name).write_bytes(data)
     settings = TrainSettings.from_config(cfg)
     for name, method in methods.items():
         if type(method).generate_inputs is Method.generate_inputs:
@@ -314,6 +322,27 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
                                             "prompts": {p.prompt_id: p.written or p.text for p in prompts},
                                             "checksums": checksums([folder / n for n in names], folder)}))
     return images, diffs
+
+
+def instance_pngs(concept) -> dict[str, bytes]:
+    return {f"{i:03d}.png": png_bytes(im) for i, im in enumerate(concept.images)}
+
+
+def instance_images_current(results: Path, concept) -> bool:
+    """Whether the concept's instance-image folder holds exactly its images (byte for byte)."""
+    folder = stages.instance_dir(results, concept)
+    if not folder.is_dir():
+        return False
+    pngs = instance_pngs(concept)
+    return sorted(p.name for p in folder.iterdir()) == sorted(pngs) and all((folder / name).read_bytes() == data for name, data in pngs.items())
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _read(path: Path):

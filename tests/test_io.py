@@ -101,6 +101,10 @@ def test_a_stage_with_damaged_outputs_or_rows_is_not_done_and_is_cleared(tmp_pat
     records.write_stage(tmp_path, "train_r", rows)
     records.stage_file(tmp_path, "train_r").write_bytes(b"PAR1 truncated")
     assert not records.stage_done(tmp_path, "train_r") and "rows/train_r.parquet is unreadable" in caplog.text
+    # A rows file swapped for another valid one (here: the same columns, no rows) is damage as well.
+    records.write_stage(tmp_path, "train_r", rows)
+    records.frame([]).to_parquet(records.stage_file(tmp_path, "train_r"), index=False)
+    assert not records.stage_done(tmp_path, "train_r") and "rows/train_r.parquet is corrupt (its checksum changed)" in caplog.text
 
 
 def test_debris_of_killed_writers_is_removed_and_live_writes_are_not(tmp_path):

@@ -356,6 +356,27 @@ def test_a_moved_results_dir_with_damaged_outputs_is_repaired_to_the_same_result
     assert not [f for f in texts if str(first) in f.read_text(errors="replace")]
 
 
+def test_a_finished_results_dir_still_checks_its_base_and_instance_images(smoke_run, tmp_path, caplog):
+    """Every run finished, so nothing is trained or scored again; a base image and an instance image with a
+    flipped byte are still found on the rerun and written again, equal to the originals."""
+    cfg, first = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    damaged = [sorted(moved.glob("images/base/*.png"))[0], sorted(moved.glob("images/instance/*/*.png"))[0]]
+    originals = [f.read_bytes() for f in damaged]
+    for f in damaged:
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    trained = {f: f.stat().st_mtime_ns for f in moved.glob("rows/train_*.parquet")}
+    with caplog.at_level("WARNING"):
+        assert run(config(moved, "seeds=[0,1]")) == 0
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    assert f"{damaged[0].name} is corrupt" in said and "instance images differ from the concept's" in said, said
+    assert [f.read_bytes() for f in damaged] == originals
+    assert {f: f.stat().st_mtime_ns for f in trained} == trained
+
+
 @pytest.mark.slow
 def test_two_runs_sharing_a_results_dir_do_each_stage_once(tmp_path):
     """Started together on one results dir, two runs wait for each other's stages instead of computing
