@@ -67,6 +67,14 @@ def job(cfg: DictConfig) -> int:
     except usage_errors() as e:
         print(f"adapterbench: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as e:
+        from bench.io import no_space
+
+        full = no_space(e)
+        if full is None:
+            raise
+        print(f"adapterbench: error: {full}", file=sys.stderr)
+        return USAGE_ERROR
     except (KeyboardInterrupt, Terminated) as e:
         name, status = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT (Ctrl-C)", 130)
         print(f"adapterbench: stopped by {name}; every finished stage is kept in {cfg.results_dir}: run the same command again to resume", file=sys.stderr)

@@ -4,6 +4,7 @@ that a rerun would mistake for a finished stage."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -205,3 +206,29 @@ def damage(recorded: dict[str, dict], root: Path) -> list[str]:
         elif f.stat().st_size != want["bytes"] or sha256_file(f) != want["sha256"]:
             out.append(f"{rel} is corrupt (its checksum changed)")
     return out
+
+
+class DiskFullError(OSError):
+    """A write failed for space (disk full, quota, file-size limit): the run stops in one line; every
+    finished stage is kept, so freeing space and rerunning resumes."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_NO_SPACE_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def no_space(error: BaseException) -> DiskFullError | None:
+    """The DiskFullError behind `error` (itself, its cause or context: safetensors and torch wrap the OS
+    error in their own types), or None when it is not about space."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError):
+            return error
+        said = [t for t in _NO_SPACE_TEXT if t in str(error)]
+        if (isinstance(error, OSError) and error.errno in _NO_SPACE) or said:
+            where = getattr(error, "filename", None)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else said[0]
+            return DiskFullError(f"no space to write {where or 'the results'} ({reason}); free space (or raise the file-size limit) and run the same command again: every finished stage is kept")
+        error = error.__cause__ or error.__context__
+    return None

@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench import records, stages
-from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, record_damage, trust_hashes
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, no_space, record_damage, trust_hashes
 
 log = logging.getLogger(__name__)
 _STATE: dict = {}
@@ -231,6 +231,10 @@ def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
     except Exception as e:  # recorded as a failed stage; the other runs carry on
         from methods import qualified
         from methods.base import MethodConfigError, TrainingDiverged
+
+        full = no_space(e)
+        if full is not None:  # not the method's failure: the whole run stops, in one line
+            raise full from None
 
         e = qualified(e, spec.method) if isinstance(e, MethodConfigError) else e
         message = str(e) if isinstance(e, (MethodConfigError, TrainingDiverged)) else f"{type(e).__name__}: {e}"

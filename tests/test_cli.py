@@ -105,3 +105,24 @@ def test_a_signal_mid_run_is_one_line_its_exit_code_and_a_resumable_results_dir(
     # Nothing half-written stays in the way: the same command (shorter, to be quick) completes.
     done = subprocess.run([*args[:5], "train.steps=4", *args[6:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_is_one_line_exit_2_and_the_rerun_finishes(tmp_path, workers):
+    """A file-size limit (ulimit -f) stands in for a full disk: DreamBooth's 22 MB checkpoint cannot be
+    written. One line naming the cause, exit 2 (not 1, "a method failed"), no traceback; without the
+    limit the same command finishes from what was kept."""
+    import resource
+
+    args = [sys.executable, "run.py", "method=[lora,dreambooth]", "data=sks_crescent", "seeds=[0]", "train=smoke", "sweep=smoke",
+            "progress=false", f"workers={workers}", "threads=1", f"results_dir={tmp_path}"]
+    limit = 4 * 2**20
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("adapterbench:")]
+    assert len(lines) == 1 and "File too large" in lines[0] and "run the same command again" in lines[0], r.stderr[-3000:]
+    assert not list((tmp_path / "rows").glob("failed_*"))  # not recorded as the method's failure
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
