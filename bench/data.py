@@ -139,7 +139,10 @@ def load_folder(
         raise ConceptDataError(f"{key}: {folder} is a file; a concept is a folder of images")
     if not folder.is_dir():
         raise ConceptDataError(f"{key}: concept folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    except OSError as e:
+        raise ConceptDataError(f"{key}: cannot read concept folder {folder} ({e.strerror or e})") from None
     if not files:
         raise ConceptDataError(f"{key}: concept folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     repeats = 1

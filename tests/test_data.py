@@ -173,3 +173,20 @@ def test_a_missing_or_file_entry_is_named_by_the_key_that_gave_it(tmp_path):
         load_concepts(cfg, 64)
     with pytest.raises(ConceptDataError, match=r"^data\.path: .*notes\.txt is a file; a concept is a folder"):
         load_concepts({"path": str(tmp_path / "notes.txt")}, 64)
+
+
+def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
+    """A folder the user may not list (as root the permission bits do not stop us, so listing is made to fail)."""
+    from pathlib import Path
+
+    _write_images(tmp_path / "10_sks dog")
+    real = Path.iterdir
+
+    def refuse(self):
+        if self.name == "10_sks dog":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(ConceptDataError, match=r"^data\.path: cannot read concept folder .*10_sks dog \(Permission denied\)"):
+        load_folder(tmp_path / "10_sks dog", 64)
