@@ -88,7 +88,9 @@ def config_descriptions(runs: list[dict]) -> dict[str, str]:
         method, config = r.get("method"), r.get("config") or {}
         mcfg = (config.get("method") or {}).get(method)
         if method and isinstance(mcfg, dict):
-            by_method.setdefault(method, {})[stages.config_hash(OmegaConf.create(config), method)] = _flat(mcfg)
+            # The method's keys as they are ('rank=16'); the training settings and the model prefixed ('train.steps=40').
+            flat = {**_flat(mcfg), **_flat(config.get("train"), "train."), **_flat(config.get("model"), "model.")}
+            by_method.setdefault(method, {})[stages.config_hash(OmegaConf.create(config), method)] = flat
     out = {}
     for configs in by_method.values():
         if len(configs) < 2:
@@ -772,13 +774,14 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     df = records.read_table(*results_dirs)
     if df.empty:
         raise ValueError(f"no result rows under {', '.join(map(str, results_dirs))}")
+    stats.check_replicates(df)
     q = stats.quality_rows(df)
     fidelity = validity.headline(df, fidelity)
     n_concepts, n_train = df.concept.nunique(), df.train_seed.nunique()
     intro = (f"{n_concepts} concept(s) ({', '.join(sorted(df.concept.dropna().unique()))}), {n_train} training seed(s), "
              f"{q.seed.nunique()} generation seed(s) per run. The unit of analysis is the training run (concept x training seed); "
              "generation seeds are averaged inside a run. Intervals: 95 % hierarchical bootstrap (concepts, then training seeds). "
-             "Rows of different method configs (hash in brackets where a method has several) are never averaged together.")
+             "Rows of different configs (model, training settings or method hyper-parameters; what differs is named where a method has several) are never averaged together.")
     tables: dict[str, tuple[str, pd.DataFrame]] = {}
     runs = run_records(results_dirs)
     df.attrs["config_descriptions"] = config_descriptions(runs)  # labels say 'lora rank=16', not a hash

@@ -81,8 +81,11 @@ class RunSpec:
 
 
 def config_hash(cfg: DictConfig, method: str) -> str:
-    """The hash of one method's config alone (the `config` column)."""
-    return digest({method: plain(cfg.method[method])}, 8)
+    """The `config` column: the hash of everything a run's numbers depend on but its concept, its data and
+    its training seed: the model, the training settings and the method's config (a `train.steps=2` run
+    and a `train.steps=40` run are two arms, never two replicates of one). The sweep and the metrics
+    have keys of their own; a concept's data is checked apart (`stats.check_replicates`)."""
+    return digest({"model": plain(cfg.get("model")), "train": plain(cfg.get("train")), method: plain(cfg.method[method])}, 8)
 
 
 def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:

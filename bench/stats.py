@@ -62,6 +62,19 @@ class Settings:
 # ------------------------------------------------------------------------------------------- units
 
 
+def check_replicates(df: pd.DataFrame) -> None:
+    """One run per arm, concept and training seed: two mean the concept's images changed between runs
+    under one config (an edited data folder), and their numbers are not replicates of one another."""
+    runs = df.dropna(subset=["run_id", "method"]).drop_duplicates("run_id")
+    counts = runs.groupby(["model", "method", "config", "concept", "train_seed"], dropna=False).run_id.nunique()
+    clashes = counts[counts > 1]
+    if len(clashes):
+        (model, method, config, concept, seed), n = clashes.index[0], int(clashes.iloc[0])
+        raise StatsConfigError(f"results_dir: {n} runs of {method} on concept {concept!r}, training seed {seed}, under one config: the concept's "
+                               "images changed between them (an edited data folder?), so they are not replicates; move the older runs "
+                               "(train/, images/ and their rows/ files) out, or use a new results_dir")
+
+
 def quality_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of finished sweeps (weight set, status ok)."""
     return df[df.weight.notna() & (df.status.fillna("ok") == "ok")]

@@ -155,3 +155,35 @@ def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
     df.attrs["config_descriptions"] = described
     labels = sorted(arm_labels(df).values(), key=method_rank)
     assert labels == ["lora alpha=1, rank=1", "lora alpha=4, rank=4", "lora alpha=16, rank=16"]
+
+
+def test_runs_that_differ_in_training_settings_are_two_arms_labelled_by_the_setting():
+    """`train.steps=2` and `train.steps=40` written to one results dir were one arm ('lora, runs 2') because
+    the config column hashed the method's keys alone; now the training settings and the model are in it."""
+    from omegaconf import OmegaConf
+
+    from bench import stages
+    from bench.report import arm_labels, config_descriptions
+
+    runs, rows = [], []
+    for steps in (2, 40):
+        config = {"model": {"name": "micro"}, "train": {"steps": steps, "batch_size": 4}, "method": {"lora": {"_target_": "methods.lora.LoRA", "lr": 0.002, "rank": 4}}}
+        runs.append({"method": "lora", "config": config})
+        rows.append({"model": "micro", "method": "lora", "config": stages.config_hash(OmegaConf.create(config), "lora"), "sweep": "s"})
+    assert rows[0]["config"] != rows[1]["config"]
+    df = pd.DataFrame(rows)
+    df.attrs["config_descriptions"] = config_descriptions(runs)
+    assert sorted(arm_labels(df).values()) == ["lora train.steps=2", "lora train.steps=40"]
+
+
+def test_two_runs_of_one_arm_concept_and_seed_are_refused_as_replicates():
+    """An edited data folder rerun into the same results dir: same arm, concept and training seed, another
+    run id. Averaging them would print an interval over one run; the report names the clash instead."""
+    from bench import stats
+
+    def rows(run_id):
+        return {"run_id": run_id, "model": "micro", "method": "lora", "config": "c1", "concept": "10_sks_dog", "train_seed": 0, "sweep": "s", "metric": "clip_i", "value": 0.5}
+
+    stats.check_replicates(pd.DataFrame([rows("a"), rows("a"), {**rows("b"), "train_seed": 1}]))
+    with pytest.raises(stats.StatsConfigError, match=r"2 runs of lora on concept '10_sks_dog', training seed 0, under one config"):
+        stats.check_replicates(pd.DataFrame([rows("a"), rows("b")]))
