@@ -65,6 +65,12 @@ def main(cfg: DictConfig) -> int:
     if not cfg.get("baseline"):
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
+    if doc is not None:
+        # A check compares the same concepts on the same model; only what it checks (method, training) may differ.
+        other = [line for line in regression.config_differences(doc, cfg) if line.startswith(("data.", "model."))]
+        if other:
+            raise regression.BaselineError(f"baseline: {cfg.baseline} was made on other concepts or another model ({other[0]}); "
+                                           "a check compares the same data and model: make a baseline for this one with mode=baseline")
     junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
     if mode == "check":
         regression.check_settings(OmegaConf.to_container(cfg.check, resolve=True))
