@@ -154,7 +154,7 @@ def check_results_dir(results: Path) -> None:
 
 def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
     """Check everything a user can get wrong, before any heavy work; returns (concepts, runs)."""
-    from bench.sweep import check_sweep_config, sweep_prompts
+    from bench.sweep import SweepError, check_sweep_config, sweep_prompts
 
     methods = {name: build_method(cfg, name) for name in cfg.method}
     if not methods:
@@ -178,7 +178,11 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
         raise ModelConfigError(f"model.resolution: {resolution} is not a positive multiple of 8 (the micro model draws at 64, SD 1.5 at 512)")
     concepts = load_concepts(cfg.data, resolution)
     for concept in concepts:
-        sweep_prompts(cfg.sweep, concept)
+        prompts = sweep_prompts(cfg.sweep, concept)
+        for name in methods:
+            if all(p.scale_for(name) == 0 for p in prompts if p.kind != "unrelated"):
+                raise SweepError(f"sweep: every instance and recontext prompt's tags set {name}'s strength to 0 (e.g. {next(p.written for p in prompts if p.kind != 'unrelated')!r}), "
+                                 "so every image would be the base model's; give a tag a non-zero strength")
     if cfg.metrics.inception:
         from metrics.fd import inception_metric
 

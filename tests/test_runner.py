@@ -447,3 +447,15 @@ def test_stage_times_count_only_the_stages_this_invocation_wrote(tmp_path):
     records.write_stage(tmp_path, "train_bbbb", [{"run_id": "bbbb", "metric": "train_time", "value": 50.0, "unit": "s", "scorer": "wall_clock", "status": "ok"}])
     assert stage_times(tmp_path, ["train_aaaa"], 1.0, 0.5, 9.0, 1)["train"] == 3.0
     assert stage_times(tmp_path, [], 0.0, 0.5, 9.0, 1)["train"] == 0.0
+
+
+def test_tags_that_zero_every_subject_prompt_are_refused_before_any_training(tmp_path):
+    """Every instance prompt tagged <lora:NAME:0>: each image would be the base model's, so the run is refused
+    at planning instead of training for nothing."""
+    sys.path.insert(0, str(ROOT))
+    from run import usage_errors
+
+    cfg = config(tmp_path, "data=sks_crescent", "method=[lora,hypernetwork]", "sweep.instance=['<lora:sks_crescent:0> {instance}']", "sweep.recontext=[]")
+    with pytest.raises(usage_errors(), match="every instance and recontext prompt's tags set lora's strength to 0"):
+        run(cfg)
+    assert not (tmp_path / "rows").exists()
