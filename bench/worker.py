@@ -236,9 +236,12 @@ def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
         if full is not None:  # not the method's failure: the whole run stops, in one line
             raise full from None
 
+        from bench.data import ConceptDataError
+
         e = qualified(e, spec.method) if isinstance(e, MethodConfigError) else e
-        message = str(e) if isinstance(e, (MethodConfigError, TrainingDiverged)) else f"{type(e).__name__}: {e}"
-        log.error("%s %s/%s seed %s: %s failed: %s", stage.split("_")[0], spec.method, spec.concept, spec.train_seed, stage, message, exc_info=not isinstance(e, (MethodConfigError, TrainingDiverged)))
+        said = isinstance(e, (MethodConfigError, TrainingDiverged, ConceptDataError))  # errors that explain themselves: no traceback
+        message = str(e) if said else f"{type(e).__name__}: {e}"
+        log.error("%s %s/%s seed %s: %s failed: %s", stage.split("_")[0], spec.method, spec.concept, spec.train_seed, stage, message, exc_info=not said)
         records.write_stage(results, failed, [{**_ident(spec), "metric": f"{stage.split('_')[0]}_failed", "value": 1.0, "unit": "flag", "scorer": "runner", "status": f"failed: {message}"}])
         return f"failed: {message}"
     records.write_stage(results, stage, [{**_ident(spec), **r, "status": "ok"} for r in rows], outputs=outputs)

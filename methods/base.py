@@ -529,6 +529,14 @@ def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -
 def encode_set(pipe, images, prompts: list[str]) -> TrainingSet:
     """The images' latents and their captions' token ids (the text states, when frozen, are added by `train`)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    for tok in tokenizers(pipe):
+        for p in distinct:
+            n = len(tok(pipe.maybe_convert_prompt(p, tok)).input_ids)
+            if n > tok.model_max_length:
+                from bench.data import ConceptDataError
+
+                raise ConceptDataError(f"data: a caption is {n} tokens and the text encoder reads {tok.model_max_length}, so training would see it cut: "
+                                       f"shorten it ({p[:80]!r}{'...' if len(p) > 80 else ''})")
     return TrainingSet(encode_images(pipe, images), tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts]))
 
 

@@ -306,3 +306,14 @@ def test_textual_inversion_from_a_word_the_tokenizer_splits_reproduces_it_at_wei
     reloaded = method.load(method.save(result.artifact, tmp_path / "saved"))
     assert np.array_equal(pixels(generate_with(micro_pipe, method, reloaded, 0.0, prompt)), base)
     assert np.array_equal(pixels(generate(micro_pipe, [base_prompt], [0], steps=STEPS)[0]), base)  # the pipe is restored
+
+
+def test_a_caption_longer_than_the_text_encoder_reads_is_named_not_cut(micro_pipe, concept, tmp_path):
+    """A 10 MB caption was truncated to the encoder's length in silence; the training refuses it, quoting its start."""
+    from dataclasses import replace
+
+    from bench.data import ConceptDataError
+
+    long = replace(concept, captions=["a sks shape " + "on a white background " * 30] * len(concept.images))
+    with pytest.raises(ConceptDataError, match=r"^data: a caption is \d+ tokens and the text encoder reads \d+, so training would see it cut"):
+        make("lora").train(micro_pipe, long, TrainSettings(steps=1, batch_size=1, progress=False, cache_dir=tmp_path))
