@@ -50,7 +50,21 @@ class LoRA(Method):
 
         return LoraConfig(r=self.rank, lora_alpha=alpha, target_modules=targets, init_lora_weights="gaussian")
 
+    def check_rank(self, module: torch.nn.Module, targets: list[str], where: str) -> None:
+        """A rank above a layer's smaller side adds parameters, memory and file size but no expressiveness
+        (the update is already full rank): refused before the adapter is built (rank=100000 on the micro
+        model would have been 1.2e9 parameters, 21 GB of RAM and two 4.7 GB files)."""
+        sides = [min(m.in_features, m.out_features) for n, m in module.named_modules()
+                 if isinstance(m, torch.nn.Linear) and any(n == t or n.endswith(f".{t}") for t in targets)]
+        if sides and self.rank > max(sides):
+            raise MethodConfigError(f"method.rank: {self.rank} is above the smaller side of every targeted layer of the {where} "
+                                    f"(at most {max(sides)}), where an update is already full rank; choose a rank up to {max(sides)}")
+
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        self.check_rank(pipe.unet, self.target_modules, "UNet")
+        for name, module in self._components(pipe).items():
+            if name != "unet":
+                self.check_rank(module, self.text_target_modules, name)
         pipe.unet.add_adapter(self._config(self.target_modules, self.alpha), adapter_name=ADAPTER)
         for name, module in self._components(pipe).items():
             if name != "unet":

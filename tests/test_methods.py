@@ -317,3 +317,17 @@ def test_a_caption_longer_than_the_text_encoder_reads_is_named_not_cut(micro_pip
     long = replace(concept, captions=["a sks shape " + "on a white background " * 30] * len(concept.images))
     with pytest.raises(ConceptDataError, match=r"^data: a caption is \d+ tokens and the text encoder reads \d+, so training would see it cut"):
         make("lora").train(micro_pipe, long, TrainSettings(steps=1, batch_size=1, progress=False, cache_dir=tmp_path))
+
+
+def test_a_lora_rank_above_every_targeted_layer_is_refused_before_the_adapter_is_built(micro_pipe, concept, tmp_path):
+    """rank=100000 on the micro model: 1.2e9 parameters and 21 GB of RAM, accepted in silence before; the
+    message names the key as typed and the largest rank that means anything here."""
+    from methods import qualified
+
+    keys = set(micro_pipe.unet.state_dict())
+    with pytest.raises(MethodConfigError) as refused:
+        build_method(OmegaConf.create({"method": {"lora": method_cfg("lora", rank=100000)}}), "lora").train(
+            micro_pipe, concept, TrainSettings(steps=1, batch_size=1, progress=False, cache_dir=tmp_path))
+    # The worker's failed-stage line qualifies it with the method's name, as for every method config error.
+    assert str(qualified(refused.value, "lora")).startswith("method.lora.rank: 100000 is above the smaller side of every targeted layer of the UNet (at most 128)")
+    assert set(micro_pipe.unet.state_dict()) == keys  # nothing was added to the model
