@@ -157,6 +157,11 @@ def write_baseline(df: pd.DataFrame, path: Path, cfg=None, weight: float = 1.0) 
     return doc
 
 
+def baseline_concepts(doc: dict) -> list[str]:
+    """The concepts a baseline's runs trained on (its unit keys are 'concept/training seed')."""
+    return sorted({key.rsplit("/", 1)[0] for m in doc.get("methods", {}).values() for metric in m.get("metrics", {}).values() for key in metric.get("units") or {}})
+
+
 def read_baseline(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -66,11 +66,17 @@ def main(cfg: DictConfig) -> int:
         raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
     doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
     if doc is not None:
-        # A check compares the same concepts on the same model; only what it checks (method, training) may differ.
-        other = [line for line in regression.config_differences(doc, cfg) if line.startswith(("data.", "model."))]
-        if other:
-            raise regression.BaselineError(f"baseline: {cfg.baseline} was made on other concepts or another model ({other[0]}); "
-                                           "a check compares the same data and model: make a baseline for this one with mode=baseline")
+        # A check compares the same concepts on the same model; only what it checks (method, training) may
+        # differ. Compared by name: the same model or data folder mounted elsewhere is still the same.
+        base_model = ((doc.get("config") or {}).get("model") or {}).get("name")
+        if base_model is not None and base_model != cfg.model.name:
+            raise regression.BaselineError(f"baseline: {cfg.baseline} was made on model {base_model!r}, this check runs {cfg.model.name!r}; "
+                                           "make a baseline for this model with mode=baseline")
+        base_concepts = regression.baseline_concepts(doc)
+        concepts = sorted(c.name for c in load_concepts(cfg.data, int(cfg.model.resolution)))
+        if base_concepts and base_concepts != concepts:
+            raise regression.BaselineError(f"baseline: {cfg.baseline} was made on concepts {base_concepts}, this check runs {concepts}; "
+                                           "a check compares the same concepts: make a baseline for these with mode=baseline")
     junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
     if mode == "check":
         regression.check_settings(OmegaConf.to_container(cfg.check, resolve=True))
