@@ -235,21 +235,21 @@ class Method(ABC):
         # generator: seed it, or two runs with the same train.seed start from different adapters.
         torch.manual_seed(settings.seed)
         params = self.prepare(pipe, data)
-        for p in params:
-            # Master weights in fp32 whatever the model's dtype: half-precision updates lose small steps
-            # (lr x update below the weight's resolution); autocast gives the forward its low precision.
-            if p.dtype in (torch.float16, torch.bfloat16):
-                p.data = p.data.float()
-        instance = encode_set(pipe, data.images, [self.prompt(c, data) for c in data.captions])
-        if not self.trains_text:
-            for s in [instance] + ([prior[0]] if prior else []):
-                s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
-        n_params = sum(p.numel() for p in params)
-        try:
+        try:  # from here on the pipe holds the method's changes: never leave them behind on a failure
+            for p in params:
+                # Master weights in fp32 whatever the model's dtype: half-precision updates lose small steps
+                # (lr x update below the weight's resolution); autocast gives the forward its low precision.
+                if p.dtype in (torch.float16, torch.bfloat16):
+                    p.data = p.data.float()
+            instance = encode_set(pipe, data.images, [self.prompt(c, data) for c in data.captions])
+            if not self.trains_text:
+                for s in [instance] + ([prior[0]] if prior else []):
+                    s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
+            n_params = sum(p.numel() for p in params)
             with training_options(pipe, self, settings):
                 losses = (loop or self._loop)(pipe, params, instance, prior, settings)
         except BaseException:
-            self.finish(pipe, data)  # never leave a half-trained pipe behind
+            self.finish(pipe, data)  # a worker trains its next run on the same pipe
             raise
         return TrainResult(self.finish(pipe, data), losses, n_params, settings.steps)
 

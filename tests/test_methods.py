@@ -315,8 +315,10 @@ def test_a_caption_longer_than_the_text_encoder_reads_is_named_not_cut(micro_pip
     from bench.data import ConceptDataError
 
     long = replace(concept, captions=["a sks shape " + "on a white background " * 30] * len(concept.images))
+    keys = set(micro_pipe.unet.state_dict())
     with pytest.raises(ConceptDataError, match=r"^data: a caption is \d+ tokens and the text encoder reads \d+, so training would see it cut"):
         make("lora").train(micro_pipe, long, TrainSettings(steps=1, batch_size=1, progress=False, cache_dir=tmp_path))
+    assert set(micro_pipe.unet.state_dict()) == keys  # the adapter built before the refusal is gone again
 
 
 def test_a_lora_rank_above_every_targeted_layer_is_refused_before_the_adapter_is_built(micro_pipe, concept, tmp_path):
