@@ -206,7 +206,7 @@ def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
     status = {"spec": spec}
     status["train"] = _stage(spec, f"train_{spec.run_id}", lambda: train_stage(spec))
     if not status["train"].startswith(("ok", "reused")):
-        return {**status, "load_s": load_seconds()}
+        return {**status, "load_s": load_seconds(), "written": []}  # a failed stage's rows are not a stage time
     if status["train"] == "ok":
         # A new artifact: images and scores made from an earlier one (a redone, damaged stage) are not its.
         records.stage_file(_results(), f"scores_{spec.scores_key}").unlink(missing_ok=True)
