@@ -88,7 +88,7 @@ def test_results_dir_under_home_is_expanded_as_the_shell_would(tmp_path):
 def test_a_signal_mid_run_is_one_line_its_exit_code_and_a_resumable_results_dir(tmp_path, signum, status, workers):
     """Ctrl-C (sent to the whole process group, as a terminal does) or SIGTERM while training: one line that
     says what to do, exit 130/143, no traceback from the parent or any worker; the rerun finishes the job."""
-    args = [sys.executable, "run.py", "method=[lora,hypernetwork]", "data=sks_crescent", "seeds=[0,1]", "train.steps=400",
+    args = [sys.executable, "run.py", "method=[lora,hypernetwork]", "data=sks_crescent", "seeds=[0]", "train.steps=400",
             "sweep=smoke", "progress=false", f"workers={workers}", "threads=1", f"results_dir={tmp_path}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -102,12 +102,12 @@ def test_a_signal_mid_run_is_one_line_its_exit_code_and_a_resumable_results_dir(
     lines = [line for line in err.splitlines() if line.startswith("adapterbench:")]
     assert len(lines) == 1 and "run the same command again to resume" in lines[0], err[-3000:]
     assert not list((tmp_path / "rows").glob("train_*.parquet"))  # stopped mid-training: no run finished
-    # Nothing half-written stays in the way: the same command (shorter, to be quick) completes.
-    done = subprocess.run([*args[:5], "train.steps=4", *args[6:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # Nothing half-written stays in the way: the same command (one method, a short training, to be quick) completes.
+    done = subprocess.run([*args[:2], "method=[lora]", *args[3:5], "train.steps=4", *args[6:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [2])  # the pool path; one worker raises in this process, the simpler case
 def test_a_full_disk_is_one_line_exit_2_and_the_rerun_finishes(tmp_path, workers):
     """A file-size limit (ulimit -f) stands in for a full disk: DreamBooth's 22 MB checkpoint cannot be
     written. One line naming the cause, exit 2 (not 1, "a method failed"), no traceback; without the

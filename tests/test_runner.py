@@ -187,10 +187,10 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
     assert run(cfg) == 1
     table = records.read_table(tmp_path)
     failed = table[table.metric == "train_failed"]
-    assert list(failed.method) == ["hypernetwork"] and "method.enable_sizes" in failed.status.iloc[0]
+    assert list(failed.method) == ["hypernetwork"] and "method.hypernetwork.enable_sizes" in failed.status.iloc[0]
     assert (table[table.method == "lora"].status == "ok").all() and len(table[table.method == "lora"]) > 0
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "Failed runs" in html and "method.enable_sizes" in html  # the failure is on the page, with its error
+    assert "Failed runs" in html and "method.hypernetwork.enable_sizes" in html  # the failure is on the page, with its error
 
 
 @pytest.mark.parametrize(("override", "key"), [
