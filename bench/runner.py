@@ -8,11 +8,13 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import re
+import signal
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -315,7 +317,8 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
             jobs = (("prepare", worker.prepare_concept, [(name,) for name in concept_names]),
                     ("runs", worker.run, [(spec, records.known_hashes(results, f"train_{spec.run_id}", f"scores_{spec.scores_key}")) for spec in pending]))
             for phase, fn, calls in jobs:
-                futures = {pool.submit(fn, *args): args[0] for args in calls}
+                with sigint_ignored():  # a worker spawned by a submit starts ignoring Ctrl-C (see worker.init)
+                    futures = {pool.submit(fn, *args): args[0] for args in calls}
                 while futures:
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for f in done:
@@ -330,13 +333,33 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
         except BaseException:
             # Ctrl-C or SIGTERM: the children ignore SIGINT and would finish their runs before the pool's
             # exit returned; stop them now (their stages are written atomically, so nothing half-done stays).
-            for process in list(getattr(pool, "_processes", {}).values()):
+            processes = list(getattr(pool, "_processes", {}).values())
+            for process in processes:
                 process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.join(timeout=10)
+            pool.shutdown(wait=True, cancel_futures=True)  # the pool's queues closed, nothing leaked at exit
             bar.close()
             raise
     bar.close()
     return load_s, written
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored in this process for the block. The pool spawns its workers inside `submit`, and a
+    process started while SIGINT is ignored keeps ignoring it from its first instruction: a Ctrl-C that
+    reaches a worker still importing (before its initializer could ignore it) would print a traceback.
+    The block is a loop of submits: a Ctrl-C during it is lost, one after it stops the run as usual."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def report_stage(results: Path, cfg: DictConfig) -> Path:
