@@ -469,8 +469,9 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
             lines.append(row)
     if lines:
         print(pd.DataFrame(lines).set_index("method").to_string())
-        print(f"adapterbench: columns at weight 1, mean [95% interval] over training runs; presence: share of images in which the "
-              f"micro world's oracle sees the concept (ground truth); blank images over every weight")
+        presence = ("; presence: share of images in which the micro world's oracle sees the concept (ground truth)"
+                    if (table.metric == "presence").any() else "")
+        print(f"adapterbench: columns at weight 1, mean [95% interval] over training runs{presence}; blank images over every weight")
         verdicts = stats.learned(table) if (table.metric == "presence").any() else pd.DataFrame()
         if len(verdicts):
             per = [f"{m} {int(g.learned.sum())}/{len(g)}" for m, g in verdicts.groupby("method", sort=False)]
