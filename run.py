@@ -137,15 +137,12 @@ def results_dir_error(value) -> str | None:
     text = "" if value is None else str(value)
     if not text.strip():
         return "results_dir: empty; name a folder for the results (e.g. results_dir=results/mine)"
+    from bench.io import folder_error
+
     path = Path(text).absolute()
     if path.exists() and not path.is_dir():
         return f"results_dir: {path} is a file, not a folder"
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"results_dir: {existing} is a file, so {path} cannot be made"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"results_dir: {existing} is not writable, so {path} cannot be {'written' if existing == path else 'made'}"
-    return None
+    return folder_error(path, "results_dir", path, "written" if path.exists() else "made")
 
 
 def expand_home(argv: list[str]) -> list[str]:

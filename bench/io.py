@@ -208,6 +208,17 @@ def damage(recorded: dict[str, dict], root: Path) -> list[str]:
     return out
 
 
+def folder_error(folder: Path, key: str, target: Path, verb: str) -> str | None:
+    """Why `target` cannot be `verb` ('made', 'written') in or as `folder`, found before any work: the
+    nearest folder above it that exists is a file or not writable (None: it can be)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{key}: {existing} is a file, so {target} cannot be {verb}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{key}: {existing} is not writable, so {target} cannot be {verb}"
+    return None
+
+
 class DiskFullError(OSError):
     """A write failed for space (disk full, quota, file-size limit): the run stops in one line; every
     finished stage is kept, so freeing space and rerunning resumes."""

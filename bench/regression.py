@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.io import atomic_write_text, folder_error
 from bench.stages import plain
-from bench.io import atomic_write_text
 from metrics import higher_is_better, is_frechet
 
 FORMAT = "adapterbench-baseline/2"
@@ -138,12 +138,9 @@ def output_file_error(path: Path, key: str) -> str | None:
     path = Path(path).absolute()
     if path.is_dir():
         return f"{key}: {path} is a folder; name a file (e.g. {path / 'baseline.json'})"
-    existing = next(p for p in path.parents if p.exists())
-    if not existing.is_dir():
-        return f"{key}: {existing} is a file, so {path} cannot be written"
-    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"{key}: {path} cannot be written (no write permission under {existing})"
-    return None
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{key}: {path} is not writable"
+    return folder_error(path.parent, key, path, "written")
 
 
 def write_baseline(df: pd.DataFrame, path: Path, cfg=None, weight: float = 1.0) -> dict:

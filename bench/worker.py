@@ -170,12 +170,12 @@ def prepare_concept(concept_name: str) -> dict:
                                 outputs=list(files.values()))
             written.append(stage)
     # The instance images as the report shows them: rewritten whenever the folder is not exactly them.
-    folder = stages.instance_dir(results, concept)
-    if not instance_images_current(results, concept):
+    folder, pngs = stages.instance_dir(results, concept), instance_pngs(concept)
+    if not instance_images_current(results, concept, pngs):
         if folder.is_dir():
             log.warning("%s: the instance images differ from the concept's; writing them again", folder)
         with atomic_dir(folder) as tmp:
-            for name, data in instance_pngs(concept).items():
+            for name, data in pngs.items():
                 (tmp / name).write_bytes(data)
     settings = TrainSettings.from_config(cfg)
     for name, method in methods.items():
@@ -335,12 +335,13 @@ def instance_pngs(concept) -> dict[str, bytes]:
     return {f"{i:03d}.png": png_bytes(im) for i, im in enumerate(concept.images)}
 
 
-def instance_images_current(results: Path, concept) -> bool:
-    """Whether the concept's instance-image folder holds exactly its images (byte for byte)."""
+def instance_images_current(results: Path, concept, pngs: dict[str, bytes] | None = None) -> bool:
+    """Whether the concept's instance-image folder holds exactly its images (byte for byte); `pngs`: its
+    images already encoded (`instance_pngs`), when the caller has them."""
     folder = stages.instance_dir(results, concept)
     if not folder.is_dir():
         return False
-    pngs = instance_pngs(concept)
+    pngs = pngs if pngs is not None else instance_pngs(concept)
     return sorted(p.name for p in folder.iterdir()) == sorted(pngs) and all((folder / name).read_bytes() == data for name, data in pngs.items())
 
 
