@@ -160,8 +160,8 @@ def check_results_dir(results: Path) -> None:
             raise ModelConfigError(f"results_dir: {f} is not a lock file the harness made; remove it")
 
 
-def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
-    """Check everything a user can get wrong, before any heavy work; returns (concepts, runs)."""
+def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec], dict]:
+    """Check everything a user can get wrong, before any heavy work; returns (concepts, runs, methods by name)."""
     from bench.sweep import SweepError, check_sweep_config, sweep_prompts
 
     methods = {name: build_method(cfg, name) for name in cfg.method}
@@ -196,7 +196,7 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec]]:
 
         inception_metric()
     runs = [stages.run_spec(cfg, m, c, s) for c in concepts for s in seeds for m in methods]
-    return concepts, runs
+    return concepts, runs, methods
 
 
 def check_fidelity(name: str) -> None:
@@ -240,14 +240,13 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     wall_start = time.perf_counter()
     results = Path(cfg.results_dir)
     check_results_dir(results)
-    concepts, runs = plan(cfg)
+    concepts, runs, methods = plan(cfg)
     removed = remove_debris(results)
     if removed:
         log.info("removed %d temporary file(s) that killed writers left in %s", removed, results)
     # Both stages checked (rows readable, outputs matching their checksums): a damaged one is redone.
     pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
     # Every concept's base images checked too (the report and any re-scoring read them), finished or not.
-    methods = {name: build_method(cfg, name) for name in cfg.method}
     stale = [c.name for c in concepts if not (records.stage_done(results, worker.base_stage(cfg, c, methods)[0]) and worker.instance_images_current(results, c))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
