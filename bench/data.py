@@ -158,12 +158,13 @@ def load_folder(
             "(e.g. data.instance_prompt='a sks dog')"
         )
     words = instance_prompt.split()
-    token = words[0] if m and not data_prompt_given(instance_prompt, m) else _rare_token(words, folder)
+    named_by_folder = m is not None and instance_prompt == m["prompt"].strip()  # not set by data.instance_prompt
+    token = words[0] if named_by_folder else _rare_token(words, folder)
     class_word = class_word or (words[-1] if len(words) > 1 else "")
     if not class_word or class_word == token:
         raise ConceptDataError(f"data.class_word: cannot tell the class word from {instance_prompt!r}; set it")
     if token.lower() in NOT_A_TOKEN:
-        where = "data.instance_prompt" if not m or data_prompt_given(instance_prompt, m) else f"{key}: the folder name {folder.name!r}"
+        where = f"{key}: the folder name {folder.name!r}" if named_by_folder else "data.instance_prompt"
         raise ConceptDataError(f"{where}: {instance_prompt!r} would bind the concept to the common word {token!r}; put a rare token "
                                f"just before the class word (e.g. 'a photo of sks {class_word}')")
     images = [read_image(p, resolution) for p in files]
@@ -193,11 +194,6 @@ def read_caption(path: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError as e:
         raise ConceptDataError(f"{path}: caption is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
-
-
-def data_prompt_given(instance_prompt: str, kohya: re.Match) -> bool:
-    """Whether the instance prompt was set by the user rather than read from the kohya folder name."""
-    return instance_prompt != kohya["prompt"].strip()
 
 
 def _rare_token(words: list[str], folder: Path) -> str:
