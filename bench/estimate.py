@@ -538,3 +538,80 @@ def run_estimate(cfg: DictConfig) -> int:
            gpu_gib=GPUS[str(cfg.estimate.gpu)]["memory_gib"] if cfg.estimate.device == "cuda" else None)
     print(f"adapterbench: estimate written to {stem}.{{md,csv,png,svg}}")
     return 0
+
+
+def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device) -> dict[str, tuple[int, int]]:
+    """Per method: (trainable parameters, the bytes its training needs at the least) on `cfg.model`, from
+    the architecture alone: each method's own `prepare` on fake tensors (about a second a model, no
+    weights read). The floor is the model's weights as training holds them (DreamBooth's upcast, peft's
+    layers included), the trained parameters' own weights where they are new, their fp32 gradients and
+    the optimizer's moments; activations come on top, so a training above the floor surely cannot fit.
+    Empty when the model's configs are not at hand (a single-file checkpoint of an unshipped architecture)."""
+    import warnings
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.memory import module_bytes
+    from bench.models import quiet_libraries, resolve_dtype
+    from methods import qualified
+    from methods.base import MethodConfigError, TrainSettings, text_encoders
+
+    try:
+        folder = arch_folder(cfg.model)
+    except EstimateConfigError:
+        return {}
+    quiet_libraries()
+    state_bytes = 2 if TrainSettings.from_config(cfg).optimizer == "adamw8bit" else 8  # two moments, 8-bit or fp32
+    out = {}
+    # Fake tensors cannot be compared, copied into or initialised from data; the warnings those no-ops give
+    # (e.g. DreamBooth's restore loading a state dict into "meta") are about values, which the floor never reads.
+    with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True), _fake_modules():
+        warnings.simplefilter("ignore")
+        pipe = fake_pipeline(folder, resolve_dtype(str(cfg.model.get("dtype") or "auto"), device))
+        modules = (pipe.unet, pipe.vae, *text_encoders(pipe))
+        for name, method in methods.items():
+            try:
+                with torch.device("meta"):
+                    params = method.prepare(pipe, concept)
+            except MethodConfigError as e:  # e.g. a LoRA rank above its layers' sides: refused here, at planning
+                raise qualified(e, name) from None
+            try:
+                held = {s._cdata for m in modules for s in (t.untyped_storage() for t in [*m.parameters(), *m.buffers()])}
+                new = sum(p.numel() * p.element_size() for p in params if p.untyped_storage()._cdata not in held)
+                trained = sum(p.numel() * (4 + state_bytes) for p in params)
+                out[name] = (sum(p.numel() for p in params), module_bytes(*modules) + new + trained)
+            finally:
+                with torch.device("meta"):
+                    method.remove(pipe)
+    return out
+
+
+def check_fits(cfg: DictConfig, methods: dict, concept, workers: int) -> None:
+    """Refuse, before any heavy work, a configuration whose training cannot fit this machine's memory
+    (e.g. `method.hypernetwork.layer_structure=[1,1000,1]`), naming the key that sets its size."""
+    from bench.memory import available_bytes
+    from bench.models import resolve_device
+    from methods import qualified
+    from methods.base import MethodConfigError
+
+    device = resolve_device(str(cfg.device))
+    free = available_bytes(device)
+    if free is None:
+        return
+    floors = training_floor(cfg, methods, concept, device)
+    gib = 2**30
+    for name, (n, need) in floors.items():
+        if need > free:
+            keys = type(methods[name]).size_keys
+            cost = (f"makes {n:,} trainable parameters; training on {device} needs at least {need / gib:.1f} GiB (the model's weights, "
+                    f"the trained parameters, their gradients and optimizer moments, before activations) and {free / gib:.1f} GiB are free")
+            if keys:
+                raise qualified(MethodConfigError(f"method.{keys[0]}: {cfg.method[name].get(keys[0])!r} {cost}; make it smaller "
+                                                  f"({', '.join(f'method.{name}.{k}' for k in keys)})"), name)
+            raise MethodConfigError(f"method.{name}: fine-tuning this model {cost}; train.optimizer=adamw8bit shrinks the moments, "
+                                    "otherwise it needs a machine with more memory")
+    if device.type == "cpu" and workers > 1 and floors:
+        name, (n, need) = max(floors.items(), key=lambda kv: kv[1][1])
+        if need * workers > free:
+            raise MethodConfigError(f"workers: {workers} workers each training at least {need / gib:.1f} GiB ({name}) need {need * workers / gib:.1f} GiB "
+                                    f"and {free / gib:.1f} GiB are free; set workers={max(1, int(free // need))}")

@@ -121,3 +121,25 @@ def process_peak_rss_mib() -> float:
 
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MIB
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new training could still take on `device`: free memory on a CUDA device; on the CPU the
+    kernel's MemAvailable, capped by this container's cgroup limit when one is set (psutil sees the host)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    import psutil
+
+    free = int(psutil.virtual_memory().available)
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and usage.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
+            free = min(free, int(limit) - int(usage))
+        break
+    return free

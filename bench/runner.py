@@ -250,6 +250,11 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     stale = [c.name for c in concepts if not (records.stage_done(results, worker.base_stage(cfg, c, methods)[0]) and worker.instance_images_current(results, c))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
+    if pending:
+        from bench.estimate import check_fits
+
+        # Fresh instances: prepare leaves fake tensors on the method objects it runs.
+        check_fits(cfg, {name: build_method(cfg, name) for name in dict.fromkeys(r.method for r in pending)}, concepts[0], workers)
     load_s, written = 0.0, []
     if pending or stale:
         print(f"adapterbench: {len(runs)} training runs ({len(cfg.method)} methods x {len(concepts)} concepts x {len(cfg.seeds)} training seeds), "

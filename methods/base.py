@@ -153,6 +153,8 @@ class Method(ABC):
     batched_weights: ClassVar[bool] = False
     # One line for the report: what adapter weight w does in this method.
     weight_meaning: ClassVar[str] = ""
+    # The hyper-parameters that set how many parameters it trains, first the one to lower (a refusal names it).
+    size_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, lr: float) -> None:
         check_positive("method.lr", lr)

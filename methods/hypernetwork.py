@@ -74,6 +74,7 @@ class HyperLinear(nn.Module):
 
 class Hypernetwork(Method):
     name = "hypernetwork"
+    size_keys = ("layer_structure", "enable_sizes")
     weight_meaning = "each attention k/v input x becomes x + w·MLP(x) (AUTOMATIC1111's hypernetwork multiplier)"
     batched_weights = True
 

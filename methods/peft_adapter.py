@@ -50,6 +50,7 @@ def family(config, name: str = "<name>") -> str:
 
 class PeftAdapter(Method):
     name = "peft_adapter"  # each YAML names its own (`name:`), e.g. loha
+    size_keys = ("adapter",)
     weight_meaning = "per adapter family: " + "; ".join(f"{k}: {v}" for k, v in MEANINGS.items())
     batched_weights = False
 

@@ -32,6 +32,9 @@ def run_cli(*args):
     ("model.resolution=0", "model.resolution: 0 is not a positive multiple of 8"),
     ("mode=report", "holds no result rows; run a comparison into it first"),
     ("model.dtype=int8", "model.dtype: 'int8' is not one of auto, float32"),
+    # Sizes refused at planning, from the architecture alone: above the layers' rank, or beyond this machine's memory.
+    ("method.lora.rank=100000", "method.lora.rank: 100000 is above the smaller side of every targeted layer of the UNet"),
+    ("method.hypernetwork.layer_structure=[1,1000000,1]", "method.hypernetwork.layer_structure: [1, 1000000, 1] makes 82,304,000,384 trainable parameters"),
 ])
 def test_composition_errors_are_one_line_exit_2(override, expected, tmp_path):
     r = run_cli(override, f"results_dir={tmp_path}")

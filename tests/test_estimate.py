@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 
 from bench.config import register
-from bench.estimate import EstimateConfigError, arch_folder, estimate, estimate_method, safetensors_bytes
+from bench.estimate import EstimateConfigError, arch_folder, estimate, estimate_method, safetensors_bytes, training_floor
 
 ROOT = Path(__file__).resolve().parents[1]
 register()
@@ -56,7 +56,9 @@ def test_sd15_parameters_and_file_sizes_from_the_architecture_alone():
 
 
 def test_micro_estimate_matches_real_trainings_parameters_and_files_exactly(tmp_path):
-    """The estimate's parameter counts and file bytes against what training the micro model writes."""
+    """The estimate's parameter counts and file bytes against what training the micro model writes; the
+    planning floor counts the same parameters and stays below the tensor peak the real training reaches."""
+    from bench.cost import measure_training
     from bench.data import load_world_concept
     from bench.models import load_pipeline
     from methods import build_method
@@ -65,13 +67,32 @@ def test_micro_estimate_matches_real_trainings_parameters_and_files_exactly(tmp_
     cfg = config("method=[dreambooth,lora,hypernetwork,textual_inversion]", "method.dreambooth.num_class_images=2")
     pipe = load_pipeline(cfg.model, "cpu")
     concept = load_world_concept("sks_crescent", 8, 64)
+    floors = training_floor(cfg, {name: build_method(cfg, name) for name in cfg.method}, concept, torch.device("cpu"))
     for name in cfg.method:
         method = build_method(cfg, name)
-        result = method.train(pipe, concept, TrainSettings(steps=2, batch_size=2, progress=False, cache_dir=tmp_path / "cache"))
-        written = method.save(result.artifact, tmp_path / name)
+        settings = TrainSettings(steps=3, batch_size=2, progress=False, cache_dir=tmp_path / "cache")
+        result, cost = measure_training(method, pipe, concept, settings, tmp_path / name)
         est = estimate_method(cfg, name, arch_folder(cfg.model), steps=False)
-        assert est["trainable_params"] == result.trainable_params, name
-        assert est["file_bytes"] == written.stat().st_size, name
+        assert est["trainable_params"] == result.trainable_params == floors[name][0], name
+        assert est["file_bytes"] == cost.artifact_bytes, name
+        assert cost.model_mem_mib * 2**20 < floors[name][1] <= cost.peak_mem_mib * 2**20, name
+
+
+def test_planning_floor_on_sd15_is_weights_plus_trained_parameters_gradients_and_adamw_moments():
+    """SD 1.5 in fp32 (../shared/REFERENCE.md §2 counts): the model's weights, then per trained parameter
+    4 bytes of gradient and 8 of AdamW moments, plus 4 of weight where the parameter is new (an adapter)."""
+    from bench.data import load_world_concept
+    from methods import build_method
+
+    cfg = config("model=sd15", "method=[dreambooth,lora,hypernetwork]")
+    weights = 4 * (859_520_964 + 123_060_480 + 83_653_863) + 77 * 8
+    floors = training_floor(cfg, {name: build_method(cfg, name) for name in cfg.method}, load_world_concept("sks_crescent", 2, 64), torch.device("cpu"))
+    assert floors["dreambooth"] == (859_520_964, weights + 12 * 859_520_964)
+    assert floors["lora"] == (797_184, weights + 16 * 797_184)
+    assert floors["hypernetwork"] == (21_939_840, weights + 16 * 21_939_840)
+    eight_bit = training_floor(config("model=sd15", "method=[lora]", "train.optimizer=adamw8bit"),
+                               {"lora": build_method(cfg, "lora")}, load_world_concept("sks_crescent", 2, 64), torch.device("cpu"))
+    assert eight_bit["lora"] == (797_184, weights + 10 * 797_184)  # two 8-bit moments instead of two fp32 ones
 
 
 @pytest.mark.parametrize(("override", "key"), [("estimate.gpu=B200X", "estimate.gpu"), ("estimate.efficiency=0", "estimate.efficiency"),
