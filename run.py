@@ -60,6 +60,9 @@ def on_sigterm(signum, frame) -> None:
 
 
 def job(cfg: DictConfig) -> int:
+    from bench.models import skip_bitsandbytes_unless
+
+    skip_bitsandbytes_unless(str(cfg.train.get("optimizer", "adamw")) == "adamw8bit")
     from bench.runner import main as run_main
 
     try:

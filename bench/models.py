@@ -83,6 +83,21 @@ def model_path(cfg) -> Path:
     return path
 
 
+def skip_bitsandbytes_unless(needed: bool) -> None:
+    """diffusers and peft import bitsandbytes at start-up whenever it is installed (about 2 s a process, and
+    a console line about its CPU kernels), though only `train.optimizer=adamw8bit` uses it. Unless needed,
+    this process marks it absent (`sys.modules[name] = None`: an import fails and `find_spec` answers None,
+    which is what both libraries ask); when needed, the mark is lifted. Called by the command line and in
+    pool workers only, never by library code a test calls in-process."""
+    import sys
+
+    if needed:
+        if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
+    elif "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None
+
+
 def quiet_libraries() -> None:
     """Keep diffusers/transformers chatter (per-load progress bars, advisory warnings) out of the logs."""
     import diffusers

@@ -41,7 +41,10 @@ def init(cfg_yaml: str, threads: int, pool_child: bool = False) -> None:
     import signal
 
     if pool_child:
+        from bench.models import skip_bitsandbytes_unless
+
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        skip_bitsandbytes_unless(str(OmegaConf.create(cfg_yaml).train.get("optimizer", "adamw")) == "adamw8bit")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -92,3 +92,33 @@ def test_a_device_the_harness_does_not_run_on_is_one_line_naming_the_key(name):
     with pytest.raises(ModelConfigError, match=r"^device: .* is not one of auto, cpu, cuda, cuda:N"):
         resolve_device(name)
     assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_bitsandbytes_is_kept_out_of_a_process_that_does_not_train_8_bit():
+    """diffusers and peft import bitsandbytes whenever it is installed; the command line marks it absent
+    unless train.optimizer=adamw8bit, and lifts the mark for a later job that needs it. In a fresh
+    interpreter: the test process itself must keep bitsandbytes as installed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import importlib.util, sys
+from bench.models import skip_bitsandbytes_unless
+installed = importlib.util.find_spec("bitsandbytes") is not None
+skip_bitsandbytes_unless(False)
+import peft.tuners.lora
+from diffusers import StableDiffusionPipeline
+from peft.import_utils import is_bnb_available
+assert sys.modules["bitsandbytes"] is None and not is_bnb_available(), "bitsandbytes was imported"
+skip_bitsandbytes_unless(True)
+if installed:
+    import bitsandbytes
+    assert sys.modules["bitsandbytes"] is not None and hasattr(bitsandbytes.optim, "AdamW8bit")
+else:
+    assert "bitsandbytes" not in sys.modules
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
