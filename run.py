@@ -60,9 +60,9 @@ def on_sigterm(signum, frame) -> None:
 
 
 def job(cfg: DictConfig) -> int:
-    from bench.models import skip_bitsandbytes_unless
+    from bench.models import skip_bitsandbytes_unless_used
 
-    skip_bitsandbytes_unless(str(cfg.train.get("optimizer", "adamw")) == "adamw8bit")
+    skip_bitsandbytes_unless_used(cfg)
     from bench.runner import main as run_main
 
     try:

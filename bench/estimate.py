@@ -551,7 +551,6 @@ def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from bench.memory import module_bytes
     from bench.models import quiet_libraries, resolve_dtype
     from methods import qualified
     from methods.base import MethodConfigError, TrainSettings, text_encoders
@@ -576,10 +575,11 @@ def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device
             except MethodConfigError as e:  # e.g. a LoRA rank above its layers' sides: refused here, at planning
                 raise qualified(e, name) from None
             try:
-                held = {s._cdata for m in modules for s in (t.untyped_storage() for t in [*m.parameters(), *m.buffers()])}
+                storages = module_storages(*modules)
+                held = {s._cdata for s in storages}
                 new = sum(p.numel() * p.element_size() for p in params if p.untyped_storage()._cdata not in held)
                 trained = sum(p.numel() * (4 + state_bytes) for p in params)
-                out[name] = (sum(p.numel() for p in params), module_bytes(*modules) + new + trained)
+                out[name] = (sum(p.numel() for p in params), sum(s.nbytes() for s in storages) + new + trained)
             finally:
                 with torch.device("meta"):
                     method.remove(pipe)

@@ -83,15 +83,15 @@ def model_path(cfg) -> Path:
     return path
 
 
-def skip_bitsandbytes_unless(needed: bool) -> None:
+def skip_bitsandbytes_unless_used(cfg) -> None:
     """diffusers and peft import bitsandbytes at start-up whenever it is installed (about 2 s a process, and
-    a console line about its CPU kernels), though only `train.optimizer=adamw8bit` uses it. Unless needed,
-    this process marks it absent (`sys.modules[name] = None`: an import fails and `find_spec` answers None,
-    which is what both libraries ask); when needed, the mark is lifted. Called by the command line and in
-    pool workers only, never by library code a test calls in-process."""
+    a console line about its CPU kernels), though only `train.optimizer=adamw8bit` uses it. Unless `cfg`
+    trains so, this process marks it absent (`sys.modules[name] = None`: an import fails and `find_spec`
+    answers None, which is what both libraries ask); when it does, the mark is lifted. Called by the
+    command line and in pool workers only, never by library code a test calls in-process."""
     import sys
 
-    if needed:
+    if str(cfg.train.get("optimizer", "adamw")) == "adamw8bit":
         if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
             del sys.modules["bitsandbytes"]
     elif "bitsandbytes" not in sys.modules:

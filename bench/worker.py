@@ -41,10 +41,10 @@ def init(cfg_yaml: str, threads: int, pool_child: bool = False) -> None:
     import signal
 
     if pool_child:
-        from bench.models import skip_bitsandbytes_unless
+        from bench.models import skip_bitsandbytes_unless_used
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        skip_bitsandbytes_unless(str(OmegaConf.create(cfg_yaml).train.get("optimizer", "adamw")) == "adamw8bit")
+        skip_bitsandbytes_unless_used(OmegaConf.create(cfg_yaml))
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

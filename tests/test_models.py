@@ -104,14 +104,15 @@ def test_bitsandbytes_is_kept_out_of_a_process_that_does_not_train_8_bit():
 
     code = """
 import importlib.util, sys
-from bench.models import skip_bitsandbytes_unless
+from omegaconf import OmegaConf
+from bench.models import skip_bitsandbytes_unless_used
 installed = importlib.util.find_spec("bitsandbytes") is not None
-skip_bitsandbytes_unless(False)
+skip_bitsandbytes_unless_used(OmegaConf.create({"train": {"optimizer": "adamw"}}))
 import peft.tuners.lora
 from diffusers import StableDiffusionPipeline
 from peft.import_utils import is_bnb_available
 assert sys.modules["bitsandbytes"] is None and not is_bnb_available(), "bitsandbytes was imported"
-skip_bitsandbytes_unless(True)
+skip_bitsandbytes_unless_used(OmegaConf.create({"train": {"optimizer": "adamw8bit"}}))
 if installed:
     import bitsandbytes
     assert sys.modules["bitsandbytes"] is not None and hasattr(bitsandbytes.optim, "AdamW8bit")
