@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, named_text_encoders, per_sample_scale, save_tensors
+from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, named_text_encoders, per_sample_scale, save_tensors, text_encoders
 
 ADAPTER = "adapterbench"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -108,11 +108,15 @@ class LoRA(Method):
 
     def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
         """Per-sample strengths: before each LoRA layer runs, its scale becomes a [batch, 1, ...] tensor
-        (repeated over the [uncond; cond] halves of a classifier-free-guidance batch)."""
+        (repeated over the [uncond; cond] halves of a classifier-free-guidance batch). The text encoders'
+        layers too, when the file has them: the pipeline encodes one prompt per sample (and the negative
+        prompts apart, as many), so their batch is the samples'. Hooked on the UNet alone, a text encoder
+        LoRA stayed at full strength in every sample, weight 0 included."""
         self.apply(pipe, artifact, 1.0)
         self._sample_weights = torch.ones(1)
         self._hooks = []
-        for module in pipe.unet.modules():
+        modules = [m for component in [pipe.unet, *text_encoders(pipe)] for m in component.modules()]
+        for module in modules:
             scaling = getattr(module, "scaling", None)
             if isinstance(scaling, dict) and ADAPTER in scaling and hasattr(module, "lora_A"):
                 base = float(scaling[ADAPTER])

@@ -212,6 +212,27 @@ def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, 
         assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
 
 
+def test_a_lora_on_the_text_encoder_sweeps_batched_as_one_weight_at_a_time(micro_pipe, concept):
+    """Batched sweeps scale every LoRA layer per sample, the text encoder's too (they were left at full
+    strength: weight 0 drew 246 levels away from the base model and the sweep failed)."""
+    from bench.sweep import sweep_method, sweep_prompts
+
+    method = make("lora", lr=5e-2, text_encoder=True)
+    result = method.train(micro_pipe, concept, TrainSettings(steps=6, batch_size=2, progress=False))
+    assert any(k.startswith("text_encoder.") for k in result.artifact.tensors)
+    prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
+    cfg = {"weights": [0.0, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 8}
+    one_by_one = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
+    batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
+    assert one_by_one.keys() == batched.keys()
+    for key in one_by_one:
+        assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
+    for p in prompts:
+        base = generate(micro_pipe, [p.text, p.text], [0, 1], steps=STEPS)
+        for seed, image in zip([0, 1], base):
+            assert np.abs(pixels(batched[(p.prompt_id, seed, 0.0)]) - pixels(image)).max() <= 1, (p.prompt_id, seed)
+
+
 def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tmp_path):
     from diffusers import StableDiffusionPipeline
 
