@@ -196,41 +196,47 @@ def test_nan_loss_stops_training_and_leaves_the_base_model(micro_pipe, concept):
     assert not getattr(micro_pipe.unet, "peft_config", None) or "adapterbench" not in micro_pipe.unet.peft_config
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora")])
-def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, micro_pipe, concept):
-    from bench.sweep import sweep_method, sweep_prompts
+def sweep_prompts_of(concept):
+    from bench.sweep import sweep_prompts
 
-    method, result = trained[name]
-    assert method.batched_weights
-    prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
-    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 16}
-    one_by_one = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
-    batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
+    return sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
+
+
+def batched_sweep_as_one_weight_at_a_time(pipe, method, artifact, concept, prompts, cfg: dict) -> dict:
+    """The batched sweep's images, after checking them against the one-weight-at-a-time sweep's."""
+    from bench.sweep import sweep_method
+
+    one_by_one = sweep_method(pipe, method, artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
+    batched = sweep_method(pipe, method, artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
     assert one_by_one.keys() == batched.keys()
     for key in one_by_one:
         # Other batch layouts may round one pixel level differently (CPU matrix kernels vary with batch size).
         assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
+    return batched
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m in ("textual_inversion", "hypernetwork", "lora")])
+def test_batched_weights_give_the_images_of_one_weight_at_a_time(name, trained, micro_pipe, concept):
+    method, result = trained[name]
+    assert method.batched_weights
+    cfg = {"weights": [-1.0, 0.0, 0.5, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 16}
+    batched_sweep_as_one_weight_at_a_time(micro_pipe, method, result.artifact, concept, sweep_prompts_of(concept), cfg)
 
 
 def test_a_lora_on_the_text_encoder_sweeps_batched_as_one_weight_at_a_time(micro_pipe, concept):
     """Batched sweeps scale every LoRA layer per sample, the text encoder's too (they were left at full
     strength: weight 0 drew 246 levels away from the base model and the sweep failed)."""
-    from bench.sweep import sweep_method, sweep_prompts
+    from bench.sweep import base_images, check_weight_zero
 
     method = make("lora", lr=5e-2, text_encoder=True)
     result = method.train(micro_pipe, concept, TrainSettings(steps=6, batch_size=2, progress=False))
     assert any(k.startswith("text_encoder.") for k in result.artifact.tensors)
-    prompts = sweep_prompts(OmegaConf.create({"instance": ["{instance}"], "unrelated": ["a red star"]}), concept)
+    prompts = sweep_prompts_of(concept)
     cfg = {"weights": [0.0, 1.0], "seeds": [0, 1], "steps": STEPS, "guidance": 5.0, "batch": 8}
-    one_by_one = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
-    batched = sweep_method(micro_pipe, method, result.artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
-    assert one_by_one.keys() == batched.keys()
-    for key in one_by_one:
-        assert np.abs(pixels(one_by_one[key]) - pixels(batched[key])).max() <= 1, key
-    for p in prompts:
-        base = generate(micro_pipe, [p.text, p.text], [0, 1], steps=STEPS)
-        for seed, image in zip([0, 1], base):
-            assert np.abs(pixels(batched[(p.prompt_id, seed, 0.0)]) - pixels(image)).max() <= 1, (p.prompt_id, seed)
+    batched = batched_sweep_as_one_weight_at_a_time(micro_pipe, method, result.artifact, concept, prompts, cfg)
+    # The sweep stage's own weight-0 check (at most one pixel level from the base model's image).
+    base = base_images(micro_pipe, [p.text for p in prompts], OmegaConf.create(cfg))
+    check_weight_zero(method.name, batched, base, {p.prompt_id: p.text for p in prompts})
 
 
 def test_dreambooth_single_file_loads_in_stock_diffusers(trained, micro_pipe, tmp_path):
