@@ -149,6 +149,48 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
+SAMPLE_BYTES = 4 << 20
+
+
+def sampled_hash(path: Path) -> str:
+    """A file's fingerprint for keys: the sha256 of the whole file up to WHOLE_FILE_BYTES; above that, of
+    its size and three SAMPLE_BYTES samples (start, middle, end), so a multi-GB checkpoint is not read
+    whole on every run. A retrained or replaced checkpoint changes its samples."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= WHOLE_FILE_BYTES:
+        return sha256_file(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for start in (0, (size - SAMPLE_BYTES) // 2, size - SAMPLE_BYTES):
+            f.seek(start)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+_WEIGHTS: dict[str, tuple] = {}
+
+
+def weights_digest(path: Path) -> str:
+    """A short digest of a model's files (a diffusers folder or a single checkpoint): each file's path
+    relative to `path` and its `sampled_hash`. Remembered while no file's size or mtime changes."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    stamp = tuple((str(f), *_identity(f)) for f in files)
+    key = str(path.resolve())
+    known = _WEIGHTS.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    h = hashlib.sha256()
+    for f in files:
+        h.update((f.relative_to(path).as_posix() if path.is_dir() else f.name).encode() + b"\0" + sampled_hash(f).encode())
+    digest = h.hexdigest()[:16]
+    if all(mtime < time.time_ns() - RACY_NS for _, _, mtime, _ in stamp):  # as sha256_file: not a racy write
+        _WEIGHTS[key] = (stamp, digest)
+    return digest
+
+
 def known_hashes(paths) -> dict[str, list]:
     """This process's hashes of these files (those still unchanged), to hand to another process."""
     out = {}

@@ -81,8 +81,6 @@ def _flat(d, prefix: str = "") -> dict[str, str]:
 def config_descriptions(runs: list[dict]) -> dict[str, str]:
     """Config hash -> the hyper-parameters that tell it apart from the same method's other configs in these
     runs, e.g. 'rank=16' for a `method.lora.rank=1,4,16` multirun (a family of one method)."""
-    from omegaconf import OmegaConf
-
     by_method: dict[str, dict[str, dict]] = {}
     for r in runs:
         method, config = r.get("method"), r.get("config") or {}
@@ -90,7 +88,7 @@ def config_descriptions(runs: list[dict]) -> dict[str, str]:
         if method and isinstance(mcfg, dict):
             # The method's keys as they are ('rank=16'); the training settings and the model prefixed ('train.steps=40').
             flat = {**_flat(mcfg), **_flat(config.get("train"), "train."), **_flat(config.get("model"), "model.")}
-            by_method.setdefault(method, {})[stages.config_hash(OmegaConf.create(config), method)] = flat
+            by_method.setdefault(method, {})[stages.recorded_config_hash(config, method)] = flat
     out = {}
     for configs in by_method.values():
         if len(configs) < 2:

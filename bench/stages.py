@@ -32,6 +32,20 @@ def plain(node) -> object:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_config(node) else node
 
 
+WEIGHTS_KEY = "weights_digest"
+
+
+def model_identity(model_cfg) -> dict:
+    """What keys every stage that reads the base model: its config and a digest of its weights on disk
+    (`io.weights_digest`). The config alone names the embedded model the same before and after the zoo is
+    rebuilt, and a path to a replaced checkpoint the same as before: both would reuse runs of the old
+    model. run.json records this identity (the report hashes it as recorded: `recorded_config_hash`)."""
+    from bench.io import weights_digest
+    from bench.models import model_path
+
+    return {**plain(model_cfg), WEIGHTS_KEY: weights_digest(model_path(model_cfg))}
+
+
 @lru_cache(maxsize=None)
 def folder_digest(folder: Path) -> str:
     """A hash of every file's name and bytes in `folder` (an embedded model: a few MB)."""
@@ -85,13 +99,20 @@ def config_hash(cfg: DictConfig, method: str) -> str:
     its training seed: the model, the training settings and the method's config (a `train.steps=2` run
     and a `train.steps=40` run are two arms, never two replicates of one). The sweep and the metrics
     have keys of their own; a concept's data is checked apart (`stats.check_replicates`)."""
-    return digest({"model": plain(cfg.get("model")), "train": plain(cfg.get("train")), method: plain(cfg.method[method])}, 8)
+    return recorded_config_hash({"model": model_identity(cfg.model), "train": plain(cfg.get("train")), "method": {method: plain(cfg.method[method])}}, method)
+
+
+def recorded_config_hash(config: dict, method: str) -> str:
+    """`config_hash` of a config as a run recorded it in run.json (`config`: model identity with its
+    weights' digest, train, method), without looking for the model on disk: a results dir can be reported
+    where its model is not installed."""
+    return digest({"model": config.get("model"), "train": config.get("train"), method: (config.get("method") or {})[method]}, 8)
 
 
 def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
     """`concept` is a loaded ConceptData: its fingerprint (pixels, captions, words) keys the training."""
     method_cfg = plain(cfg.method[method])
-    run_id = digest({"model": plain(cfg.model), "data": concept.fingerprint(), "train": plain(cfg.train), "seed": int(train_seed), "method": {method: method_cfg}})
+    run_id = digest({"model": model_identity(cfg.model), "data": concept.fingerprint(), "train": plain(cfg.train), "seed": int(train_seed), "method": {method: method_cfg}})
     return RunSpec(
         method=method,
         concept=concept.name,
@@ -130,5 +151,5 @@ def base_image_file(results: Path, model_cfg, sweep_cfg, text: str, seed: int) -
     seeds are generated as one batch of their own (`bench.sweep.base_images`), so the seeds and batch size
     are part of the key and what else is generated never changes these pixels."""
     sampler = {k: plain(sweep_cfg)[k] for k in ("steps", "guidance", "seeds", "batch")}
-    key = digest({"model": plain(model_cfg), "sampler": sampler, "text": text}, 12)
+    key = digest({"model": model_identity(model_cfg), "sampler": sampler, "text": text}, 12)
     return Path(results) / "images" / "base" / f"{key}_seed{int(seed)}.png"

@@ -147,7 +147,7 @@ def base_stage(cfg, concept, methods: dict) -> tuple[str, list[str]]:
     their own, so regenerating some prompts gives the same pixels as generating all of them; the stage
     (and its checksums) covers every base image of the concept."""
     texts = base_texts(cfg, concept, methods)
-    return f"base_{stages.digest({'model': stages.plain(cfg.model), 'sweep': stages.plain(cfg.sweep), 'texts': texts})}", texts
+    return f"base_{stages.digest({'model': stages.model_identity(cfg.model), 'sweep': stages.plain(cfg.sweep), 'texts': texts})}", texts
 
 
 def prepare_concept(concept_name: str) -> dict:
@@ -184,7 +184,7 @@ def prepare_concept(concept_name: str) -> dict:
     for name, method in methods.items():
         if type(method).generate_inputs is Method.generate_inputs:
             continue
-        key = stages.digest({"model": stages.plain(cfg.model), "data": concept.fingerprint(), "method": stages.plain(cfg.method[name])})
+        key = stages.digest({"model": stages.model_identity(cfg.model), "data": concept.fingerprint(), "method": stages.plain(cfg.method[name])})
         stage = f"inputs_{key}"
         with stage_lock(stage):
             if records.stage_done(results, stage):
@@ -269,7 +269,7 @@ def train_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
         "concept": spec.concept,
         "kind": spec.kind,
         "train_seed": spec.train_seed,
-        "config": {"model": stages.plain(cfg.model), "data": stages.plain(cfg.data), "train": stages.plain(cfg.train), "method": {spec.method: stages.plain(cfg.method[spec.method])}},
+        "config": {"model": stages.model_identity(cfg.model), "data": stages.plain(cfg.data), "train": stages.plain(cfg.train), "method": {spec.method: stages.plain(cfg.method[spec.method])}},
         **environment(str(_pipe().device)),
     }
     atomic_write_text(out / "run.json", json.dumps(meta, indent=2))

@@ -19,11 +19,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from bench.data import ConceptData
-from bench.stages import digest
+from bench.stages import digest, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +61,14 @@ class TrainSettings:
     seed: int = 0
     progress: bool = True
     cache_dir: Path | None = None  # where generated inputs (DreamBooth's class images) are kept
-    model_key: str = ""  # identifies the base model by its config (not its path): keys those caches
+    model_key: str = ""  # identifies the base model by its config and weights (not its path): keys those caches
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (the memory probe)
     # What a GPU needs at SD scale; the defaults are plain fp32 training.
     precision: str = "fp32"  # fp32 | bf16 | fp16: the forward's autocast dtype; trained weights stay fp32
     gradient_checkpointing: bool = False  # recompute activations in backward instead of keeping them
     optimizer: str = "adamw"  # adamw | adamw8bit
     attention: str = "sdpa"  # sdpa | eager | xformers
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None: the plain MSE
 
     def __post_init__(self) -> None:
         check_positive("train.steps", self.steps)
@@ -79,6 +79,9 @@ class TrainSettings:
                 raise MethodConfigError(f"train.{key}: {value!r} is not one of {', '.join(allowed)}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise MethodConfigError(f"train.gradient_checkpointing: true or false, got {self.gradient_checkpointing!r}")
+        if self.snr_gamma is not None:
+            if isinstance(self.snr_gamma, bool) or not isinstance(self.snr_gamma, (int, float)) or not 0 < self.snr_gamma < math.inf:
+                raise MethodConfigError(f"train.snr_gamma: a positive number (5 in the Min-SNR paper) or null, got {self.snr_gamma!r}")
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -104,11 +107,12 @@ class TrainSettings:
             seed=int(seed),
             progress=bool(cfg.get("progress", True)),
             cache_dir=Path(cfg.results_dir) / "cache",
-            model_key=digest({"model": OmegaConf.to_container(cfg.model, resolve=True)}),
+            model_key=digest({"model": model_identity(cfg.model)}),
             precision=str(cfg.train.get("precision", "fp32")),
             gradient_checkpointing=cfg.train.get("gradient_checkpointing", False),
             optimizer=str(cfg.train.get("optimizer", "adamw")),
             attention=str(cfg.train.get("attention", "sdpa")),
+            snr_gamma=cfg.train.get("snr_gamma"),
         )
         settings.check_packages()
         return settings
@@ -295,6 +299,7 @@ class TrainStep:
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
         self.sets = [(instance, 1.0)] + ([prior] if prior else [])
+        self.snr_gamma = settings.snr_gamma
         self.low_dtype = settings.autocast_dtype
         # fp16's range is narrow: small gradients underflow to 0 unless the loss is scaled up first (and
         # a step is skipped when the scaled gradients overflow). bf16 has fp32's range and needs none.
@@ -332,7 +337,16 @@ class TrainStep:
         with self.autocast():
             pred = self.pipe.unet(x, torch.cat(ts), encoder_hidden_states=torch.cat(states),
                                   added_cond_kwargs=added_conditions(self.pipe, pooled, x)).sample
-        return sum(w * F.mse_loss(p.float(), target.float()) for (_, w), p, target in zip(self.sets, pred.split(self.batch_size), targets))
+        return sum(w * self.set_loss(p, target, t) for (_, w), p, target, t in zip(self.sets, pred.split(self.batch_size), targets, ts))
+
+    def set_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One image set's loss: the MSE on the model's target, each sample weighted by `min_snr_weights`
+        when `train.snr_gamma` is set."""
+        if self.snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float())
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        weights = min_snr_weights(self.scheduler.alphas_cumprod.to(t.device), t, self.snr_gamma, self.v_prediction)
+        return (weights * per_sample).mean()
 
     def update(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -343,6 +357,20 @@ class TrainStep:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023) for timesteps `t`, with SNR = alpha_bar / (1 - alpha_bar):
+    min(SNR, gamma) / SNR on an epsilon target and min(SNR, gamma) / (SNR + 1) on a v target, both the
+    weight that makes the loss min(SNR, gamma) x the x0 error. The plain MSE weights the x0 error by SNR
+    (epsilon) or SNR + 1 (v): the nearly clean timesteps, where the image is already decided, rule the
+    gradient. At SNR 0 (a zero-terminal-SNR schedule's last step) the epsilon weight is its limit, 1."""
+    alpha_bar = alphas_cumprod.float()[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = torch.minimum(snr, torch.full_like(snr, float(gamma)))
+    if v_prediction:
+        return clipped / (snr + 1)
+    return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(torch.float32).tiny), torch.ones_like(snr))
 
 
 @contextlib.contextmanager

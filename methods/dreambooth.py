@@ -86,7 +86,7 @@ class DreamBooth(Method):
 
     def class_images(self, pipe, data: ConceptData, settings: TrainSettings) -> list[Image.Image]:
         """`num_class_images` images of the class prompt from the base model, cached on disk by content
-        (the model's config, not its path, so a results folder can move) and checked against the
+        (the model's config and weights, not its path, so a results folder can move) and checked against the
         checksums kept with them before they are reused."""
         folder = self.class_image_dir(pipe, data, settings)
         if not folder:

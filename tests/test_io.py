@@ -129,3 +129,64 @@ def test_debris_of_killed_writers_is_removed_and_live_writes_are_not(tmp_path):
         assert live.exists()
     (tmp_path / ".other.png.otherhost~1~abc.tmp").write_text("another host's")
     assert remove_debris(tmp_path) == 0 and sorted(p.name for p in tmp_path.iterdir()) == [".other.png.otherhost~1~abc.tmp", "mine.png"]
+
+
+def _age(path, seconds=10):
+    """Back-date a file's mtime, as a file written long ago (recent writes are not remembered: RACY_NS)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+def test_a_models_weights_digest_follows_every_byte_of_small_files_and_samples_of_large_ones(tmp_path, monkeypatch):
+    """The stage keys' weights digest (`weights_digest`): one flipped bit in a small file changes it; a file
+    above WHOLE_FILE_BYTES is fingerprinted by its size and three samples (start, middle, end), checked here
+    against a hash computed independently, and a byte outside the samples is, by design, not read."""
+    from bench import io
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    small, big = model / "unet" / "config.json", model / "unet" / "weights.bin"
+    small.write_bytes(b'{"in_channels": 4}')
+    data = bytearray(os.urandom(1000))
+    big.write_bytes(bytes(data))
+    for f in (small, big):
+        _age(f)
+    monkeypatch.setattr(io, "WHOLE_FILE_BYTES", 300)
+    monkeypatch.setattr(io, "SAMPLE_BYTES", 100)
+    expected = hashlib.sha256(b"1000" + bytes(data[:100]) + bytes(data[450:550]) + bytes(data[900:])).hexdigest()
+    assert io.sampled_hash(big) == expected
+    assert io.sampled_hash(small) == hashlib.sha256(small.read_bytes()).hexdigest()
+    before = io.weights_digest(model)
+    assert io.weights_digest(model) == before
+    assert io.weights_digest(big) != before  # a single file is its own model (a .safetensors checkpoint)
+
+    def rewrite(path, offset):
+        raw = bytearray(path.read_bytes())
+        raw[offset] ^= 1
+        path.write_bytes(bytes(raw))
+        _age(path, 5)  # another mtime than before: the remembered digest is not used
+
+    rewrite(small, 3)
+    assert io.weights_digest(model) != before
+    rewrite(small, 3)
+    assert io.weights_digest(model) == before
+    rewrite(big, 500)  # in the middle sample
+    assert io.weights_digest(model) != before
+    rewrite(big, 500)
+    rewrite(big, 200)  # between two samples: not read
+    assert io.weights_digest(model) == before
+
+
+def test_a_weights_digest_is_remembered_only_while_no_file_changes(tmp_path, monkeypatch):
+    from bench import io
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "a.bin").write_bytes(b"x" * 10)
+    _age(model / "a.bin")
+    first = io.weights_digest(model)
+    reads = []
+    monkeypatch.setattr(io, "sampled_hash", lambda p: reads.append(p) or "h")
+    assert io.weights_digest(model) == first and reads == []  # remembered: nothing read
+    (model / "b.bin").write_bytes(b"y")  # a file added
+    assert io.weights_digest(model) != first and len(reads) == 2

@@ -138,15 +138,13 @@ def test_pareto_front_marks_exactly_the_unbeaten_points():
 def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
     """A `method.lora.rank=1,4,16` multirun: each config is named by the hyper-parameters that differ
     ('lora rank=16'), in natural order, never by a hash alone; keys equal across the family stay out."""
-    from omegaconf import OmegaConf
-
     from bench import stages
     from bench.report import arm_labels, config_descriptions, method_rank
 
     runs, rows = [], []
     for rank in (16, 1, 4):
         config = {"method": {"lora": {"_target_": "methods.lora.LoRA", "lr": 0.002, "rank": rank, "alpha": rank}}}
-        h = stages.config_hash(OmegaConf.create(config), "lora")
+        h = stages.recorded_config_hash(config, "lora")
         runs.append({"method": "lora", "config": config})
         rows.append({"model": "micro", "method": "lora", "config": h, "sweep": "s"})
     described = config_descriptions(runs)
@@ -160,8 +158,6 @@ def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
 def test_runs_that_differ_in_training_settings_are_two_arms_labelled_by_the_setting():
     """`train.steps=2` and `train.steps=40` written to one results dir were one arm ('lora, runs 2') because
     the config column hashed the method's keys alone; now the training settings and the model are in it."""
-    from omegaconf import OmegaConf
-
     from bench import stages
     from bench.report import arm_labels, config_descriptions
 
@@ -169,7 +165,7 @@ def test_runs_that_differ_in_training_settings_are_two_arms_labelled_by_the_sett
     for steps in (2, 40):
         config = {"model": {"name": "micro"}, "train": {"steps": steps, "batch_size": 4}, "method": {"lora": {"_target_": "methods.lora.LoRA", "lr": 0.002, "rank": 4}}}
         runs.append({"method": "lora", "config": config})
-        rows.append({"model": "micro", "method": "lora", "config": stages.config_hash(OmegaConf.create(config), "lora"), "sweep": "s"})
+        rows.append({"model": "micro", "method": "lora", "config": stages.recorded_config_hash(config, "lora"), "sweep": "s"})
     assert rows[0]["config"] != rows[1]["config"]
     df = pd.DataFrame(rows)
     df.attrs["config_descriptions"] = config_descriptions(runs)

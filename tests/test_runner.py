@@ -182,6 +182,43 @@ def test_stage_keys_cover_exactly_what_each_stage_reads(tmp_path, monkeypatch):
     assert run_spec(config(tmp_path, "method.lora.rank=8"), "lora", concept, 0).config != base.config
 
 
+def test_stage_keys_follow_the_base_models_weights_not_only_its_config(tmp_path):
+    """A rebuilt zoo keeps the embedded model's config, and a replaced checkpoint its path: with the config
+    alone as the key, mode=tune reused runs trained on the old model. One flipped bit in the UNet's weights
+    changes the run id, the config column, the base images and DreamBooth's class-image cache key; the
+    report hashes the model identity recorded in run.json without looking for the model on disk."""
+    from bench import zoo
+    from bench.data import load_world_concept
+    from bench.stages import WEIGHTS_KEY, base_image_file, config_hash, model_identity, plain, recorded_config_hash, run_spec
+    from methods.base import TrainSettings
+
+    model = tmp_path / "model"
+    shutil.copytree(zoo.micro_sd_dir(), model)
+    concept = load_world_concept("sks_crescent", 8, 64)
+
+    def keys():
+        cfg = config(tmp_path / "results", f"model.path={model}")
+        spec = run_spec(cfg, "lora", concept, 0)
+        return (spec.run_id, spec.config, base_image_file(tmp_path, cfg.model, cfg.sweep, "a photo", 0),
+                TrainSettings.from_config(cfg).model_key)
+
+    before = keys()
+    assert keys() == before
+    weights = next((model / "unet").glob("*.safetensors"))
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    weights.write_bytes(bytes(raw))
+    after = keys()
+    assert all(a != b for a, b in zip(after, before)), (before, after)
+
+    cfg = config(tmp_path / "results", f"model.path={model}")
+    # as train_stage writes run.json's config, read back as JSON
+    recorded = json.loads(json.dumps({"model": model_identity(cfg.model), "train": plain(cfg.train), "method": {"lora": plain(cfg.method.lora)}}))
+    assert recorded["model"][WEIGHTS_KEY] and recorded_config_hash(recorded, "lora") == config_hash(cfg, "lora")
+    shutil.rmtree(model)  # reporting needs no model on disk
+    assert recorded_config_hash(recorded, "lora") == after[1]
+
+
 def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
     # A rate that passes every check but diverges in training (a config error is refused at planning instead).
     cfg = config(tmp_path, "method=[hypernetwork,lora]", "method.hypernetwork.lr=1e30", "data=sks_crescent", "seeds=[0]")
