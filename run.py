@@ -154,6 +154,9 @@ def expand_home(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    # Each console line as it is printed, also under nohup or in CI (a pipe or file is block-buffered by
+    # default: mode=tune's progress lines had appeared only when the whole tuning ended).
+    sys.stdout.reconfigure(line_buffering=True)
     signal.signal(signal.SIGTERM, on_sigterm)
     sys.argv[1:] = expand_home(sys.argv[1:])
     error = config_error(sys.argv[1:])
