@@ -43,6 +43,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, the `bnb` extra)
     attention: str = "sdpa"  # sdpa (torch picks a fused kernel) | eager (attention matrices kept) | xformers
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma, kohya's --min_snr_gamma):
+    # null is the plain MSE on the model's target; 5 is the paper's value.
+    snr_gamma: Optional[float] = None
 
 
 @dataclass

@@ -106,3 +106,45 @@ def test_options_are_checked_by_key(monkeypatch, micro_pipe, concept):
     with training_options(micro_pipe, LoRA(lr=1e-3), TrainSettings(attention="eager")):
         assert {type(p).__name__ for p in micro_pipe.unet.attn_processors.values()} == {"AttnProcessor"}
     assert {type(p).__name__ for p in micro_pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+
+
+def test_min_snr_weights_match_the_papers_formula_computed_from_the_betas():
+    """`train.snr_gamma`: the weights against numpy from the scheduler's betas, for both targets; the
+    epsilon weight at a zero-terminal-SNR schedule's last step is its limit, 1."""
+    import numpy as np
+    from diffusers import DDPMScheduler
+
+    from methods.base import min_snr_weights
+
+    for zero_snr in (False, True):
+        scheduler = DDPMScheduler(beta_schedule="scaled_linear", rescale_betas_zero_snr=zero_snr)
+        betas = np.asarray(scheduler.betas, dtype=np.float64)
+        alpha_bar = np.cumprod(1 - betas)
+        t = np.array([0, 10, 250, 500, 900, 999])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = alpha_bar[t] / (1 - alpha_bar[t])
+            eps = np.where(snr > 0, np.minimum(snr, 5) / snr, 1.0)
+        v = np.minimum(snr, 5) / (snr + 1)
+        got_eps = min_snr_weights(scheduler.alphas_cumprod, torch.tensor(t), 5, v_prediction=False).numpy()
+        got_v = min_snr_weights(scheduler.alphas_cumprod, torch.tensor(t), 5, v_prediction=True).numpy()
+        # rtol: the scheduler keeps alpha_bar in float32; near t=0, 1 - alpha_bar loses a few digits there
+        np.testing.assert_allclose(got_eps, eps, rtol=1e-3)
+        np.testing.assert_allclose(got_v, v, rtol=1e-3)
+        assert got_eps[0] < 0.01 and got_eps[-1] == 1.0  # a nearly clean step weighs little, the noisiest fully
+    assert torch.isfinite(min_snr_weights(DDPMScheduler(rescale_betas_zero_snr=True).alphas_cumprod, torch.tensor([999]), 5, False)).all()
+
+
+def test_min_snr_weighting_changes_the_loss_and_still_trains(micro_pipe, concept):
+    """Same seed, same noise and timesteps: with `snr_gamma` each step's loss is the weighted one (not
+    the plain MSE), and training still lowers it."""
+    lora = lambda: LoRA(lr=2e-3)  # noqa: E731
+    plain = losses(micro_pipe, concept, lora)
+    weighted = losses(micro_pipe, concept, lora, snr_gamma=5.0)
+    assert not torch.allclose(plain, weighted)
+    assert weighted[-10:].mean() < weighted[:10].mean()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "5"])
+def test_nonsense_snr_gamma_is_refused_by_key(bad):
+    with pytest.raises(MethodConfigError, match="train.snr_gamma"):
+        TrainSettings(snr_gamma=bad)
