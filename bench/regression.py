@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-import numpy as np
 import pandas as pd
 
 from bench import stats

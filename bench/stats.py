@@ -69,7 +69,7 @@ def check_replicates(df: pd.DataFrame) -> None:
     counts = runs.groupby(["model", "method", "config", "concept", "train_seed"], dropna=False).run_id.nunique()
     clashes = counts[counts > 1]
     if len(clashes):
-        (model, method, config, concept, seed), n = clashes.index[0], int(clashes.iloc[0])
+        (_, method, _, concept, seed), n = clashes.index[0], int(clashes.iloc[0])
         raise StatsConfigError(f"results_dir: {n} runs of {method} on concept {concept!r}, training seed {seed}, under one config: the concept's "
                                "images changed between them (an edited data folder?), so they are not replicates; move the older runs "
                                "(train/, images/ and their rows/ files) out, or use a new results_dir")

@@ -11,7 +11,6 @@ import math
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
