@@ -163,6 +163,20 @@ def format_ci(mean: float, lo: float, hi: float, fmt: str = "{:.3f}") -> str:
     return f"{show(mean)} [{show(lo)}, {show(hi)}]"
 
 
+# LaTeX for what the tables print in Unicode, and the characters a caption must escape.
+LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "−": "$-$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$"}
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "%": r"\%", "&": r"\&", "#": r"\#", "_": r"\_", "$": r"\$", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_text(text: str) -> str:
+    """Plain text as LaTeX: special characters escaped, then the table's Unicode symbols as math."""
+    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+    for symbol, tex in LATEX_SYMBOLS.items():
+        out = out.replace(symbol, tex)
+    return out
+
+
 def _unsigned_zero(text: str) -> str:
     """'-0.000' (a float error's tiny negative, e.g. 1 - cos of identical images) reads as a real sign: '0.000'."""
     return text[1:] if text.startswith("-") and float(text) == 0 else text
@@ -306,7 +320,11 @@ def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict
     flat = table.reset_index() if any(n is not None for n in table.index.names) else table
     atomic_write_text(paths["md"], f"{caption}\n\n{flat.to_markdown(index=False)}\n")
     atomic_write_text(paths["csv"], table.to_csv())
-    latex = table.to_latex(escape=True, caption=caption, label=f"tab:{name}")
+    # pandas escapes the cells but not the caption ('95 %' would comment out the rest of the line and
+    # leave \caption{ open); Unicode arrows and minus signs do not compile under pdflatex.
+    latex = table.to_latex(escape=True, caption=latex_text(caption), label=f"tab:{name}")
+    for symbol, tex in LATEX_SYMBOLS.items():
+        latex = latex.replace(symbol, tex)
     atomic_write_text(paths["tex"], latex)
     return paths
 

@@ -183,3 +183,26 @@ def test_two_runs_of_one_arm_concept_and_seed_are_refused_as_replicates():
     stats.check_replicates(pd.DataFrame([rows("a"), rows("a"), {**rows("b"), "train_seed": 1}]))
     with pytest.raises(stats.StatsConfigError, match=r"2 runs of lora on concept '10_sks_dog', training seed 0, under one config"):
         stats.check_replicates(pd.DataFrame([rows("a"), rows("b")]))
+
+
+def test_latex_tables_escape_their_caption_and_carry_no_unicode(tmp_path):
+    """A caption's '95 %' had commented out the rest of its line (so \\caption{ never closed) and the
+    tables' arrows and minus signs stopped pdflatex. Compiled in a minimal booktabs document where
+    pdflatex is installed; otherwise the escaping alone is checked."""
+    import shutil
+    import subprocess
+
+    from bench.report import write_table
+
+    table = pd.DataFrame({"method": ["lora", "dreambooth"], "presence ↑": ["0.250 [0.100, 0.400]", "0.5"],
+                          "a − b": ["−0.1", "0.2"]}).set_index("method")
+    paths = write_table(table, tmp_path, "t", "Presence at weight 1 [95 % interval]; a_b & c, ≥ 2 runs")
+    tex = paths["tex"].read_text()
+    assert tex.isascii(), [c for c in tex if not c.isascii()]
+    assert r"[95 \% interval]; a\_b \& c, $\geq$ 2 runs" in tex and r"presence $\uparrow$" in tex
+    if shutil.which("pdflatex"):
+        doc = tmp_path / "doc.tex"
+        doc.write_text("\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{multirow}\n"
+                       f"\\begin{{document}}\n\\input{{{paths['tex']}}}\n\\end{{document}}\n")
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:]
