@@ -4,11 +4,13 @@ The micro world renders each held-out concept itself, so unlike benchmarks on re
 check what its metrics claim against ground truth. The oracle is a small CNN with two heads, trained only
 on renders (never on the generator's output, and the generator never sees it):
 
-- shape: the world's shapes, every held-out shape, and "none" (blank or uniform images);
-- fill: "solid" and every held-out style fill (a texture, or any colour of a palette style).
+- shape: the world's shapes and "none" (blank or uniform images);
+- fill: "solid", the world's "striped" and every held-out style fill (a texture, or any colour of a
+  palette style).
 
-An object concept (`sks_crescent`) is present when the shape head says its shape; a style concept
-(`zwx_checker`) when the fill head says its fill. Renders pass through the micro VAE and are blurred
+An object concept (`sks_crescent`: a crescent in a colour the world never names) is present when the
+shape head says its shape and the shape's pixels are nearer its colour than any named colour
+(`world.has_object_colour`); a style concept (`zwx_checker`) when the fill head says its fill. Renders pass through the micro VAE and are blurred
 and noised in training, so the judge reads decoded images the way it reads crisp ones.
 
     python -m bench.oracle            # train into bench/zoo/oracle/ (a few minutes on 2 cores)
@@ -41,9 +43,9 @@ WEIGHTS_FILE = "oracle.safetensors"
 CONFIG_FILE = "oracle.json"
 NONE = "none"
 SOLID = "solid"
-HELD_OUT_SHAPES = tuple(dict.fromkeys(shape for shape, _ in world.OBJECT_SHAPES.values()))
-SHAPE_CLASSES = (*world.SHAPES, *HELD_OUT_SHAPES, NONE)
-FILL_CLASSES = (SOLID, *world.STYLE_FILLS)
+STRIPED = "striped"
+SHAPE_CLASSES = (*dict.fromkeys((*world.SHAPES, *(shape for shape, _ in world.OBJECT_SHAPES.values()))), NONE)
+FILL_CLASSES = (SOLID, STRIPED, *world.STYLE_FILLS)
 PALETTE_MARGIN = 40.0  # RGB distance from a palette colour inside which a random solid fill is redrawn
 
 
@@ -95,21 +97,26 @@ def _solid_rgb(rng: random.Random) -> tuple[int, int, int]:
 
 
 def render_example(rng: random.Random, resolution: int = 64) -> tuple[Image.Image, str, str]:
-    """One labelled render: any shape (world or held-out) with any fill on any background, or a blank."""
+    """One labelled render: any shape with any fill on any background, or a blank."""
     background = world.BACKGROUNDS[rng.choice(list(world.BACKGROUNDS))] if rng.random() < 0.7 else _random_rgb(rng)
     if rng.random() < 0.06:
         # Degenerate images are a class of their own: a generator collapsing to a flat image has drawn nothing.
         image = Image.new("RGB", (resolution, resolution), background)
         return image, NONE, SOLID
     shape = rng.choice(SHAPE_CLASSES[:-1])
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.15:
+        fill_name = STRIPED
+        a, b = rng.sample(list(world.COLOURS.values()), 2)
+        fill = world.striped_fill(resolution * world.SUPERSAMPLE, a, b)
+    elif r < 0.55:
         fill_name = SOLID
         palette = [*world.COLOURS.values(), *(c for _, c in world.OBJECT_SHAPES.values())]
         fill: tuple | Image.Image = rng.choice(palette) if rng.random() < 0.6 else _solid_rgb(rng)
         if sum(abs(a - b) for a, b in zip(fill, background)) < 90:  # a shape the colour of its background is not drawn
             fill = tuple(255 - c for c in background)
     else:
-        fill_name = rng.choice(FILL_CLASSES[1:])
+        fill_name = rng.choice(FILL_CLASSES[2:])
         fill = world.STYLE_FILLS[fill_name](resolution * world.SUPERSAMPLE, rng)
     return world.render(shape, fill, background, world.Layout.sample(rng), resolution), shape, fill_name
 
@@ -164,7 +171,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ train / load
 
 
-def train(out: Path = ORACLE_DIR, n_images: int = 24000, steps: int = 2000, batch: int = 64, seed: int = 0, lr: float = 3e-3) -> dict:
+def train(out: Path = ORACLE_DIR, n_images: int = 24000, steps: int = 3000, batch: int = 64, seed: int = 0, lr: float = 3e-3) -> dict:
     torch.manual_seed(seed)
     images, shapes, fills = render_set(n_images, seed)
     # Half the set as the decoder returns it; augmentation varies both halves further.
@@ -228,11 +235,12 @@ class Oracle:
         return out
 
     def present(self, images: list[Image.Image], concept: str) -> list[bool]:
-        """Whether each image shows the world concept `concept` (its shape for an object, its fill for a style)."""
+        """Whether each image shows the world concept `concept` (its shape in its colour for an object, its
+        fill for a style)."""
         head, target = concept_target(concept)
         judged = self.classify(images)
         if head == "shape":
-            return [shape == target for shape, _ in judged]
+            return [shape == target and world.has_object_colour(image, concept) for (shape, _), image in zip(judged, images)]
         return [shape != NONE and fill == target for shape, fill in judged]
 
 
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the micro world's concept-presence oracle into bench/zoo/oracle/")
     p.add_argument("--out", type=Path, default=ORACLE_DIR)
     p.add_argument("--n-images", type=int, default=24000)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Pretrain the embedded micro models on the micro world: `python -m bench.pretrain`.
 
 Stages, each written atomically and skipped when its output exists (so an interrupted run resumes):
-tokenizer -> micro CLIP -> VAE -> latent cache -> text encoder + UNet phase 1 -> phase 2. The result
+tokenizer -> micro CLIP -> VAE -> latent cache -> UNet phase 1 -> phase 2. The result
 is a diffusers Stable Diffusion folder (bench/zoo/micro_sd) and an open_clip `local-dir:` folder
 (bench/zoo/micro_clip). To retrain one model, delete its folder under bench/zoo and rerun; the work
 folder keeps the VAE, the latents and phase 1, so only what is missing is recomputed.
@@ -12,6 +12,11 @@ Design choices, and why:
 - v-prediction with a zero-terminal-SNR schedule and trailing timesteps (the SD 2.1 recipe plus
   Lin et al. 2023): colour and background are the image mean, which a non-zero terminal SNR leaks
   during training and withholds at sampling, exactly the attributes the world asks the model to bind.
+- The text encoder is micro CLIP's text tower, converted to a transformers `CLIPTextModel` and frozen
+  (`--text-encoder clip`), as SD 1.x conditions on OpenAI CLIP's text tower and SD 2.x on OpenCLIP's: a
+  token's embedding then means what contrastive training made it mean, the rare tokens stay untrained,
+  and a method that trains an embedding (Textual Inversion) works in the space SD's users work in.
+  `--text-encoder joint` trains a text encoder from scratch with the UNet (the earlier builds).
 - Min-SNR loss weighting, EMA weights, 10 % empty captions for classifier-free guidance.
 - Two SD phases (5000 steps from scratch, then 7000 from phase 1's EMA weights at a lower rate): shapes
   were still blobby after phase 1 alone (micro-CLIP shape score 0.62); the second phase's snapshots
@@ -97,15 +102,15 @@ def build_tokenizer(words: list[str], max_length: int = TEXT_MAX_LENGTH):
 # ---------------------------------------------------------------------------------------- data
 
 
-def world_tensors(n: int, seed: int, resolution: int) -> tuple[torch.Tensor, list[str], list[tuple[str, str, str]]]:
-    """Images as uint8 [n, 3, H, W], the captions used, and the (shape, colour, background) labels."""
+def world_tensors(n: int, seed: int, resolution: int) -> tuple[torch.Tensor, list[str], list[tuple]]:
+    """Images as uint8 [n, 3, H, W], the captions used, and the (shape, colour, background, colour2) labels."""
     images = np.empty((n, resolution, resolution, 3), np.uint8)
     texts, labels = [], []
     for i in tqdm(range(n), desc="render world", leave=False):
         s = world.sample(i, seed, resolution)
         images[i] = np.asarray(s.image)
         texts.append(s.text)
-        labels.append((s.shape, s.colour, s.background))
+        labels.append(s.label)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), texts, labels
 
 
@@ -145,23 +150,15 @@ def micro_clip_config(vocab_size: int) -> dict:
     }
 
 
-def clip_caption_variants(label: tuple[str, str, str]) -> list[str]:
+def clip_caption_variants(label: tuple) -> list[str]:
     """Every way a world image may be described: full, partial and single-attribute captions.
 
     Micro CLIP sees all of them, so it can score the short prompts (e.g. 'a star', 'a red shape') that
     zero-shot classification and personalization prompts use, not just full captions."""
-    shape, colour, background = label
-    return [
-        world.caption(shape, colour, background),
-        f"a {colour} {shape}",
-        f"a {shape}",
-        f"a {colour} shape",
-        f"a {shape} on a {background} background",
-        f"a {colour} shape on a {background} background",
-    ]
+    return world.caption_variants(*label)
 
 
-def train_micro_clip(out: Path, tokenizer, images: torch.Tensor, labels: list[tuple[str, str, str]], steps: int, batch: int, seed: int) -> None:
+def train_micro_clip(out: Path, tokenizer, images: torch.Tensor, labels: list[tuple], steps: int, batch: int, seed: int) -> None:
     import open_clip
     from safetensors.torch import save_file
 
@@ -310,6 +307,52 @@ def make_text_encoder(tokenizer):
     )
 
 
+def clip_text_encoder(clip_dir: Path):
+    """Micro CLIP's text tower (open_clip) as a transformers `CLIPTextModel` with the same weights: per
+    token, its last hidden state is open_clip's `ln_final` output, which SD's UNet attends to. Frozen."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    text_cfg = json.loads((clip_dir / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    width, layers = int(text_cfg["width"]), int(text_cfg["layers"])
+    model = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=int(text_cfg["vocab_size"]),
+            hidden_size=width,
+            intermediate_size=4 * width,  # open_clip's mlp_ratio 4
+            num_hidden_layers=layers,
+            num_attention_heads=int(text_cfg["heads"]),
+            max_position_embeddings=int(text_cfg["context_length"]),
+            hidden_act="gelu",  # open_clip's nn.GELU (not quick_gelu)
+            layer_norm_eps=1e-5,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    clip = load_file(str(clip_dir / "open_clip_model.safetensors"))
+    state = {
+        "embeddings.token_embedding.weight": clip["token_embedding.weight"],
+        "embeddings.position_embedding.weight": clip["positional_embedding"],
+        "final_layer_norm.weight": clip["ln_final.weight"],
+        "final_layer_norm.bias": clip["ln_final.bias"],
+    }
+    for i in range(layers):
+        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = clip[f"{src}attn.in_proj_{kind}"].chunk(3)
+            state |= {f"{dst}self_attn.q_proj.{kind}": q, f"{dst}self_attn.k_proj.{kind}": k, f"{dst}self_attn.v_proj.{kind}": v,
+                      f"{dst}self_attn.out_proj.{kind}": clip[f"{src}attn.out_proj.{kind}"],
+                      f"{dst}layer_norm1.{kind}": clip[f"{src}ln_1.{kind}"], f"{dst}layer_norm2.{kind}": clip[f"{src}ln_2.{kind}"],
+                      f"{dst}mlp.fc1.{kind}": clip[f"{src}mlp.c_fc.{kind}"], f"{dst}mlp.fc2.{kind}": clip[f"{src}mlp.c_proj.{kind}"]}
+    missing, unexpected = model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"micro CLIP -> CLIPTextModel: missing {missing}, unexpected {unexpected}")
+    return model.requires_grad_(False).eval()
+
+
 def make_schedulers():
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -340,9 +383,12 @@ def train_sd(
     init: Path | None = None,
     snapshot_every: int = 0,
     snapshot_dir: Path | None = None,
+    clip_dir: Path | None = None,
 ) -> None:
-    """Train text encoder + UNet on cached latents and write a diffusers pipeline folder to `out`.
+    """Train the UNet on cached latents and write a diffusers pipeline folder to `out`.
 
+    `clip_dir`: condition on micro CLIP's frozen text tower (`clip_text_encoder`); None trains a text
+    encoder from scratch jointly with the UNet.
     `init`: a pipeline folder to start from instead of fresh weights (the refine phase).
     `snapshot_every`: also write the EMA pipeline to `<snapshot_dir>/step<k>` every k steps, to watch
     quality while a long run goes on (`benchmarks/base_quality.py --model DIR` scores a snapshot).
@@ -350,15 +396,24 @@ def train_sd(
     from safetensors.torch import load_file
 
     torch.manual_seed(seed)
-    unet, text_encoder = make_unet(), make_text_encoder(tokenizer)
+    unet = make_unet()
+    text_encoder = clip_text_encoder(clip_dir) if clip_dir is not None else make_text_encoder(tokenizer)
     if init is not None:
         # Fresh modules plus the saved weights (strict), so phase 2 has exactly phase 1's architecture.
         unet.load_state_dict(load_file(init / "unet" / "diffusion_pytorch_model.safetensors"))
-        text_encoder.load_state_dict(load_file(init / "text_encoder" / "model.safetensors"))
+        if clip_dir is None:
+            text_encoder.load_state_dict(load_file(init / "text_encoder" / "model.safetensors"))
     train_sched, infer_sched = make_schedulers()
     ids = tokenizer(texts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=TEXT_MAX_LENGTH, return_tensors="pt").input_ids
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    trained = [unet] if clip_dir is not None else [unet, text_encoder]
+    params = [p for m in trained for p in m.parameters()]
+    frozen_states = None
+    if clip_dir is not None:
+        # A frozen encoder gives every caption the same states at every step: encode each once.
+        with torch.no_grad():
+            frozen_states = torch.cat([text_encoder(ids[i : i + 1024])[0] for i in range(0, len(ids), 1024)])
+            empty_state = text_encoder(empty_ids)[0]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     alphas = train_sched.alphas_cumprod
@@ -366,7 +421,7 @@ def train_sd(
     # Min-SNR-5 weighting for v-prediction: min(snr, 5) / (snr + 1).
     weight_t = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="text encoder + UNet")
+    bar = tqdm(range(steps), desc="UNet" if clip_dir is not None else "text encoder + UNet")
     t0 = time.time()
     for step in bar:
         for g in opt.param_groups:
@@ -375,12 +430,15 @@ def train_sd(
         x0 = latents[idx]
         tok = ids[idx]
         drop = torch.rand(batch, generator=gen) < 0.1
-        tok = torch.where(drop[:, None], empty_ids, tok)
+        if frozen_states is not None:
+            states = torch.where(drop[:, None, None], empty_state, frozen_states[idx])
+        else:
+            states = text_encoder(torch.where(drop[:, None], empty_ids, tok))[0]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (batch,), generator=gen)
         xt = train_sched.add_noise(x0, noise, t)
         target = train_sched.get_velocity(x0, noise, t)
-        pred = unet(xt, t, encoder_hidden_states=text_encoder(tok)[0]).sample
+        pred = unet(xt, t, encoder_hidden_states=states).sample
         loss = (weight_t[t] * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -392,11 +450,11 @@ def train_sd(
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", s_per_step=f"{(time.time() - t0) / (step + 1):.3f}")
         if snapshot_dir is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
-            _save_sd(snapshot_dir / f"step{step + 1}", vae_dir, tokenizer, unet, text_encoder, infer_sched, params, ema)
-    _save_sd(out, vae_dir, tokenizer, unet, text_encoder, infer_sched, params, ema)
+            _save_sd(snapshot_dir / f"step{step + 1}", vae_dir, tokenizer, unet, text_encoder, infer_sched, params, ema, len(trained) == 2)
+    _save_sd(out, vae_dir, tokenizer, unet, text_encoder, infer_sched, params, ema, len(trained) == 2)
 
 
-def _save_sd(out: Path, vae_dir: Path, tokenizer, unet, text_encoder, scheduler, params: list, ema: list) -> None:
+def _save_sd(out: Path, vae_dir: Path, tokenizer, unet, text_encoder, scheduler, params: list, ema: list, text_trained: bool) -> None:
     """Write the EMA weights as a diffusers pipeline folder, leaving the training weights untouched."""
     import copy
 
@@ -404,7 +462,7 @@ def _save_sd(out: Path, vae_dir: Path, tokenizer, unet, text_encoder, scheduler,
 
     unet, text_encoder = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     # deepcopy keeps parameter order, so the copies' parameters line up with `ema` (built from `params`).
-    copies = list(unet.parameters()) + list(text_encoder.parameters())
+    copies = list(unet.parameters()) + (list(text_encoder.parameters()) if text_trained else [])
     assert len(copies) == len(params) == len(ema)
     with torch.no_grad():
         for p, e in zip(copies, ema):
@@ -431,6 +489,8 @@ def _latents(work: Path, images: torch.Tensor, args: argparse.Namespace) -> tupl
     from diffusers import AutoencoderKL
 
     vae_dir = work / "vae"
+    if not vae_dir.exists() and args.vae is not None:
+        shutil.copytree(args.vae, vae_dir)
     if not vae_dir.exists():
         generic = np.stack([np.asarray(world.generic_sample(i, args.seed, 64)) for i in range(args.n_images // 2)])
         vae_images = torch.cat([images, torch.from_numpy(generic).permute(0, 3, 1, 2)])
@@ -449,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("results/pretrain_work"), help="intermediate stages")
     p.add_argument("--n-images", type=int, default=24000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-steps", type=int, default=1200)
+    p.add_argument("--clip-steps", type=int, default=2500)
     p.add_argument("--vae-steps", type=int, default=2500)
     p.add_argument("--sd-steps", type=int, default=5000)
     p.add_argument("--sd-batch", type=int, default=32)
@@ -457,6 +517,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--refine-steps", type=int, default=7000, help="second SD phase, from the first phase's weights")
     p.add_argument("--refine-lr", type=float, default=3e-4)
     p.add_argument("--snapshot-every", type=int, default=1000, help="write EMA snapshots of the refine phase to --work")
+    p.add_argument("--text-encoder", choices=("clip", "joint"), default="clip",
+                   help="clip: micro CLIP's text tower, frozen (as SD); joint: a text encoder trained with the UNet")
+    p.add_argument("--vae", type=Path, default=None,
+                   help="a diffusers AutoencoderKL folder to use instead of training one (copied into --work)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -480,12 +544,13 @@ def main(argv: list[str] | None = None) -> None:
         # phase 1's EMA weights at a lower peak rate. Phase 1's folder is kept, so a longer or
         # different phase 2 can be tried without repeating phase 1.
         base_dir = work / "sd_phase1"
+        frozen_clip = clip_dir if args.text_encoder == "clip" else None
         if not base_dir.exists():
-            train_sd(base_dir, vae_dir, tokenizer, latents, texts, args.sd_steps, args.sd_batch, args.seed, args.sd_lr)
+            train_sd(base_dir, vae_dir, tokenizer, latents, texts, args.sd_steps, args.sd_batch, args.seed, args.sd_lr, clip_dir=frozen_clip)
         if args.refine_steps:
             train_sd(
                 sd_dir, vae_dir, tokenizer, latents, texts, args.refine_steps, args.sd_batch, args.seed + 1, args.refine_lr,
-                init=base_dir, snapshot_every=args.snapshot_every, snapshot_dir=work / "sd_phase2_snapshots",
+                init=base_dir, snapshot_every=args.snapshot_every, snapshot_dir=work / "sd_phase2_snapshots", clip_dir=frozen_clip,
             )
         else:
             shutil.copytree(base_dir, sd_dir)

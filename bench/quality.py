@@ -14,8 +14,9 @@ from bench.images import generate
 
 
 def clip_zero_shot_accuracy(encoder: ClipEncoder, n: int = 400, seed: int = 12345) -> dict[str, float]:
-    """Micro CLIP's zero-shot shape and colour accuracy on fresh world images (a seed not trained on)."""
-    samples = [world.sample(i, seed) for i in range(n)]
+    """Micro CLIP's zero-shot shape and colour accuracy on fresh solid-filled world images (a seed not
+    trained on; a striped image has two colours)."""
+    samples = [s for s in (world.sample(i, seed) for i in range(n * 3)) if s.colour2 is None][:n]
     images = [s.image for s in samples]
     shapes = encoder.classify(images, list(world.SHAPES), "a {}")
     colours = encoder.classify(images, list(world.COLOURS), "a {} shape")

@@ -221,6 +221,7 @@ def write_key(path: Path, key: str, value, cfg: DictConfig) -> None:
     text = path.read_text()
     note = f"# {key} chosen by mode=tune on {', '.join(cfg.tune.concepts)} (results/benchmarks/tuning.md)"
     text = re.sub(rf"(?m)^# {re.escape(key)} chosen by mode=tune.*\n", "", text)
+    text = re.sub(r"(?m)^# set by hand to the values mode=tune chose.*\n", "", text)  # a tuning replaces a hand-set value's note
     new, n = re.subn(rf"(?m)^{re.escape(key)}:.*$", f"{note}\n{key}: {value}", text, count=1)
     if n != 1:
         raise MethodConfigError(f"{path}: no top-level '{key}:' line to write the tuned value into")

@@ -16,7 +16,11 @@ from PIL import Image, ImageDraw
 
 RGB = tuple[int, int, int]
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+# Every shape the base model is taught, drawn upright. A held-out object concept is one of them in a colour
+# the world never names (OBJECT_SHAPES): new, but composed of what the base model draws, as a new subject
+# is for Stable Diffusion (a dog it has seen, with this dog's markings). With only four shapes taught, a
+# held-out *shape* was beyond what Textual Inversion can reach by construction and hard for the rest.
+SHAPES: tuple[str, ...] = ("circle", "ring", "square", "rectangle", "triangle", "star", "heart", "cross", "crescent", "arrow")
 
 # Shape colours are saturated and far apart in RGB; backgrounds are distinct from all of them, so a
 # pixel check (no learned model) can tell shape from background and name both.
@@ -39,23 +43,34 @@ BACKGROUNDS: dict[str, RGB] = {
 # Words the micro text encoder knows beyond the vocabulary above. The rare tokens never occur in
 # pretraining captions, like "sks" in real Stable Diffusion: they exist in the vocabulary with
 # untrained embeddings, ready to be bound to a concept.
-FUNCTION_WORDS: tuple[str, ...] = ("a", "an", "the", "on", "in", "of", "with", "background", "photo", "shape", "style")
+FUNCTION_WORDS: tuple[str, ...] = ("a", "an", "the", "on", "in", "of", "with", "and", "background", "photo", "shape", "style")
+# Fills the base model is taught: a solid named colour, or diagonal stripes of two named colours
+# ("a red and blue striped star"), so a held-out style is a new pattern of a kind the model can draw.
+FILLS: tuple[str, ...] = ("solid", "striped")
+STRIPE_PX = 8  # one stripe's width in output pixels: two latent pixels, where the UNet can still draw it
 RARE_TOKENS: tuple[str, ...] = ("sks", "zwx", "ohwx")
 
 SUPERSAMPLE = 4  # draw at 4x and downsample, for anti-aliased edges
 
 
-def caption(shape: str, colour: str, background: str) -> str:
-    """The full caption of one world image, e.g. 'a red star on a white background'."""
-    for value, vocab, kind in ((shape, SHAPES, "shape"), (colour, COLOURS, "colour"), (background, BACKGROUNDS, "background")):
+def caption(shape: str, colour: str, background: str, colour2: str | None = None) -> str:
+    """The full caption of one world image, e.g. 'a red star on a white background', or with a second
+    colour for a striped fill, 'a red and blue striped star on a white background'."""
+    for value, vocab, kind in ((shape, SHAPES, "shape"), (colour, COLOURS, "colour"), (background, BACKGROUNDS, "background"),
+                               *(((colour2, COLOURS, "colour"),) if colour2 is not None else ())):
         if value not in vocab:
             raise ValueError(f"unknown {kind} {value!r}; known: {', '.join(vocab)}")
-    return f"a {colour} {shape} on a {background} background"
+    return f"a {fill_words(colour, colour2)} {shape} on a {background} background"
+
+
+def fill_words(colour: str, colour2: str | None = None) -> str:
+    """'red', or 'red and blue striped' for a striped fill."""
+    return colour if colour2 is None else f"{colour} and {colour2} striped"
 
 
 def vocabulary() -> list[str]:
     """Every word a world caption, concept prompt or sweep prompt may use."""
-    return list(dict.fromkeys([*FUNCTION_WORDS, *SHAPES, *COLOURS, *BACKGROUNDS, *RARE_TOKENS]))
+    return list(dict.fromkeys([*FUNCTION_WORDS, "striped", *SHAPES, *COLOURS, *BACKGROUNDS, *RARE_TOKENS]))
 
 
 @dataclass(frozen=True)
@@ -69,13 +84,16 @@ class Layout:
 
     @classmethod
     def sample(cls, rng: random.Random) -> "Layout":
+        """Upright, at a random place and size. At a uniform random rotation each shape was a whole family
+        of images, and the micro UNet averaged every shape that changes with rotation into a blob (only the
+        circle and the ring came out as themselves); upright, it draws each one."""
         radius = rng.uniform(0.22, 0.34)
         margin = radius
         return cls(
             cx=rng.uniform(margin, 1 - margin),
             cy=rng.uniform(margin, 1 - margin),
             radius=radius,
-            rotation_deg=rng.uniform(0, 360),
+            rotation_deg=0.0,
         )
 
 
@@ -99,13 +117,13 @@ def _shape_mask(shape: str, layout: Layout, size: int) -> Image.Image:
         cx, cy = layout.cx * size, layout.cy * size
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
     elif shape == "square":
-        draw.polygon(_regular_polygon(4, layout, size), fill=255)
+        draw.polygon(_outline(OUTLINES["square"], layout, size), fill=255)
     elif shape == "triangle":
         draw.polygon(_regular_polygon(3, layout, size), fill=255)
     elif shape == "star":
         draw.polygon(_regular_polygon(5, layout, size, inner=0.45), fill=255)
     elif shape == "crescent":
-        # A held-out shape: a disc with an offset disc cut out of it.
+        # A disc with an offset disc cut out of it.
         r = layout.radius * size * 0.95
         cx, cy = layout.cx * size, layout.cy * size
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
@@ -124,8 +142,10 @@ def _shape_mask(shape: str, layout: Layout, size: int) -> Image.Image:
     return mask
 
 
-# Held-out shapes as polygons in a unit frame (x right, y down, radius 1), rotated and placed by a Layout.
+# Shapes as polygons in a unit frame (x right, y down, radius 1), rotated and placed by a Layout.
 OUTLINES: dict[str, list[tuple[float, float]]] = {
+    "square": [(-0.72, -0.72), (0.72, -0.72), (0.72, 0.72), (-0.72, 0.72)],
+    "rectangle": [(-1, -0.5), (1, -0.5), (1, 0.5), (-1, 0.5)],
     "cross": [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
     "arrow": [(-1, -0.3), (0.1, -0.3), (0.1, -0.85), (1, 0), (0.1, 0.85), (0.1, 0.3), (-1, 0.3)],
 }
@@ -188,25 +208,45 @@ class WorldSample:
     colour: str
     background: str
     text: str
+    colour2: str | None = None  # the second stripe colour of a striped fill
+
+    @property
+    def label(self) -> tuple[str, str, str, str | None]:
+        return self.shape, self.colour, self.background, self.colour2
 
 
-def _caption_variant(rng: random.Random, shape: str, colour: str, background: str) -> str:
-    """Mostly the full caption; sometimes a partial one, so every word is learned on its own too.
+def caption_variants(shape: str, colour: str, background: str, colour2: str | None = None) -> list[str]:
+    """Every way the world describes one image: the full caption and partial ones, so every word is also
+    learned on its own. The partial forms make the class prompt ('a star', 'a shape') and
+    single-attribute prompts meaningful to the base model (DreamBooth's prior preservation generates from
+    such a class prompt). The same number of variants for every image."""
+    fill = fill_words(colour, colour2)
+    return [
+        caption(shape, colour, background, colour2),
+        f"a {fill} {shape}",
+        f"a {shape}",
+        f"a {fill} shape" if colour2 is None else f"a striped {shape}",
+        f"a {shape} on a {background} background",
+        f"a {fill} shape on a {background} background",
+    ]
 
-    The partial forms are what make the class prompt "a shape" and single-attribute prompts meaningful
-    to the base model (DreamBooth's prior preservation generates from such a class prompt).
-    """
+
+def _caption_variant(rng: random.Random, shape: str, colour: str, background: str, colour2: str | None) -> str:
+    """Mostly the full caption; sometimes a partial one (`caption_variants`), rarely just 'a shape'."""
+    full, fill_shape, bare, fill_only, placed, fill_placed = caption_variants(shape, colour, background, colour2)
     r = rng.random()
     if r < 0.6:
-        return caption(shape, colour, background)
+        return full
     if r < 0.72:
-        return f"a {colour} {shape}"
+        return fill_shape
     if r < 0.82:
-        return f"a {shape} on a {background} background"
+        return placed
     if r < 0.9:
-        return f"a {colour} shape on a {background} background"
-    if r < 0.95:
-        return f"a {shape}"
+        return fill_placed
+    if r < 0.93:
+        return fill_only
+    if r < 0.97:
+        return bare
     return "a shape"
 
 
@@ -216,8 +256,18 @@ def sample(index: int, seed: int = 0, resolution: int = 64) -> WorldSample:
     shape = rng.choice(SHAPES)
     colour = rng.choice(list(COLOURS))
     background = rng.choice(list(BACKGROUNDS))
-    image = render(shape, COLOURS[colour], BACKGROUNDS[background], Layout.sample(rng), resolution)
-    return WorldSample(image, shape, colour, background, _caption_variant(rng, shape, colour, background))
+    colour2 = None
+    fill: RGB | Image.Image = COLOURS[colour]
+    if rng.random() < 0.35:
+        colour2 = rng.choice([c for c in COLOURS if c != colour])
+        fill = striped_fill(resolution * SUPERSAMPLE, COLOURS[colour], COLOURS[colour2])
+    image = render(shape, fill, BACKGROUNDS[background], Layout.sample(rng), resolution)
+    return WorldSample(image, shape, colour, background, _caption_variant(rng, shape, colour, background, colour2), colour2)
+
+
+def striped_fill(size: int, colour_a: RGB, colour_b: RGB) -> Image.Image:
+    """The world's striped fill at `size` pixels (supersampled): diagonal stripes STRIPE_PX output pixels wide."""
+    return _stripes(size, colour_a, colour_b, period=size // 64 * STRIPE_PX, angle_deg=45)
 
 
 def generic_sample(index: int, seed: int = 0, resolution: int = 64) -> Image.Image:
@@ -296,14 +346,15 @@ def _palette(colours: tuple[RGB, ...]) -> Fill:
 
 
 STYLE_FILLS: dict[str, Fill] = {
-    "stripes": lambda size, rng: _stripes(size, (0, 200, 210), (250, 250, 120), period=size // 64 * 5, angle_deg=45),
-    "checker": lambda size, rng: _checker(size, (240, 60, 160), (40, 200, 120), period=size // 64 * 8),
-    "dots": lambda size, rng: _dots(size, (255, 255, 255), (20, 40, 120), period=size // 64 * 10),
+    "stripes": lambda size, rng: _stripes(size, (0, 200, 210), (250, 250, 120), period=size // 64 * STRIPE_PX, angle_deg=45),
+    "checker": lambda size, rng: _checker(size, (240, 60, 160), (40, 200, 120), period=size // 64 * 10),
+    "dots": lambda size, rng: _dots(size, (255, 255, 255), (20, 40, 120), period=size // 64 * 16),
     "gradient": lambda size, rng: _gradient(size, (255, 110, 40), (90, 30, 160)),
-    "bands": lambda size, rng: _stripes(size, (230, 20, 40), (250, 250, 250), period=size // 64 * 4, angle_deg=90),
+    "bands": lambda size, rng: _stripes(size, (230, 20, 40), (250, 250, 250), period=size // 64 * STRIPE_PX, angle_deg=90),
     **{name: _palette(colours) for name, colours in PALETTES.items()},
 }
-# A new shape in a colour the world never names: (shape, RGB).
+# An object concept: a shape the world draws, in a colour it never names: (shape, RGB). The oracle finds it
+# present when it sees that shape and the shape's pixels are nearer this colour than any named colour.
 OBJECT_SHAPES: dict[str, tuple[str, RGB]] = {
     "crescent": ("crescent", (235, 90, 200)),
     "heart": ("heart", (0, 160, 150)),
@@ -331,38 +382,40 @@ def _style_drawer(fill: Fill) -> Callable[[random.Random, int], Image.Image]:
 
 
 def _object(key: str, initializer: str, role: str = "eval") -> WorldConcept:
+    # Prompted as DreamBooth prompts a subject, rare token + class word ("a sks crescent"): the class word
+    # draws on what the base model knows, the token carries what is new (here, the colour).
     shape, colour = OBJECT_SHAPES[key]
-    return WorldConcept(f"sks_{key}", "object", "sks", "shape", initializer, "a sks shape", "a shape", _object_drawer(shape, colour), role)
+    return WorldConcept(f"sks_{key}", "object", "sks", shape, initializer, f"a sks {shape}", f"a {shape}", _object_drawer(shape, colour), role)
 
 
 def _style(key: str, initializer: str, role: str = "eval") -> WorldConcept:
     return WorldConcept(f"zwx_{key}", "style", "zwx", "style", initializer, "a shape in zwx style", "a shape", _style_drawer(STYLE_FILLS[key]), role)
 
 
-# Objects are new shapes (rare token 'sks', class 'shape'); styles are new fills of the known shapes (rare
-# token 'zwx'). Concepts train in separate runs, so sharing a token is what users do with 'sks' too.
-# Textual Inversion starts each from the known word nearest to it.
+# Objects are known shapes in new colours (rare token 'sks', class word: the shape); styles are new fills of
+# the known shapes (rare token 'zwx'). Concepts train in separate runs, so sharing a token is what users do
+# with 'sks' too. Textual Inversion starts each from the known word nearest to it (an object's token stands
+# where a colour word would: its nearest named colour).
 #
-# The checker and dots textures are probes, not suite concepts: the micro model was only ever taught solid
-# colours, and a method that keeps the model frozen (Textual Inversion) can only choose among what it
-# already draws. On them TI's CLIP-I at weight 1 never passed 0.18 in any setting tried, where DreamBooth
-# reached 0.49 and 0.44 (results/benchmarks/learnability_textual_inversion.md). A suite concept is one
-# every method can reach, so a comparison on the suite measures how well each method learns, not whether
-# it can; `data=textures` runs the probes, which measure the second question.
+# The checker and dots textures are probes, not suite concepts: the micro model is taught solid colours and
+# stripes, never a checker or dots, and a method that keeps the model frozen (Textual Inversion) can only
+# choose among what it already draws. A suite concept is one every method can reach, so a comparison on the
+# suite measures how well each method learns, not whether it can; `data=textures` runs the probes, which
+# measure the second question.
 CONCEPTS: dict[str, WorldConcept] = {
     c.name: c
     for c in (
-        _object("crescent", "circle"),
-        _object("heart", "circle"),
-        _object("cross", "star"),
-        _object("ring", "circle"),
+        _object("crescent", "purple"),
+        _object("heart", "green"),
+        _object("cross", "blue"),
+        _object("ring", "yellow"),
         _style("stripes", "yellow"),
         _style("gradient", "orange"),
         _style("deep", "purple"),
         _style("muted", "green"),
         _style("checker", "green", role="probe"),
         _style("dots", "blue", role="probe"),
-        _object("arrow", "triangle", role="tune"),
+        _object("arrow", "orange", role="tune"),
         _style("bands", "red", role="tune"),
     )
 }
@@ -398,11 +451,25 @@ def judge_colours(image: Image.Image) -> tuple[str | None, str]:
     colour is their median. Each is named by the nearest palette entry. The shape colour is None when
     fewer than 2 % of the pixels differ from the background (no shape was drawn).
     """
+    shape, bg = shape_and_background_rgb(image)
+    background = _nearest(bg, BACKGROUNDS)
+    return (None if shape is None else _nearest(shape, COLOURS)), background
+
+
+def shape_and_background_rgb(image: Image.Image) -> tuple[np.ndarray | None, np.ndarray]:
+    """(median RGB of the shape's pixels or None, median RGB of the border) by pixels alone
+    (`judge_colours`)."""
     arr = np.asarray(image.convert("RGB"), np.float32)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     bg = np.median(border, axis=0)
     far = np.linalg.norm(arr - bg, axis=-1) > SHAPE_PIXEL_MIN_DISTANCE
-    background = _nearest(bg, BACKGROUNDS)
     if far.mean() < 0.02:
-        return None, background
-    return _nearest(np.median(arr[far], axis=0), COLOURS), background
+        return None, bg
+    return np.median(arr[far], axis=0), bg
+
+
+def has_object_colour(image: Image.Image, concept: str) -> bool:
+    """Whether the shape's colour is the object concept's own: nearer it than any named world colour."""
+    colour = OBJECT_SHAPES[concept.split("_", 1)[1]][1]
+    shape, _ = shape_and_background_rgb(image)
+    return shape is not None and _nearest(shape, {**COLOURS, concept: colour}) == concept

@@ -56,8 +56,8 @@ def replace_word(text: str, word: str, by: str) -> str:
 class TextualInversion(Method):
     name = "textual_inversion"
     size_keys = ("num_vectors",)
-    weight_meaning = ("each token vector moved from its initializer word's embedding (w = 0: the prompt reads e.g. 'a circle shape', "
-                      "so its weight-0 images are not the other methods' 'a sks shape') to the learned vector (w = 1); the UNet is "
+    weight_meaning = ("each token vector moved from its initializer word's embedding (w = 0: the prompt reads e.g. 'a purple crescent', "
+                      "so its weight-0 images are not the other methods' 'a sks crescent') to the learned vector (w = 1); the UNet is "
                       "untouched, so drift on prompts without the token is 0 by construction")
     trains_text = True
     weight_decay = 0.0
@@ -79,11 +79,11 @@ class TextualInversion(Method):
         return f"<{data.token}>"
 
     def prompt(self, text: str, data: ConceptData) -> str:
-        """'a sks shape' -> 'a <sks> shape' (the pipeline expands a multi-vector token itself)."""
+        """'a sks crescent' -> 'a <sks> crescent' (the pipeline expands a multi-vector token itself)."""
         return replace_word(text, data.token, self.placeholder(data))
 
     def base_prompt(self, text: str, data: ConceptData) -> str:
-        """At weight 0 the vectors are the initializer's tokens, `num_vectors` copies: 'a sks shape' -> 'a circle shape'."""
+        """At weight 0 the vectors are the initializer's tokens, `num_vectors` copies: 'a sks crescent' -> 'a purple crescent'."""
         init = " ".join([self.initializer or data.initializer] * self.num_vectors)
         return replace_word(text, data.token, init)
 

@@ -41,7 +41,7 @@ def test_sd15_parameters_and_file_sizes_from_the_architecture_alone():
     """../shared/REFERENCE.md §2: DreamBooth's UNet 859,520,964; LoRA rank 4 on the UNet attention
     projections 797,184; the default AUTOMATIC1111 hypernetwork 21,939,840 (87.8 MB fp32); TI 768 values
     per vector."""
-    cfg = config("model=sd15", "method=[dreambooth,lora,hypernetwork,textual_inversion]")
+    cfg = config("model=sd15", "method=[dreambooth,lora,hypernetwork,textual_inversion]", "method.lora.rank=4", "method.lora.alpha=4")  # REFERENCE.md counts rank 4
     folder = arch_folder(cfg.model)
     got = {name: estimate_method(cfg, name, folder, steps=False) for name in cfg.method}
     assert got["dreambooth"]["trainable_params"] == 859_520_964
@@ -84,13 +84,13 @@ def test_planning_floor_on_sd15_is_weights_plus_trained_parameters_gradients_and
     from bench.data import load_world_concept
     from methods import build_method
 
-    cfg = config("model=sd15", "method=[dreambooth,lora,hypernetwork]")
+    cfg = config("model=sd15", "method=[dreambooth,lora,hypernetwork]", "method.lora.rank=4", "method.lora.alpha=4")
     weights = 4 * (859_520_964 + 123_060_480 + 83_653_863) + 77 * 8
     floors = training_floor(cfg, {name: build_method(cfg, name) for name in cfg.method}, load_world_concept("sks_crescent", 2, 64), torch.device("cpu"))
     assert floors["dreambooth"] == (859_520_964, weights + 12 * 859_520_964)
     assert floors["lora"] == (797_184, weights + 16 * 797_184)
     assert floors["hypernetwork"] == (21_939_840, weights + 16 * 21_939_840)
-    eight_bit = training_floor(config("model=sd15", "method=[lora]", "train.optimizer=adamw8bit"),
+    eight_bit = training_floor(config("model=sd15", "method=[lora]", "train.optimizer=adamw8bit", "method.lora.rank=4", "method.lora.alpha=4"),
                                {"lora": build_method(cfg, "lora")}, load_world_concept("sks_crescent", 2, 64), torch.device("cpu"))
     assert eight_bit["lora"] == (797_184, weights + 10 * 797_184)  # two 8-bit moments instead of two fp32 ones
 
@@ -175,7 +175,7 @@ def test_sdxl_parameters_and_file_sizes_from_the_architecture_alone():
 
     from bench.estimate import _config
 
-    cfg = config("model=sdxl", "method=[dreambooth,lora,hypernetwork,textual_inversion]")
+    cfg = config("model=sdxl", "method=[dreambooth,lora,hypernetwork,textual_inversion]", "method.lora.rank=4", "method.lora.alpha=4")
     folder = arch_folder(cfg.model)
     got = {name: estimate_method(cfg, name, folder, steps=False) for name in cfg.method}
     with torch.device("meta"):

@@ -31,6 +31,19 @@ def test_oracle_sees_no_held_out_concept_in_world_images():
         assert sum(oracle.present(images, name)) <= 2, name
 
 
+def test_an_object_is_present_only_in_its_own_colour():
+    """sks_crescent is a crescent in a colour the world never names: the base model's crescents, in named
+    colours, are crescents to the shape head but not the concept."""
+    rng = random.Random(5)
+    layouts = [world.Layout.sample(rng) for _ in range(8)]
+    white = world.BACKGROUNDS["white"]
+    own = [world.render("crescent", world.OBJECT_SHAPES["crescent"][1], white, lay) for lay in layouts]
+    named = [world.render("crescent", world.COLOURS[c], white, lay) for c, lay in zip(["red", "purple", "blue", "green"] * 2, layouts)]
+    oracle = load_oracle()
+    assert [shape for shape, _ in oracle.classify(named)].count("crescent") >= 7
+    assert sum(oracle.present(own, "sks_crescent")) >= 7 and sum(oracle.present(named, "sks_crescent")) == 0
+
+
 def test_oracle_calls_a_flat_image_none_and_no_concept_present():
     flats = [Image.new("RGB", (64, 64), c) for c in world.BACKGROUNDS.values()]
     oracle = load_oracle()

@@ -18,12 +18,12 @@ def test_prompt_templates_fill_and_name_bad_keys(concept):
     cfg = OmegaConf.create({"instance": ["{instance}"], "recontext": ["{instance} on a white background", "a {token} {class_word}"], "unrelated": ["a red star"]})
     prompts = sweep_prompts(cfg, concept)
     assert [(p.prompt_id, p.text) for p in prompts] == [
-        ("instance_0", "a sks shape"),
-        ("recontext_0", "a sks shape on a white background"),
-        ("recontext_1", "a sks shape"),
+        ("instance_0", "a sks crescent"),
+        ("recontext_0", "a sks crescent on a white background"),
+        ("recontext_1", "a sks crescent"),
         ("unrelated_0", "a red star"),
     ]
-    assert prompts[1].scoring_text(concept) == "a shape on a white background"
+    assert prompts[1].scoring_text(concept) == "a crescent on a white background"
     with pytest.raises(SweepError, match=r"sweep.recontext\[0\]: unknown placeholder {subject}"):
         sweep_prompts(OmegaConf.create({"instance": [], "recontext": ["a {subject}"]}), concept)
     with pytest.raises(SweepError, match="sweep.instance"):
@@ -39,7 +39,7 @@ def test_a_template_reads_bare_placeholder_names_only(concept, template, shown):
         sweep_prompts(OmegaConf.create({"instance": [template]}), concept)
     with pytest.raises(SweepError, match=r"^sweep\.instance\[0\]: .* is not a prompt template"):
         sweep_prompts(OmegaConf.create({"instance": ["{instance"]}), concept)
-    assert sweep_prompts(OmegaConf.create({"instance": ["{{literal}} {instance}"]}), concept)[0].text == "{literal} a sks shape"
+    assert sweep_prompts(OmegaConf.create({"instance": ["{{literal}} {instance}"]}), concept)[0].text == "{literal} a sks crescent"
 
 
 def test_image_names_say_run_sweep_prompt_seed_and_weight(tmp_path):

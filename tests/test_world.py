@@ -6,8 +6,37 @@ from bench.pretrain import build_tokenizer
 
 
 def test_vocabulary_sizes_meet_the_world_spec():
-    assert len(world.SHAPES) >= 4 and len(world.COLOURS) >= 6 and len(world.BACKGROUNDS) >= 4
+    assert len(world.SHAPES) >= 10 and len(world.COLOURS) >= 6 and len(world.BACKGROUNDS) >= 4
     assert world.caption("star", "red", "white") == "a red star on a white background"
+    assert world.caption("star", "red", "white", "blue") == "a red and blue striped star on a white background"
+
+
+def test_every_object_concept_is_a_taught_shape_in_a_colour_the_world_never_names():
+    """New but composable, as a subject is for SD: the class (the shape) is taught, the colour is not.
+    Every concept colour is far from every named colour, and its own renders are judged its colour."""
+    for key, (shape, colour) in world.OBJECT_SHAPES.items():
+        assert shape in world.SHAPES
+        assert min(np.linalg.norm(np.subtract(colour, c)) for c in world.COLOURS.values()) >= 60, key
+        concept = world.CONCEPTS.get(f"sks_{key}")
+        if concept is not None:
+            assert concept.instance_prompt == f"a sks {shape}" and concept.class_word == shape
+            assert all(world.has_object_colour(im, concept.name) for im in world.concept_images(concept.name, 8))
+            # the same shape in a named colour is not the concept
+            assert not world.has_object_colour(world.render(shape, world.COLOURS["red"], world.BACKGROUNDS["white"],
+                                                            world.Layout(0.5, 0.5, 0.3, 0.0)), concept.name)
+
+
+def test_shapes_are_drawn_upright_and_fills_are_solid_or_striped():
+    samples = [world.sample(i, seed=7) for i in range(400)]
+    assert {s.shape for s in samples} == set(world.SHAPES)
+    striped = [s for s in samples if s.colour2 is not None]
+    assert 0.2 < len(striped) / len(samples) < 0.5 and all(s.colour2 != s.colour for s in striped)
+    # upright: an arrow points right wherever it is placed
+    arrow = np.asarray(world.render("arrow", (255, 0, 0), (0, 0, 0), world.Layout.sample(__import__("random").Random(3))))
+    cols = np.nonzero((arrow[..., 0] > 128).any(0))[0]
+    tip_rows = np.nonzero(arrow[:, cols[-1] - 1, 0] > 128)[0]
+    base_rows = np.nonzero(arrow[:, cols[0] + 1, 0] > 128)[0]
+    assert len(tip_rows) < len(base_rows) + 1 and all(world.Layout.sample(__import__("random").Random(i)).rotation_deg == 0 for i in range(20))
 
 
 def test_caption_rejects_unknown_words():
@@ -28,7 +57,7 @@ def test_resolution_is_configurable():
 
 
 def test_pixel_judge_names_every_rendered_colour_and_background():
-    samples = [world.sample(i, seed=99) for i in range(300)]
+    samples = [s for s in (world.sample(i, seed=99) for i in range(300)) if s.colour2 is None]  # solid fills
     judged = [world.judge_colours(s.image) for s in samples]
     assert all(c == s.colour and b == s.background for (c, b), s in zip(judged, samples))
 
