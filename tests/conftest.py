@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import random  # noqa: E402
+import signal  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -19,10 +20,14 @@ torch.manual_seed(0)
 
 @pytest.fixture(autouse=True)
 def _same_global_state_for_every_test():
-    """Every test starts from the same thread count and global random generators (torch, numpy, random) and
-    leaves them as it found them: what one test draws or sets cannot change another's numbers, in any order."""
+    """Every test starts from the same thread count, global random generators (torch, numpy, random) and
+    signal handlers, and leaves them as it found them: what one test draws or sets cannot change another's numbers, in any order."""
     threads, states = torch.get_num_threads(), (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
+    for sig, handler in handlers.items():  # a test that ran the pipeline in-process may have changed them
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
     torch.set_num_threads(threads)
     torch.set_rng_state(states[0])
     np.random.set_state(states[1])
