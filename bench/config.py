@@ -89,6 +89,7 @@ class TuneConfig:
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
     write: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # method -> {hyper-parameter: [values]}, crossed with the lr grid
+    max_extensions: int = 2  # how often a method's grid is extended past an edge its choice landed on
 
 
 @dataclass

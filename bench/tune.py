@@ -17,8 +17,11 @@ import itertools
 import math
 import json
 import re
+import shutil
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -31,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TUNING_JSON = ROOT / "results" / "benchmarks" / "tuning.json"
 
 
-def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float]]]:
-    """The tuning comparison's config, and arm name -> (method, lr)."""
+def grid_config(cfg: DictConfig, factors: dict[str, list[float]] | None = None) -> tuple[DictConfig, dict[str, tuple[str, float, dict]]]:
+    """The tuning comparison's config, and arm name -> (method, lr, tuned options). `factors`: per method,
+    the multiples of its grid centre to train (default `tune.factors`; `tune` extends them at an edge)."""
     t = cfg.tune
     overlap = set(t.concepts) & set(world.SUITE)
     if overlap:
@@ -46,6 +50,8 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
         raise MethodConfigError(f"tune.objective: {t.objective!r} is not a quality metric that is higher when better (e.g. clip_i, presence); the chosen lr maximises it")
     if not float(t.max_drift) > 0:
         raise MethodConfigError(f"tune.max_drift: must be a positive number, got {t.max_drift}")
+    if isinstance(t.max_extensions, bool) or not isinstance(t.max_extensions, int) or t.max_extensions < 0:
+        raise MethodConfigError(f"tune.max_extensions: how often a grid may be extended past its edge, a whole number >= 0, got {t.max_extensions!r}")
     if len(t.factors) < 3 or any(float(f) <= 0 for f in t.factors):
         raise MethodConfigError(f"tune.factors: need at least 3 positive multiples of the configured lr, got {list(t.factors)}")
     centers = tune_centers(cfg)
@@ -66,9 +72,10 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
         keys = options.get(name, {})
         for combo in itertools.product(*keys.values()):
             choice = dict(zip(keys, combo))
-            for k, factor in enumerate(t.factors):
-                arm = f"{name}-lr{k}" + "".join(f"-{key}{value}" for key, value in choice.items())
+            for factor in (factors or {}).get(name, t.factors):
                 lr = float(f"{base_lr * float(factor):.3g}")
+                # Named by its lr, not its place in the grid: an extended grid reuses the arms it has.
+                arm = f"{name}-lr{lr_tag(lr)}" + "".join(f"-{key}{value}" for key, value in choice.items())
                 methods[arm] = {**OmegaConf.to_container(cfg.method[name], resolve=True), **choice, "lr": lr}
                 arms[arm] = (name, lr, choice)
     grid = cfg.copy()
@@ -82,46 +89,146 @@ def grid_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, tuple[str, float
     return grid, arms
 
 
-def tune(cfg: DictConfig) -> int:
-    from bench import runner
+def lr_tag(lr: float) -> str:
+    """An lr as a name part without dots (config keys): 0.0006 -> '6e-4', 0.0015 -> '1p5e-3'."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".").replace(".", "p")
+    return f"{mantissa}e{int(exponent)}"
 
-    grid, arms = grid_config(cfg)
-    status, runs = runner.run_comparison(grid)
-    table = runner.config_table(Path(grid.results_dir), runs)
+
+def arm_table(cfg: DictConfig, arms: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: its objective and drift at weight 1, mean over tuning runs with 95 % t-intervals."""
+    objective = str(cfg.tune.objective)
     rows = []
     for arm, (name, lr, choice) in arms.items():
         sub = table[table.method == arm]
-        obj = stats.unit_values(sub, str(cfg.tune.objective), 1.0).value
-        drift = stats.unit_values(sub, "drift", 1.0).value
-        rows.append({"method": name, "lr": lr, **choice, cfg.tune.objective: obj.mean(), "drift": drift.mean(), "runs": len(obj)})
-    grid_table = pd.DataFrame(rows)
-    chosen, chosen_options, picked = {}, {}, []
-    for name, g in grid_table.groupby("method", sort=False):
-        index = choose(g, str(cfg.tune.objective), float(cfg.tune.max_drift))
-        pick = g.loc[index]
+        row = {"method": name, "lr": lr, **choice}
+        for metric in (objective, "drift"):
+            mean, lo, hi = stats.t_interval(stats.unit_values(sub, metric, 1.0).value.to_numpy())
+            row |= {metric: mean, f"{metric} 95% CI": f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else ""}
+        row["runs"] = len(stats.unit_values(sub, objective, 1.0))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def at_edge(grid: pd.DataFrame, index, options: list[str]) -> str | None:
+    """'up' or 'down' when the chosen arm has the highest or lowest lr its method tried with the same
+    options: the best may lie beyond, so the grid is extended that way. None: an interior choice."""
+    pick = grid.loc[index]
+    same = grid[(grid.method == pick.method) & np.logical_and.reduce([grid[k] == pick[k] for k in options] or [np.ones(len(grid), bool)])]
+    if len(same) < 2:
+        return None
+    if pick.lr >= same.lr.max():
+        return "up"
+    if pick.lr <= same.lr.min():
+        return "down"
+    return None
+
+
+def tune(cfg: DictConfig) -> int:
+    """Train the grid; where a method's choice is on the grid's edge, extend its grid one step that way
+    and train the new arms (finished arms are reused), up to `tune.max_extensions` times."""
+    from bench import runner
+
+    objective, max_drift = str(cfg.tune.objective), float(cfg.tune.max_drift)
+    factors = {name: sorted(float(f) for f in cfg.tune.factors) for name in cfg.method}
+    notes: list[str] = []
+    for extension in range(int(cfg.tune.max_extensions) + 1):
+        grid, arms = grid_config(cfg, factors)
+        status, runs = runner.run_comparison(grid)
+        table = runner.config_table(Path(grid.results_dir), runs)
+        grid_table = arm_table(cfg, arms, table)
+        picked = {name: choose(g, objective, max_drift) for name, g in grid_table.groupby("method", sort=False)}
+        edges = {name: side for name, index in picked.items() if (side := at_edge(grid_table, index, list(tune_options(cfg).get(name, {})))) is not None}
+        for name, side in edges.items():
+            lr = grid_table.loc[picked[name]].lr
+            f = factors[name]
+            if extension == int(cfg.tune.max_extensions):
+                notes.append(f"{name}: the chosen lr {lr:g} is still the {'top' if side == 'up' else 'bottom'} of its grid after "
+                             f"{extension} extension(s) (tune.max_extensions); the best may lie beyond")
+                continue
+            new = f[-1] * f[-1] / f[-2] if side == "up" else f[0] * f[0] / f[1]
+            factors[name] = sorted([*f, float(f"{new:.3g}")])
+            notes.append(f"{name}: lr {lr:g} was the {'top' if side == 'up' else 'bottom'} of its grid; grid extended to x{new:.3g} of its centre")
+            print(f"adapterbench: tune: {notes[-1]}")
+        if not edges or extension == int(cfg.tune.max_extensions):
+            break
+    chosen, chosen_options = {}, {}
+    for name, index in picked.items():
+        pick = grid_table.loc[index]
         chosen[name] = float(pick.lr)
         chosen_options[name] = {key: _as_option(pick[key], values) for key, values in tune_options(cfg).get(name, {}).items()}
-        picked.append(index)
-    grid_table["chosen"] = grid_table.index.isin(picked)
+    grid_table["chosen"] = grid_table.index.isin(list(picked.values()))
     grid_table["date"] = datetime.date.today().isoformat()
     # What else each method was configured with while its lr was tuned (an lr is tuned for that config).
     settings = {name: {k: v for k, v in OmegaConf.to_container(cfg.method[name], resolve=True).items() if k not in ("lr", "_target_")} for name in chosen}
     record = {"chosen": chosen, "chosen_options": chosen_options, "options": tune_options(cfg),
               "concepts": list(cfg.tune.concepts), "seeds": list(cfg.tune.seeds), "factors": list(cfg.tune.factors),
-              "centers": tune_centers(cfg), "objective": str(cfg.tune.objective), "max_drift": float(cfg.tune.max_drift), "train": OmegaConf.to_container(cfg.train, resolve=True),
-              "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings}
+              "centers": tune_centers(cfg), "objective": objective, "max_drift": max_drift, "train": OmegaConf.to_container(cfg.train, resolve=True),
+              "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings, "notes": notes}
     record, grid_table = merge_previous(record, grid_table)
-    text = render(cfg, grid_table)
+    text = render(cfg, grid_table, record.get("notes", notes))
     print(text)
+    figure = frontier_figure(grid_table, objective, max_drift, Path(grid.results_dir))
+    print(f"adapterbench: tune: frontier figure {figure}")
     if cfg.tune.write:
         for name, lr in chosen.items():
             write_lr(ROOT / "conf" / "method" / f"{name}.yaml", lr, cfg)
             for key, value in chosen_options[name].items():
                 write_key(ROOT / "conf" / "method" / f"{name}.yaml", key, value, cfg)
-        atomic_write_text(ROOT / "results" / "benchmarks" / "tuning.md", text)
+        atomic_write_text(ROOT / "results" / "benchmarks" / "tuning.md", text + "\n![each method's arms: presence against drift](tuning_frontier.png)\n")
         atomic_write_text(TUNING_JSON, json.dumps(record, indent=2, default=str))
+        for ext in ("png", "svg"):
+            shutil.copyfile(figure.with_suffix(f".{ext}"), ROOT / "results" / "benchmarks" / f"tuning_frontier.{ext}")
         print(f"adapterbench: chosen learning rates written to conf/method/*.yaml: {chosen}; other tuned keys: {chosen_options}")
     return status
+
+
+def frontier_figure(grid: pd.DataFrame, objective: str, max_drift: float, out: Path) -> Path:
+    """Per method, every arm's objective against its drift at weight 1 (95 % t-intervals over tuning runs),
+    labelled by lr; the Pareto set (no other arm has more of the objective and less drift) ringed, the
+    chosen arm starred, and the rule that chose it written on the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.report import pareto, save_figure
+
+    methods = list(dict.fromkeys(grid.method))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)
+    option_keys = [c for c in grid.columns if c not in ("method", "lr", objective, "drift", "runs", "chosen", "date") and "95% CI" not in c]
+    for ax, name in zip(axes[0], methods):
+        g = grid[grid.method == name].reset_index(drop=True)
+        on_front = pareto(list(zip(g.drift, g[objective])))
+        for i, r in g.iterrows():
+            err = [_err(r, objective), _err(r, "drift")]
+            ax.errorbar(r.drift, r[objective], yerr=err[0], xerr=err[1], fmt="o", ms=4, color="C0", ecolor="0.75", lw=0.8, zorder=2)
+            if on_front[i]:
+                ax.plot(r.drift, r[objective], "o", ms=11, mfc="none", mec="C1", mew=1.5, zorder=3)
+            if r.get("chosen", False):
+                ax.plot(r.drift, r[objective], "*", ms=14, color="C3", zorder=4)
+            opts = "".join(f" {k}={_plain(r[k]):g}" for k in option_keys if pd.notna(r.get(k)) and r.get(k) != "")
+            ax.annotate(f"{r.lr:g}{opts}", (r.drift, r[objective]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+        ax.axvline(max_drift, ls="--", color="0.5", lw=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("drift at weight 1")
+        ax.set_ylim(-0.05, 1.05) if objective == "presence" else None
+    axes[0][0].set_ylabel(f"{objective} at weight 1")
+    rule = (f"mode=tune: chosen (star) = highest {objective} with drift <= {max_drift:g} (dashed), ties to lower drift; "
+            f"ringed: Pareto set; bars: 95 % t-intervals over tuning runs; labels: lr")
+    fig.suptitle(textwrap.fill(rule, 60 * len(methods)), fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, Path(out), "frontier")
+
+
+def _err(row, metric: str):
+    """An errorbar's [[below], [above]] from a '[lo, hi]' interval column (none when it is blank)."""
+    text = row.get(f"{metric} 95% CI", "")
+    if not isinstance(text, str) or not text.startswith("["):
+        return None
+    lo, hi = (float(x) for x in text.strip("[]").split(","))
+    return [[max(row[metric] - lo, 0)], [max(hi - row[metric], 0)]]
 
 
 def choose(arms: pd.DataFrame, objective: str, max_drift: float):
@@ -174,7 +281,7 @@ def _train(train: dict | None) -> dict:
     return {**{k: getattr(TrainSettings, k) for k in options}, **(train or {})}
 
 
-def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
+def render(cfg: DictConfig, grid: pd.DataFrame, notes: list[str] = ()) -> str:
     t = cfg.tune
     head = (f"# Learning rates (and tuned options) chosen by `mode=tune`\n\n"
             f"Tuning concepts {', '.join(t.concepts)} (not in the evaluation suite), training seeds {list(t.seeds)}, "
@@ -187,7 +294,8 @@ def render(cfg: DictConfig, grid: pd.DataFrame) -> str:
             f"Run with `python run.py mode=tune` (a method's rows keep the date it was last tuned).\n\n")
     # Options tuned for one method only are blank, not NaN, in the other methods' rows.
     shown = grid.astype(object).where(grid.notna(), "")
-    return head + shown.to_markdown(index=False, floatfmt=".4g") + "\n"
+    extended = "".join(f"- {n}\n" for n in notes)
+    return head + shown.to_markdown(index=False, floatfmt=".4g") + "\n" + (f"\nGrid extensions:\n{extended}" if extended else "")
 
 
 def _known_methods() -> list[str]:

@@ -23,15 +23,18 @@ def test_grid_is_every_method_at_every_factor_on_the_tuning_concepts(tmp_path):
     # The grid is centred on tune.centers, not on the configured lr (which mode=tune overwrites).
     grid, arms = grid_config(config(tmp_path, "method=[lora,textual_inversion]", "method.lora.lr=0.05"))
     # Textual Inversion's vector count is crossed with its lr (conf/tune/default.yaml: tune.options).
-    assert sorted(arms) == ["lora-lr0", "lora-lr1", "lora-lr2", *(f"textual_inversion-lr{k}-num_vectors{n}" for k in range(3) for n in (1, 2, 4))]
-    assert [arms[f"lora-lr{k}"][1] for k in range(3)] == [0.0006, 0.002, 0.006]
-    assert arms["textual_inversion-lr1-num_vectors4"][2] == {"num_vectors": 4} and grid.method["textual_inversion-lr1-num_vectors4"].num_vectors == 4
-    assert grid.method["lora-lr2"].lr == 0.006 and grid.method["lora-lr2"]._target_ == "methods.lora.LoRA"
-    assert [arms[f"textual_inversion-lr{k}-num_vectors1"][1] for k in range(3)] == [0.006, 0.02, 0.06]
+    # Arms are named by their lr (an extended grid keeps the names, and so the runs, it has).
+    lora = ["lora-lr6e-4", "lora-lr2e-3", "lora-lr6e-3"]
+    ti = [f"textual_inversion-lr{lr}-num_vectors{n}" for lr in ("6e-3", "2e-2", "6e-2") for n in (1, 2, 4)]
+    assert sorted(arms) == sorted(lora + ti)
+    assert [arms[a][1] for a in lora] == [0.0006, 0.002, 0.006]
+    assert arms["textual_inversion-lr2e-2-num_vectors4"][2] == {"num_vectors": 4} and grid.method["textual_inversion-lr2e-2-num_vectors4"].num_vectors == 4
+    assert grid.method["lora-lr6e-3"].lr == 0.006 and grid.method["lora-lr6e-3"]._target_ == "methods.lora.LoRA"
+    assert [arms[f"textual_inversion-lr{lr}-num_vectors1"][1] for lr in ("6e-3", "2e-2", "6e-2")] == [0.006, 0.02, 0.06]
     assert list(grid.data.concepts) == ["sks_arrow", "zwx_bands"] and list(grid.seeds) == [100, 101, 102]
     assert list(grid.sweep.weights) == [0.0, 1.0] and grid.results_dir == str(tmp_path / "tune")
     _, arms = grid_config(config(tmp_path, "method=[lora]", "method.lora.lr=0.05", "~tune.centers.lora"))
-    assert [arms[f"lora-lr{k}"][1] for k in range(3)] == [0.015, 0.05, 0.15]  # no centre: the configured lr
+    assert sorted(lr for _, lr, _ in arms.values()) == [0.015, 0.05, 0.15]  # no centre: the configured lr
 
 
 def test_choice_is_the_best_objective_within_the_drift_bound_ties_to_the_lower_drift():
@@ -54,7 +57,7 @@ def test_a_chosen_option_keeps_the_type_its_list_gave_it():
     assert value == 4 and type(value) is int
 
 
-@pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3"),
+@pytest.mark.parametrize(("override", "match"), [("tune.concepts=[sks_crescent]", "evaluation suite"), ("tune.factors=[1.0,2.0]", "at least 3"), ("tune.max_extensions=-1", "max_extensions"),
                                                   ("+tune.options.lora.rnak=[4,8]", "options.lora.*rnak"), ("tune.centers.lora=-0.1", "centers.lora.*positive"),
                                                   ("+tune.centers.lorra=0.1", "centers.lorra.*not a method"),
                                                   ("tune.concepts=[sks_arrow,nosuch]", r"concepts\[1\]: 'nosuch' is neither")])
@@ -118,3 +121,59 @@ def test_retuning_one_method_keeps_the_others_from_the_same_protocol(tmp_path, m
     assert list(table.method) == ["dreambooth", "lora"]
     mixed, table = tune.merge_previous({**record, "train": {"steps": 150, "precision": "bf16"}}, new_grid)
     assert list(table.method) == ["lora"]
+
+
+def test_lr_tags_are_config_key_safe():
+    from bench.tune import lr_tag
+
+    assert [lr_tag(x) for x in (0.0006, 0.0015, 0.02, 3.0, 9e-05)] == ["6e-4", "1p5e-3", "2e-2", "3e0", "9e-5"]
+
+
+def fake_grid_runs(monkeypatch, tmp_path, presence_of, drift_of):
+    """mode=tune with its training replaced: each arm's presence and drift at weight 1 come from functions
+    of its lr (three tuning runs each, spread +-0.02), so the search itself is what is tested."""
+    from bench import runner, tune
+
+    def run_comparison(grid):
+        return 0, [(arm, grid.method[arm].lr) for arm in grid.method]
+
+    def config_table(results, runs):
+        from bench import records
+
+        rows = [{"run_id": f"{arm}-{s}", "model": "micro", "method": arm, "config": arm, "concept": "sks_arrow", "kind": "object", "train_seed": s,
+                 "sweep": "x", "prompt_id": "instance", "seed": 0, "weight": 1.0, "metric": metric, "value": f(lr) + 0.02 * (s - 1), "status": "ok"}
+                for arm, lr in runs for s in range(3) for metric, f in (("presence", presence_of), ("drift", drift_of))]
+        return records.frame(rows)
+
+    monkeypatch.setattr(runner, "run_comparison", run_comparison)
+    monkeypatch.setattr(runner, "config_table", config_table)
+    monkeypatch.setattr(tune, "TUNING_JSON", tmp_path / "tuning.json")
+
+
+def test_a_choice_on_the_grids_edge_extends_the_grid_until_it_is_interior(tmp_path, monkeypatch, capsys):
+    import math
+
+    from bench import tune
+
+    # LoRA's presence rises with lr up to 0.05 (the grid tops out at 0.006): two extensions (x9, x27)
+    # reach 0.054, past the peak; drift stays small throughout.
+    fake_grid_runs(monkeypatch, tmp_path, lambda lr: 0.9 - abs(math.log(lr / 0.05)) / 10, lambda lr: 0.05)
+    cfg = config(tmp_path, "method=[lora]", "tune.write=false", "tune.max_extensions=3")
+    assert tune.tune(cfg) == 0
+    out = capsys.readouterr().out
+    assert "lora: lr 0.006 was the top of its grid" in out and "lora: lr 0.018 was the top of its grid" in out
+    assert "0.054" in out and "still the top" not in out
+    assert (tmp_path / "tune" / "frontier.png").is_file() and (tmp_path / "tune" / "frontier.svg").is_file()
+
+
+def test_a_grid_that_cannot_be_extended_far_enough_says_so(tmp_path, monkeypatch, capsys):
+    from bench import tune
+
+    # Presence rises with lr forever, and every arm drifts too far: the least drifting (lowest) lr is
+    # chosen, the grid is extended downwards once, and the note says the choice is still at the bottom.
+    fake_grid_runs(monkeypatch, tmp_path, lambda lr: min(1.0, lr * 100), lambda lr: 0.3 + lr)
+    cfg = config(tmp_path, "method=[lora]", "tune.write=false", "tune.max_extensions=1")
+    tune.tune(cfg)
+    out = capsys.readouterr().out
+    assert "lora: lr 0.0006 was the bottom of its grid; grid extended to x0.09" in out
+    assert "lora: the chosen lr 0.00018 is still the bottom of its grid after 1 extension(s)" in out
