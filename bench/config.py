@@ -46,6 +46,9 @@ class TrainConfig:
     # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma, kohya's --min_snr_gamma):
     # null is the plain MSE on the model's target; 5 is the paper's value.
     snr_gamma: Optional[float] = None
+    # Fractions of `steps` at which training also saves its artifact (the final one is always saved): the
+    # learning curves, scored at weight 1 in stages of their own (bench/worker.py curve_stage).
+    checkpoints: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -38,6 +38,9 @@ class TrainCost:
     threads: int
     other_load_cores: float = float("nan")  # cores other processes kept busy during training (NaN: not Linux)
     losses: list[float] = field(default_factory=list)
+    # step -> the artifact saved after that step (train.checkpoints), relative to the run's folder
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    checkpoint_time_s: float = 0.0  # spent saving them: not in train_time_s or steps_per_s
 
     def rows(self) -> list[dict]:
         """Tidy rows (without the run's identifying columns)."""
@@ -51,6 +54,8 @@ class TrainCost:
             {"metric": "threads", "value": float(self.threads), "unit": "count", "scorer": "torch"},
             {"metric": "other_load", "value": self.other_load_cores, "unit": "cores", "scorer": "proc_stat"},
         ]
+        if self.checkpoints:
+            out.append({"metric": "checkpoint_time", "value": self.checkpoint_time_s, "unit": "s", "scorer": "wall_clock"})
         out += [{"metric": "train_loss", "step": i, "value": v, "unit": "mse", "scorer": "training"} for i, v in enumerate(self.losses)]
         return out
 
@@ -113,11 +118,26 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         probe = TensorPeak(model_bytes, known=weights)
         del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so
     step_ends: list[float] = []
+    saved: dict[str, str] = {}
+    paused = 0.0  # seconds spent saving checkpoints: training's time and rate leave them out
 
     def on_step(step: int) -> None:
+        nonlocal paused
         if probe is not None and step + 1 >= PROBE_STEPS:
             probe.stop()
-        step_ends.append(time.perf_counter())
+        step_ends.append(time.perf_counter() - paused)
+        if step + 1 in settings.checkpoints:
+            start_save = time.perf_counter()
+            watching = probe is not None and probe._mode is not None
+            if watching:  # a checkpoint's copies are not training's memory
+                probe.stop()
+            artifact = method.snapshot(pipe, data)
+            path = method.save(artifact, Path(out_dir) / "checkpoints" / f"step{step + 1:07d}")
+            saved[str(step + 1)] = str(Path(path).relative_to(out_dir))
+            del artifact
+            if watching:
+                probe.start()
+            paused += time.perf_counter() - start_save
 
     if probe is not None:
         probe.start()
@@ -130,7 +150,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
             probe.stop()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - paused
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     else:
@@ -151,5 +171,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         threads=torch.get_num_threads(),
         other_load_cores=load.other_cores,
         losses=list(result.losses),
+        checkpoints=saved,
+        checkpoint_time_s=paused,
     )
     return result, cost

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # run_id: the training run (the unit of analysis); config: hash of the method's config; kind: the concept's
 # kind (object/style); train_seed: the training seed; sweep: hash of the sweep config that made the images;
-# seed: the generation seed; scorer: what measured the value (a feature space such as 'microclip', or the
+# seed: the generation seed; step: the training step of a loss row, or of the checkpoint a learning curve's
+# row scores (blank on the final artifact's rows); scorer: what measured the value (a feature space such as 'microclip', or the
 # instrument: 'cpu_tensor_peak', 'cuda_max_allocated', 'wall_clock', ...).
 COLUMNS = [
     "run_id", "model", "method", "config", "concept", "kind", "train_seed", "sweep",
@@ -118,16 +119,29 @@ def stage_done(results_dir: Path, stage: str) -> bool:
     return False
 
 
-def read_table(*results_dirs: Path) -> pd.DataFrame:
-    """The union of every stage's rows, from one or several results directories."""
-    return read_files([f for d in results_dirs for f in sorted(Path(d).glob("rows/*.parquet"))])
+def read_table(*results_dirs: Path, checkpoints: bool = False) -> pd.DataFrame:
+    """The union of every stage's rows, from one or several results directories (the learning curves'
+    checkpoint rows only with `checkpoints`: see `final_rows`)."""
+    return read_files([f for d in results_dirs for f in sorted(Path(d).glob("rows/*.parquet"))], checkpoints=checkpoints)
+
+
+def checkpoint_rows(df: pd.DataFrame) -> pd.Series:
+    """Which rows score a checkpoint saved part-way through training (a sweep row with a `step`); every
+    other sweep row scores the final artifact, and loss rows carry a step but no weight."""
+    return df.step.notna() & df.weight.notna()
+
+
+def final_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The table without checkpoint rows: what every comparison, statistic and check reads, so a
+    checkpoint's weight-1 images are never averaged with the final artifact's."""
+    return df[~checkpoint_rows(df)]
 
 
 class RowsFileError(ValueError):
     """A file under rows/ that is not a rows file this harness wrote (a usage error: one line, exit 2)."""
 
 
-def read_files(files: Iterable[Path]) -> pd.DataFrame:
+def read_files(files: Iterable[Path], checkpoints: bool = False) -> pd.DataFrame:
     parts = []
     for f in files:
         try:
@@ -137,12 +151,14 @@ def read_files(files: Iterable[Path]) -> pd.DataFrame:
             parts.append(frame(rows.to_dict("records")))
         except Exception as e:  # pyarrow and pandas raise several types for a file that is not theirs
             raise RowsFileError(f"results_dir: {f} is not a rows file of this harness ({str(e).splitlines()[0][:160]}); move it out of rows/") from None
-    return frame([]) if not parts else pd.concat(parts, ignore_index=True)
+    df = frame([]) if not parts else pd.concat(parts, ignore_index=True)
+    return df if checkpoints else final_rows(df).reset_index(drop=True)
 
 
 def publish(results_dir: Path) -> pd.DataFrame:
-    """Write the whole table as `results.parquet` and `results.csv`."""
-    df = read_table(results_dir)
+    """Write the whole table as `results.parquet` and `results.csv` (checkpoint rows included: their `step`
+    column says which they are)."""
+    df = read_table(results_dir, checkpoints=True)
     with atomic_path(Path(results_dir) / "results.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     with atomic_path(Path(results_dir) / "results.csv") as tmp:

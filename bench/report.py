@@ -740,6 +740,101 @@ def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
     return save_figure(fig, out, "loss")
 
 
+# ------------------------------------------------------------------------------------------- learning curves
+
+CURVE_METRICS = ("presence", "clip_i", "drift")
+
+
+def curve_steps(full: pd.DataFrame) -> pd.DataFrame:
+    """The sweep rows at weight 1 of every step a run was scored at: its checkpoints' rows (`step` set)
+    and its final artifact's, given the run's last step (its loss rows count the steps it trained)."""
+    last = full[full.metric == "train_loss"].groupby("run_id").step.max() + 1
+    q = full[full.weight.notna() & np.isclose(full.weight.fillna(-9).astype(float), 1.0) & (full.status.fillna("ok") == "ok") & full.metric.isin(CURVE_METRICS)]
+    q = q[q.run_id.isin(last.index)].copy()
+    q["step"] = q.step.fillna(q.run_id.map(last)).astype("Int64")
+    return q
+
+
+def learning_curves(full: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+    """Per arm, metric and training step: mean at weight 1 over training runs with its 95 % hierarchical
+    bootstrap interval. Empty unless some run saved checkpoints (`train.checkpoints`)."""
+    if not records.checkpoint_rows(full).any():
+        return pd.DataFrame()
+    q = curve_steps(full)
+    out = []
+    for step, g in q.groupby("step"):
+        # A step's rows as a table of their own (step cleared), summarised like any sweep at weight 1.
+        for metric in CURVE_METRICS:
+            s = stats.summarize(g.assign(step=pd.NA), metric, 1.0, settings=settings)
+            out += [{**r, "step": int(step)} for r in s[s.scope == "overall"].to_dict("records")]
+    return pd.DataFrame(out)
+
+
+def learning_curve_table(full: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> tuple[str, pd.DataFrame]:
+    """The curve as a table, and per arm whether the budget's last stretch still moved presence: the
+    paired difference, run by run, between the final artifact and the checkpoint before it."""
+    curves = learning_curves(full, settings)
+    if curves.empty:
+        return "", pd.DataFrame()
+    labels = arm_labels(full)
+    q = curve_steps(full)
+    rows = []
+    for (model, method, config, sweep), g in curves.groupby(stats.ARM, dropna=False, sort=False):
+        label = label_of(labels, model, method, config, sweep)
+        steps = sorted(g.step.unique())
+        row = {"method": label}
+        for step in steps:
+            for metric in CURVE_METRICS:
+                r = g[(g.step == step) & (g.metric == metric)]
+                if len(r):
+                    row[f"{metric_title(metric)} @ step {step}"] = format_ci(r["mean"].iloc[0], r.low.iloc[0], r.high.iloc[0])
+        if len(steps) >= 2 and "presence" in set(g.metric):
+            arm = q[(q.model == model) & (q.method == method) & (q.config == config) & (q.metric == "presence")]
+            per_run = arm.groupby(["run_id", "step"]).value.mean().unstack()
+            if steps[-2] in per_run.columns and steps[-1] in per_run.columns:
+                gains = (per_run[steps[-1]] - per_run[steps[-2]]).dropna().to_numpy()
+                mean, lo, hi = stats.t_interval(gains)
+                row[f"presence gain, step {steps[-2]} -> {steps[-1]}"] = format_ci(mean, lo, hi)
+                row["last stretch"] = ("still rising" if lo > 0 else "falling" if hi < 0 else "levelled off" if np.isfinite(lo) else "one run")
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values("method", key=lambda m: m.map(method_rank), kind="stable")
+    caption = ("Learning curves: presence, CLIP-I and drift at weight 1 of the artifact each training run saved part-way through its budget "
+               "(train.checkpoints) and at its end, mean over training runs [95 % hierarchical bootstrap]. The same training, not retrained. "
+               "Last stretch: the paired change in presence, run by run, from the last checkpoint to the final artifact [95 % t-interval]: "
+               "'still rising' when the interval is above 0 (the compared budget stops a method that was still learning), "
+               "'levelled off' when it includes 0, 'falling' when below.")
+    return caption, table
+
+
+def learning_curve_figure(full: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    curves = learning_curves(full, settings)
+    if curves.empty:
+        return None
+    labels = arm_labels(full)
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    metrics = [m for m in CURVE_METRICS if (curves.metric == m).any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes[0], metrics):
+        c = curves[curves.metric == metric]
+        for (model, method, config, sweep), g in c.groupby(stats.ARM, dropna=False, sort=False):
+            label = label_of(labels, model, method, config, sweep)
+            g = g.sort_values("step")
+            ax.plot(g.step, g["mean"], "o-", ms=3, color=col[label], label=label)
+            if np.isfinite(g.low).all():
+                ax.fill_between(g.step, g.low, g.high, color=col[label], alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(c.step.unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("training step")
+        ax.set_title(f"{metric_title(metric)} at weight 1", fontsize=10)
+        if metric == "presence":
+            ax.set_ylim(-0.03, 1.03)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Learning curves: each run's checkpoints and final artifact, mean over training runs, bands 95 % hierarchical bootstrap", fontsize=9)
+    return save_figure(fig, out, "learning_curves")
+
+
 # ------------------------------------------------------------------------------------------- HTML
 
 
@@ -787,7 +882,8 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     out = Path(out) if out else results_dirs[0] / "report"
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    df = records.read_table(*results_dirs)
+    full = records.read_table(*results_dirs, checkpoints=True)  # with the learning curves' checkpoint rows
+    df = records.final_rows(full)
     if df.empty:
         raise ValueError(f"no result rows under {', '.join(map(str, results_dirs))}")
     stats.check_replicates(df)
@@ -832,6 +928,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
             "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference.", ranking_table(df, fidelity, settings))
         add("Best weight (held out)", "best_weight", f"Each method's best weight by {QUALITY_TITLES.get(fidelity, fidelity)}, chosen on half of the generation seeds "
             "and reported on the other half, so the choice and the number never come from the same images.", best_weight_table(df, fidelity, settings))
+    add("Learning curves", "learning_curves", *learning_curve_table(full, settings))
     add("Metric validity (against the oracle)", "validity", *validity_table(df, settings))
     add("Degenerate images", "blank", "Blank or uniform images (what a NaN or collapsed generation decodes to; judged by pixels: under 1 % of "
         "pixels away from the median colour), per adapter weight, over every prompt, generation seed and training run.", blank_table(df))
@@ -851,6 +948,8 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
                          (cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
                          (curves_figure(df, fig_dir, settings), "Each metric against adapter weight; weight 0 is the base model."),
                          (tradeoff_figure(df, fig_dir), "Subject fidelity against text alignment along each method's weight path."),
+                         (learning_curve_figure(full, fig_dir, settings), "Quality at weight 1 against training steps: whether each method "
+                          "has levelled off at the compared budget (the table 'Learning curves' tests the last stretch)."),
                          (loss_figure(df, fig_dir), "Training loss per method against step (running mean), over all training runs.")):
         if fig:
             figures.append((fig, caption))

@@ -135,7 +135,7 @@ def parallelism(cfg: DictConfig, n_jobs: int) -> tuple[int, int]:
     return workers, threads
 
 
-STAGE_FILE = re.compile(r"(failed_)?(train|scores|base|inputs)_[0-9a-f-]+")
+STAGE_FILE = re.compile(r"(failed_)?(train|scores|curve|base|inputs)_[0-9a-f-]+")
 
 
 def check_results_dir(results: Path) -> None:
@@ -154,7 +154,7 @@ def check_results_dir(results: Path) -> None:
             raise ModelConfigError(f"results_dir: {results / sub} is a file; the harness keeps a folder there (move the file away)")
     for f in sorted((results / "rows").glob("*.parquet")):
         if not STAGE_FILE.match(f.stem):
-            raise records.RowsFileError(f"results_dir: {f} is not a rows file of this harness (its stages are named train_, scores_, base_, inputs_); move it out of rows/")
+            raise records.RowsFileError(f"results_dir: {f} is not a rows file of this harness (its stages are named train_, scores_, curve_, base_, inputs_); move it out of rows/")
     for f in sorted((results / ".locks").glob("*")):
         if not f.is_file():
             raise ModelConfigError(f"results_dir: {f} is not a lock file the harness made; remove it")
@@ -245,7 +245,7 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     if removed:
         log.info("removed %d temporary file(s) that killed writers left in %s", removed, results)
     # Both stages checked (rows readable, outputs matching their checksums): a damaged one is redone.
-    pending = [r for r in runs if not (records.stage_done(results, f"train_{r.run_id}") and records.stage_done(results, f"scores_{r.scores_key}"))]
+    pending = [r for r in runs if not all(records.stage_done(results, stage) for stage in r.stages)]
     # Every concept's base images checked too (the report and any re-scoring read them), finished or not.
     stale = [c.name for c in concepts if not (records.stage_done(results, worker.base_stage(cfg, c, methods)[0]) and worker.instance_images_current(results, c))]
     workers, threads = parallelism(cfg, len(pending))
@@ -275,7 +275,8 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
 
 
 # Where a comparison's time goes: the wall-clock rows each stage writes, by stage.
-STAGE_TIMES = {"base images": "base_gen_time", "class images": "input_gen_time", "train": "train_time", "generate": "sweep_time", "score": "score_time"}
+STAGE_TIMES = {"base images": "base_gen_time", "class images": "input_gen_time", "train": "train_time", "generate": "sweep_time", "score": "score_time",
+               "learning curves": "curve_time"}
 
 
 def stage_times(results: Path, written: list[str], load_s: float, report_s: float, wall_s: float, workers: int) -> dict:
@@ -319,7 +320,7 @@ def execute(cfg: DictConfig, results: Path, pending: list[stages.RunSpec], worke
         try:
             # A run's stages were just checked here: its worker gets those hashes instead of redoing them.
             jobs = (("prepare", worker.prepare_concept, [(name,) for name in concept_names]),
-                    ("runs", worker.run, [(spec, records.known_hashes(results, f"train_{spec.run_id}", f"scores_{spec.scores_key}")) for spec in pending]))
+                    ("runs", worker.run, [(spec, records.known_hashes(results, *spec.stages)) for spec in pending]))
             for phase, fn, calls in jobs:
                 with sigint_ignored():  # a worker spawned by a submit starts ignoring Ctrl-C (see worker.init)
                     futures = {pool.submit(fn, *args): args[0] for args in calls}
@@ -398,10 +399,10 @@ def failed_runs(results: Path, runs: list[stages.RunSpec]) -> list[tuple[stages.
 
     out = []
     for r in runs:
-        if records.stage_file(results, f"scores_{r.scores_key}").exists():
+        if all(records.stage_file(results, stage).exists() for stage in r.stages[1:]):
             continue
         reason = "not run (its worker stopped)"
-        for stage in (f"train_{r.run_id}", f"scores_{r.scores_key}"):
+        for stage in r.stages:
             f = records.stage_file(results, f"failed_{stage}")
             if f.exists():
                 reason = str(pd.read_parquet(f).status.iloc[0])
@@ -410,16 +411,17 @@ def failed_runs(results: Path, runs: list[stages.RunSpec]) -> list[tuple[stages.
     return out
 
 
-def config_table(results: Path, runs: list[stages.RunSpec]):
-    """Exactly the rows of these runs under this config (training and scores stages)."""
-    files = [records.stage_file(results, f"train_{r.run_id}") for r in runs] + [records.stage_file(results, f"scores_{r.scores_key}") for r in runs]
-    return records.read_files([f for f in dict.fromkeys(files) if f.exists()])
+def config_table(results: Path, runs: list[stages.RunSpec], checkpoints: bool = False):
+    """Exactly the rows of these runs under this config (their training, scores and curve stages);
+    the learning curves' checkpoint rows only with `checkpoints` (records.read_files)."""
+    files = [records.stage_file(results, stage) for r in runs for stage in r.stages]
+    return records.read_files([f for f in dict.fromkeys(files) if f.exists()], checkpoints=checkpoints)
 
 
 def other_config_stages(results: Path, runs: list[stages.RunSpec]) -> int:
     """How many training and scoring stage files in `results` belong to no run of this config."""
-    mine = {f"train_{r.run_id}" for r in runs} | {f"scores_{r.scores_key}" for r in runs}
-    found = {f.stem for f in (results / "rows").glob("*.parquet") if f.stem.startswith(("train_", "scores_"))}
+    mine = {stage for r in runs for stage in r.stages}
+    found = {f.stem for f in (results / "rows").glob("*.parquet") if f.stem.startswith(("train_", "scores_", "curve_"))}
     return len(found - mine)
 
 

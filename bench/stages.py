@@ -7,6 +7,7 @@ and nothing else:
     training  model, concept data (its pixels and words), train, training seed, method  -> run_id
     images    + sweep                                                                   -> images_key
     scores    + metrics, and the bytes of the embedded scorers it names                 -> scores_key
+    curve     the checkpoints' weight-1 sweeps, scored (with train.checkpoints)         -> scores_key
 
 The embedded scorers (micro CLIP, the oracle) are part of the scores key by content: retraining one
 re-scores every sweep, where a key of config alone would keep rows judged by the old one.
@@ -80,6 +81,12 @@ class RunSpec:
     config: str  # hash of the method's config alone: rows of different configs are never averaged
     sweep: str  # hash of the sweep config
     metrics: str  # hash of the metrics config and the embedded scorers it uses
+    curves: bool = False  # whether training saves checkpoints (train.checkpoints), scored by a curve stage
+
+    @property
+    def stages(self) -> list[str]:
+        """The run's stages, in order: training, scores and, with checkpoints, the learning curve."""
+        return [f"train_{self.run_id}", f"scores_{self.scores_key}", *([f"curve_{self.scores_key}"] if self.curves else [])]
 
     @property
     def images_key(self) -> str:
@@ -122,6 +129,7 @@ def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
         config=config_hash(cfg, method),
         sweep=digest(plain(cfg.sweep), 8),
         metrics=digest({"metrics": plain(cfg.metrics), "scorers": scorers(cfg.metrics)}, 8),
+        curves=bool(cfg.train.get("checkpoints")),
     )
 
 
@@ -134,6 +142,11 @@ def train_dir(results: Path, spec: RunSpec) -> Path:
 
 def images_dir(results: Path, run_id: str, sweep: str) -> Path:
     return Path(results) / "images" / f"{run_id}-{sweep}"
+
+
+def curve_dir(results: Path, run_id: str, sweep: str) -> Path:
+    """The learning curve's images: a folder per checkpoint step (bench.worker.curve_stage)."""
+    return Path(results) / "images" / f"{run_id}-{sweep}-curve"
 
 
 def image_file(results: Path, run_id: str, sweep: str, prompt_id: str, seed: int, weight: float) -> Path:

@@ -278,7 +278,8 @@ def _train(train: dict | None) -> dict:
     from methods.base import TrainSettings
 
     options = ("precision", "gradient_checkpointing", "optimizer", "attention")
-    return {**{k: getattr(TrainSettings, k) for k in options}, **(train or {})}
+    # Checkpoints change what is saved, not what is trained (tests/test_curves.py): not part of the protocol.
+    return {**{k: getattr(TrainSettings, k) for k in options}, **{k: v for k, v in (train or {}).items() if k != "checkpoints"}}
 
 
 def render(cfg: DictConfig, grid: pd.DataFrame, notes: list[str] = ()) -> str:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from bench import records, stages
 from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, no_space, record_damage, trust_hashes
@@ -212,10 +212,15 @@ def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
         return {**status, "load_s": load_seconds(), "written": []}  # a failed stage's rows are not a stage time
     if status["train"] == "ok":
         # A new artifact: images and scores made from an earlier one (a redone, damaged stage) are not its.
-        records.stage_file(_results(), f"scores_{spec.scores_key}").unlink(missing_ok=True)
+        for stage in (f"scores_{spec.scores_key}", f"curve_{spec.scores_key}"):
+            records.stage_file(_results(), stage).unlink(missing_ok=True)
         shutil.rmtree(stages.images_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
+        shutil.rmtree(stages.curve_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
     status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
-    written = [stage for stage, key in ((f"train_{spec.run_id}", "train"), (f"scores_{spec.scores_key}", "scores")) if status.get(key) == "ok"]
+    if status["scores"].startswith(("ok", "reused")) and _cfg().train.get("checkpoints"):
+        status["curve"] = _stage(spec, f"curve_{spec.scores_key}", lambda: curve_stage(spec))
+    written = [stage for stage, key in ((f"train_{spec.run_id}", "train"), (f"scores_{spec.scores_key}", "scores"), (f"curve_{spec.scores_key}", "curve"))
+               if status.get(key) == "ok"]
     return {**status, "load_s": load_seconds(), "written": written}
 
 
@@ -297,6 +302,36 @@ def sweep_and_score(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
              {"metric": "score_time", "value": time.perf_counter() - generated, "unit": "s", "scorer": "wall_clock"}]
     return [{**r, "sweep": spec.sweep} for r in rows], [stages.images_dir(results, spec.run_id, spec.sweep)]
+
+
+def curve_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
+    """The learning curve: each checkpoint the training saved (`train.checkpoints`) swept at weight 1 with
+    the sweep's prompts and seeds and scored like the final artifact, its rows carrying the checkpoint's
+    `step`. Weight 0 is the base model whatever the step; the final artifact's point is its own sweep."""
+    from bench.cost import TrainCost
+    from bench.score import sweep_rows
+    from bench.sweep import sweep_method, sweep_prompts
+
+    cfg, results = _cfg(), _results()
+    concept, method = _concept(spec.concept), _method(spec.method)
+    prompts = sweep_prompts(cfg.sweep, concept)
+    train = stages.train_dir(results, spec)
+    cost = TrainCost.from_json((train / "cost.json").read_text())
+    at_one = cfg.sweep.copy()
+    with open_dict(at_one):
+        at_one.weights = [1.0]
+    base = {(p.text, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, p.text, s)) for p in prompts for s in cfg.sweep.seeds}
+    folder = stages.curve_dir(results, spec.run_id, spec.sweep)
+    rows, start = [], time.perf_counter()
+    for step, file in sorted(cost.checkpoints.items(), key=lambda kv: int(kv[0])):
+        images = sweep_method(_pipe(), method, method.load(train / file), concept, prompts, at_one, bool(cfg.progress))
+        for (pid, seed, weight), im in images.items():
+            with atomic_path(folder / f"step{int(step):07d}" / f"{pid}_seed{int(seed)}_w{float(weight):+.2f}.png") as tmp:
+                im.save(tmp, format="PNG")
+        scored = sweep_rows(_encoder(), concept, prompts, images, base, {}, inception=bool(cfg.metrics.inception), oracle=_oracle())
+        rows += [{**r, "step": int(step), "sweep": spec.sweep} for r in scored]
+    rows.append({"metric": "curve_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock"})
+    return rows, [folder]
 
 
 def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, dict]:

@@ -69,6 +69,7 @@ class TrainSettings:
     optimizer: str = "adamw"  # adamw | adamw8bit
     attention: str = "sdpa"  # sdpa | eager | xformers
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None: the plain MSE
+    checkpoints: tuple[int, ...] = ()  # steps after which the artifact so far is also saved (learning curves)
 
     def __post_init__(self) -> None:
         check_positive("train.steps", self.steps)
@@ -113,6 +114,7 @@ class TrainSettings:
             optimizer=str(cfg.train.get("optimizer", "adamw")),
             attention=str(cfg.train.get("attention", "sdpa")),
             snr_gamma=cfg.train.get("snr_gamma"),
+            checkpoints=checkpoint_steps(cfg.train.get("checkpoints") or [], int(cfg.train.steps)),
         )
         settings.check_packages()
         return settings
@@ -135,6 +137,20 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 OPTIMIZERS = ("adamw", "adamw8bit")
 ATTENTION = ("sdpa", "eager", "xformers")
 OPTIONAL_PACKAGE = {"optimizer": "adamw8bit", "attention": "xformers"}  # the option values that need a package
+
+
+def checkpoint_steps(fractions, steps: int) -> tuple[int, ...]:
+    """`train.checkpoints` (fractions of the budget) as the distinct steps before the last at which the
+    artifact is saved: 1/8 of 300 steps is step 38 (rounded), and a fraction that rounds to the last step
+    adds nothing (the final artifact is always saved)."""
+    out = set()
+    for i, f in enumerate(fractions):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise MethodConfigError(f"train.checkpoints[{i}]: a fraction of train.steps between 0 and 1 (e.g. 0.25), got {f!r}")
+        step = max(1, round(f * steps))
+        if step < steps:
+            out.add(step)
+    return tuple(sorted(out))
 
 
 def check_positive(key: str, value: float) -> None:
@@ -190,6 +206,11 @@ class Method(ABC):
     @abstractmethod
     def finish(self, pipe, data: ConceptData) -> Artifact:
         """Pack what was learned into an Artifact and return `pipe` to the base model."""
+
+    def snapshot(self, pipe, data: ConceptData) -> Artifact:
+        """What training has learned so far, packed as `finish` packs it, with training left untouched
+        (a checkpoint part-way through the budget: `train.checkpoints`)."""
+        raise MethodConfigError(f"train.checkpoints: method {self.name} cannot save an artifact part-way through training; set train.checkpoints=[]")
 
     @abstractmethod
     def apply(self, pipe, artifact: Artifact, weight: float) -> None:

@@ -151,25 +151,36 @@ class DreamBooth(Method):
             params.extend(module.parameters())
         return params
 
-    def finish(self, pipe, data: ConceptData) -> Artifact:
+    def snapshot(self, pipe, data: ConceptData) -> Artifact:
+        """Every tensor that differs from the base model, in the base model's dtype (as it is saved)."""
         tensors = {}
+        with torch.no_grad():
+            for name, module in self._components(pipe).items():
+                tuned = module.state_dict()
+                for k, base in self._base.get(name, {}).items():
+                    value = tuned[k].detach().to(base.dtype)  # fp32 master weights of a half model: saved in its dtype
+                    if value.is_floating_point() and not torch.equal(value.to(base.device), base):
+                        tensors[f"{name}.{k}"] = value.cpu().clone()
+        return Artifact(self.name, tensors, self._meta(pipe))
+
+    def finish(self, pipe, data: ConceptData) -> Artifact:
+        artifact = self.snapshot(pipe, data)
         for name, module in self._components(pipe).items():
             module.requires_grad_(False)
             if name in self._dtypes:
-                cast_parameters(module, self._dtypes[name])  # the tuned model in the base model's dtype, as it is saved
-            tuned = module.state_dict()
-            for k, base in self._base.get(name, {}).items():
-                if tuned[k].is_floating_point() and not torch.equal(tuned[k].to(base.device), base):
-                    tensors[f"{name}.{k}"] = tuned[k].detach().cpu().clone()
+                cast_parameters(module, self._dtypes[name])
             if name in self._base:
                 module.load_state_dict(self._base[name])
         self._base, self._dtypes = {}, {}
+        return artifact
+
+    def _meta(self, pipe) -> dict:
         meta = {
             "components": self._components_trained,
             "configs": {n: dict(m.config) if hasattr(m, "config") and isinstance(m.config, dict) else m.config.to_dict() for n, m in self._components(pipe).items()},
             "base_model": str(pipe.config.get("_name_or_path", "")),
         }
-        return Artifact(self.name, tensors, json.loads(json.dumps(meta, default=str)))
+        return json.loads(json.dumps(meta, default=str))
 
     # ---- strength
 

@@ -157,6 +157,9 @@ class Hypernetwork(Method):
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
         self.uninstall(pipe)
+        return self.snapshot(pipe, data)
+
+    def snapshot(self, pipe, data: ConceptData) -> Artifact:
         if self.modules is None:
             return Artifact(self.name, {}, {})
         tensors = {k: v.detach().float().cpu().clone() for k, v in self.modules.state_dict().items()}

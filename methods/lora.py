@@ -86,6 +86,13 @@ class LoRA(Method):
         return {"unet": pipe.unet, **(named_text_encoders(pipe) if self.text_encoder else {})}
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
+        artifact = self.snapshot(pipe, data)
+        for module in self._components(pipe).values():
+            if getattr(module, "peft_config", None) and ADAPTER in module.peft_config:
+                remove_peft(module)
+        return artifact
+
+    def snapshot(self, pipe, data: ConceptData) -> Artifact:
         from peft.utils import get_peft_model_state_dict
 
         tensors: dict[str, torch.Tensor] = {}
@@ -99,7 +106,6 @@ class LoRA(Method):
                 if "lora_B" in key:
                     value *= self.alpha / self.rank
                 tensors[f"{prefix}.{key}"] = value
-            remove_peft(module)
         return Artifact(self.name, tensors, {"rank": self.rank, "alpha": self.alpha, "scale_folded": True})
 
     def apply(self, pipe, artifact: Artifact, weight: float) -> None:

@@ -95,13 +95,18 @@ class PeftAdapter(Method):
         return params
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
+        artifact = self.snapshot(pipe, data)
+        if getattr(pipe.unet, "peft_config", None) and ADAPTER in pipe.unet.peft_config:
+            remove_peft(pipe.unet)
+        return artifact
+
+    def snapshot(self, pipe, data: ConceptData) -> Artifact:
         from peft.utils import get_peft_model_state_dict
 
         unet = pipe.unet
         tensors = {}
         if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
             tensors = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER, save_embedding_layers=False).items()}
-            remove_peft(unet)
         return Artifact(self.name, tensors, {"peft_config": _config_dict(self.adapter), "family": self.family})
 
     # ---- strength

@@ -130,14 +130,18 @@ class TextualInversion(Method):
             self._hooks.append(encoder.get_input_embeddings().register_forward_hook(patch))
         return list(self.vectors)
 
+    def snapshot(self, pipe, data: ConceptData) -> Artifact:
+        meta = {"placeholder": self._placeholder, "initializer": self.initializer or data.initializer, "num_vectors": self.num_vectors}
+        return Artifact(self.name, {k: v.detach().float().cpu().clone() for k, v in zip(self._keys, self.vectors)}, meta)
+
     def finish(self, pipe, data: ConceptData) -> Artifact:
+        artifact = self.snapshot(pipe, data)
         for hook in getattr(self, "_hooks", []):
             hook.remove()
         self._hooks = []
         if self._placeholder is not None:
             unload(pipe, self._tokens(self._placeholder, self._count))
-        meta = {"placeholder": self._placeholder, "initializer": self.initializer or data.initializer, "num_vectors": self.num_vectors}
-        return Artifact(self.name, {k: v.detach().float().cpu().clone() for k, v in zip(self._keys, self.vectors)}, meta)
+        return artifact
 
     def interpolation_ends(self, pipe, artifact: Artifact) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(initializer vectors, learned vectors) per text encoder: weight 0 and weight 1 of this artifact."""

@@ -35,7 +35,7 @@ def command(results: Path, *overrides) -> list[str]:
 
 
 # The instruments' own readings (wall clock, RSS, the machine's other load) differ between any two runs.
-INSTRUMENTS = {"train_time", "steps_per_s", "process_rss_peak", "sweep_time", "score_time", "input_gen_time", "base_gen_time", "other_load"}
+INSTRUMENTS = {"train_time", "steps_per_s", "process_rss_peak", "sweep_time", "score_time", "input_gen_time", "base_gen_time", "other_load", "checkpoint_time", "curve_time"}
 KEY = ["run_id", "metric", "prompt_id", "seed", "weight", "step"]
 
 
