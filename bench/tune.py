@@ -102,7 +102,7 @@ def arm_table(cfg: DictConfig, arms: dict, table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm, (name, lr, choice) in arms.items():
         sub = table[table.method == arm]
-        row = {"method": name, "lr": lr, **choice}
+        row = {"method": name, "arm": arm, "lr": lr, **choice}
         for metric in (objective, "drift"):
             mean, lo, hi = stats.t_interval(stats.unit_values(sub, metric, 1.0).value.to_numpy())
             row |= {metric: mean, f"{metric} 95% CI": f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else ""}
@@ -158,6 +158,7 @@ def tune(cfg: DictConfig) -> int:
         pick = grid_table.loc[index]
         chosen[name] = float(pick.lr)
         chosen_options[name] = {key: _as_option(pick[key], values) for key, values in tune_options(cfg).get(name, {}).items()}
+    curves = chosen_curves(runner.config_table(Path(grid.results_dir), runs, checkpoints=True), grid_table, picked, objective)
     grid_table["chosen"] = grid_table.index.isin(list(picked.values()))
     grid_table["date"] = datetime.date.today().isoformat()
     # What else each method was configured with while its lr was tuned (an lr is tuned for that config).
@@ -167,7 +168,7 @@ def tune(cfg: DictConfig) -> int:
               "centers": tune_centers(cfg), "objective": objective, "max_drift": max_drift, "train": OmegaConf.to_container(cfg.train, resolve=True),
               "date": datetime.date.today().isoformat(), "grid": grid_table.to_dict("records"), "settings": settings, "notes": notes}
     record, grid_table = merge_previous(record, grid_table)
-    text = render(cfg, grid_table, record.get("notes", notes))
+    text = render(cfg, grid_table, record.get("notes", notes)) + render_curves(curves, objective, int(cfg.train.steps))
     print(text)
     figure = frontier_figure(grid_table, objective, max_drift, Path(grid.results_dir))
     print(f"adapterbench: tune: frontier figure {figure}")
@@ -184,6 +185,47 @@ def tune(cfg: DictConfig) -> int:
     return status
 
 
+LEVEL_TOLERANCE = 0.05  # a curve has levelled off once it is this close to the best it reaches
+
+
+def chosen_curves(full: pd.DataFrame, grid: pd.DataFrame, picked: dict, objective: str) -> pd.DataFrame:
+    """Each method's chosen arm: its objective at weight 1 at every step its runs were scored at (the
+    checkpoints, `train.checkpoints`, and the end), mean over tuning runs, and the first step within
+    LEVEL_TOLERANCE of the highest it reaches. Empty without checkpoints."""
+    from bench.records import checkpoint_rows
+    from bench.report import curve_steps
+
+    if not checkpoint_rows(full).any():
+        return pd.DataFrame()
+    q = curve_steps(full)
+    rows = []
+    for name, index in picked.items():
+        pick = grid.loc[index]
+        sub = q[(q.method == pick.arm) & (q.metric == objective)]
+        per_step = sub.groupby(["step", "run_id"]).value.mean().groupby("step").mean().sort_index()
+        if per_step.empty:
+            continue
+        level = next(int(s) for s, v in per_step.items() if v >= per_step.max() - LEVEL_TOLERANCE)
+        rows.append({"method": name, "lr": pick.lr, **{f"{objective} @ step {int(s)}": v for s, v in per_step.items()}, "levels off by step": level})
+    return pd.DataFrame(rows)
+
+
+def render_curves(curves: pd.DataFrame, objective: str, steps: int) -> str:
+    """The chosen arms' learning curves, and the budget rule's verdict on `train.steps`."""
+    if curves.empty:
+        return ""
+    latest = int(curves["levels off by step"].max())
+    rule = (f"Budget rule: train.steps is enough when every method's chosen arm has levelled off (come within {LEVEL_TOLERANCE} "
+            f"of the highest {objective} its curve reaches) by half the budget, step {steps // 2} of {steps}. ")
+    if latest <= steps // 2:
+        verdict = f"Met: the last to level off does so by step {latest}."
+    else:
+        late = ", ".join(curves[curves["levels off by step"] > steps // 2].method)
+        verdict = f"Not met: {late} level(s) off only by step {latest}; a larger train.steps could change the comparison."
+    return (f"\n## Learning curves of the chosen arms\n\n{objective} at weight 1 against training steps (the same trainings, saved part-way: "
+            f"train.checkpoints), mean over tuning runs. {rule}{verdict}\n\n" + curves.to_markdown(index=False, floatfmt=".3g") + "\n")
+
+
 def frontier_figure(grid: pd.DataFrame, objective: str, max_drift: float, out: Path) -> Path:
     """Per method, every arm's objective against its drift at weight 1 (95 % t-intervals over tuning runs),
     labelled by lr; the Pareto set (no other arm has more of the objective and less drift) ringed, the
@@ -197,7 +239,7 @@ def frontier_figure(grid: pd.DataFrame, objective: str, max_drift: float, out: P
 
     methods = list(dict.fromkeys(grid.method))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)
-    option_keys = [c for c in grid.columns if c not in ("method", "lr", objective, "drift", "runs", "chosen", "date") and "95% CI" not in c]
+    option_keys = [c for c in grid.columns if c not in ("method", "arm", "lr", objective, "drift", "runs", "chosen", "date") and "95% CI" not in c]
     for ax, name in zip(axes[0], methods):
         g = grid[grid.method == name].reset_index(drop=True)
         on_front = pareto(list(zip(g.drift, g[objective])))
@@ -294,7 +336,7 @@ def render(cfg: DictConfig, grid: pd.DataFrame, notes: list[str] = ()) -> str:
             f"on equal {t.objective} the lower drift. "
             f"Run with `python run.py mode=tune` (a method's rows keep the date it was last tuned).\n\n")
     # Options tuned for one method only are blank, not NaN, in the other methods' rows.
-    shown = grid.astype(object).where(grid.notna(), "")
+    shown = grid.drop(columns=["arm"], errors="ignore").astype(object).where(grid.notna(), "")
     extended = "".join(f"- {n}\n" for n in notes)
     return head + shown.to_markdown(index=False, floatfmt=".4g") + "\n" + (f"\nGrid extensions:\n{extended}" if extended else "")
 

@@ -1,6 +1,7 @@
 """mode=tune builds its grid from the configured methods, refuses suite concepts, and writes the chosen
 learning rate into a method YAML with a note of where it came from."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -137,12 +138,20 @@ def fake_grid_runs(monkeypatch, tmp_path, presence_of, drift_of):
     def run_comparison(grid):
         return 0, [(arm, grid.method[arm].lr) for arm in grid.method]
 
-    def config_table(results, runs):
+    def config_table(results, runs, checkpoints=False):
+        """10 training steps, checkpoints after 2 and 5; presence grows linearly to its value by step 5."""
         from bench import records
 
-        rows = [{"run_id": f"{arm}-{s}", "model": "micro", "method": arm, "config": arm, "concept": "sks_arrow", "kind": "object", "train_seed": s,
-                 "sweep": "x", "prompt_id": "instance", "seed": 0, "weight": 1.0, "metric": metric, "value": f(lr) + 0.02 * (s - 1), "status": "ok"}
-                for arm, lr in runs for s in range(3) for metric, f in (("presence", presence_of), ("drift", drift_of))]
+        ident = {"model": "micro", "concept": "sks_arrow", "kind": "object", "sweep": "x", "status": "ok"}
+        rows = []
+        for arm, lr in runs:
+            for s in range(3):
+                run = {**ident, "run_id": f"{arm}-{s}", "method": arm, "config": arm, "train_seed": s}
+                rows += [{**run, "metric": "train_loss", "step": i, "value": 1.0} for i in range(10)]
+                for step in ([2, 5, None] if checkpoints else [None]):
+                    grown = min(1.0, (step or 10) / 5)
+                    rows += [{**run, "prompt_id": "instance", "seed": 0, "weight": 1.0, "step": step, "metric": metric, "value": grown * (f(lr) + 0.02 * (s - 1))}
+                             for metric, f in (("presence", presence_of), ("drift", drift_of))]
         return records.frame(rows)
 
     monkeypatch.setattr(runner, "run_comparison", run_comparison)
@@ -163,6 +172,10 @@ def test_a_choice_on_the_grids_edge_extends_the_grid_until_it_is_interior(tmp_pa
     out = capsys.readouterr().out
     assert "lora: lr 0.006 was the top of its grid" in out and "lora: lr 0.018 was the top of its grid" in out
     assert "0.054" in out and "still the top" not in out
+    # The chosen arm's learning curve: at 2/5 of its final presence after step 2, all of it by step 5.
+    assert "## Learning curves of the chosen arms" in out and "Budget rule" in out and "Met: the last to level off does so by step 5." in out
+    curve = out[out.index("## Learning curves of the chosen arms"):]
+    assert re.search(r"\| lora\s+\|\s+0.054\s+\|\s+0.3\d*\s+\|\s+0.8\d*\s+\|\s+0.8\d*\s+\|\s+5\s+\|", curve), curve
     assert (tmp_path / "tune" / "frontier.png").is_file() and (tmp_path / "tune" / "frontier.svg").is_file()
 
 
