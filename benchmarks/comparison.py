@@ -12,6 +12,8 @@ Prints three tables:
 - per method and concept: whether the method learned it, by ground truth (`bench.stats.learned`: the oracle's
   presence at weight 1 minus the same run's weight 0, at least 0.25, t-interval over training runs
   excluding 0), with CLIP-I's gain beside it as the proxy;
+- the learning curves (quality at weight 1 at each checkpoint of the same training) and whether the
+  budget's last stretch still raised presence;
 - cost per method (mean over runs).
 """
 
@@ -65,8 +67,8 @@ def time_table(results: Path, wall_s: float, workers: str):
     import pandas as pd
 
     timing = json.loads((results / "timing.json").read_text())
-    stages = ["load models", "base images", "class images", "train", "generate", "score", "report"]
-    rows = [{"stage": name, "seconds": timing[name]} for name in stages]
+    stages = ["load models", "base images", "class images", "train", "generate", "score", "learning curves", "report"]
+    rows = [{"stage": name, "seconds": timing.get(name, 0.0)} for name in stages]
     busy = sum(r["seconds"] for r in rows)
     rows.append({"stage": "all stages above", "seconds": busy})
     rows.append({"stage": f"wall time of `python run.py` ({workers})", "seconds": wall_s})
@@ -96,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench import records, stats
 
-    df = records.read_table(results)
+    from bench.report import learning_curve_table
+
+    full = records.read_table(results, checkpoints=True)
+    df = records.final_rows(full)
+    curve_caption, curves = learning_curve_table(full)
     header = next((line for line in proc.stdout.splitlines() if "training runs" in line), "")
     workers = header.split(";")[-1].strip() if ";" in header else "workers as configured"
     learning = learning_table(df)
@@ -109,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{int((learning.learned == 'learned').sum())} of {len(learning)} (method, concept) pairs learned. Beside it, the proxy: "
         f"CLIP-I (micro CLIP image similarity to the instance images) at weights 1 and 0 and its gain, judged by the same rule "
         f"with a gain of {PROXY_MIN_GAIN}.\n\n"
-        f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
+        f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n"
+        + (f"## Learning curves\n\n{curve_caption}\n\n{curves.to_markdown(index=False)}\n\n" if len(curves) else "")
+        + f"## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
     )
     publish(text, ROOT / "results" / "benchmarks" / f"comparison_{args.data}{'_' + args.name if args.name else ''}.md", args.write)
 
