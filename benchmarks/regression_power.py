@@ -82,11 +82,14 @@ def split_alarms(table, check: dict, replicates: int, seed: int = 0):
     """False alarms of one check under the null: per replicate, each concept's training runs split at
     random into a baseline half and a check half (sizes as even as the count allows), the baseline made
     from one and the check run on the other. Returns per replicate the set of methods that 'regressed'."""
+    import pandas as pd
+
     from bench import regression
 
     rng = np.random.default_rng(seed)
     units = table[["concept", "train_seed"]].dropna().drop_duplicates()
     by_concept = {c: sorted(g.train_seed.astype(int)) for c, g in units.groupby("concept")}
+    unit = pd.Series(list(zip(table.concept, table.train_seed.fillna(-1).astype(int))), index=table.index)
     out = []
     for _ in range(replicates):
         base_keys, check_keys = [], []
@@ -95,9 +98,8 @@ def split_alarms(table, check: dict, replicates: int, seed: int = 0):
             k = len(seeds) // 2 if rng.random() < 0.5 else len(seeds) - len(seeds) // 2
             base_keys += [(concept, s) for s in seeds[:k]]
             check_keys += [(concept, s) for s in seeds[k:]]
-        pick = lambda keys: table[[(c, s) in set(keys) for c, s in zip(table.concept, table.train_seed.fillna(-1).astype(int))]]
-        doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(pick(base_keys))}
-        comparisons = regression.compare(doc, pick(check_keys), check)
+        doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(table[unit.isin(set(base_keys)).to_numpy()])}
+        comparisons = regression.compare(doc, table[unit.isin(set(check_keys)).to_numpy()], check)
         out.append({c.method for c in comparisons if c.regressed})
     return out
 
