@@ -1,6 +1,9 @@
 """The CPU memory probe counts live tensor bytes exactly, and a training run's peak is its own."""
 
+import io
+import math
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,30 +77,39 @@ def test_process_peak_rss_resets_where_linux_allows():
     assert process_peak_rss_mib() < before + 50
 
 
-def test_the_load_meter_sees_another_busy_process_and_not_its_own_work():
-    import subprocess
-    import sys
-    import time
+def test_the_load_meter_counts_other_processes_cpu_time_and_not_its_own(monkeypatch):
+    """LoadMeter's arithmetic on scripted clocks (a test that spun a real second process asserted on the
+    machine's load, which any other job on the machine moves): other cores = (the machine's busy CPU
+    seconds - this process's) / wall seconds, never below 0."""
+    from bench import cost
 
-    from bench.cost import LoadMeter
-
-    def spin(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
+    def scripted(machine: list[float], own: list[float], wall: list[float]) -> float:
+        clocks = {"machine": iter(machine), "own": iter(own), "wall": iter(wall)}
+        monkeypatch.setattr(cost, "machine_cpu_seconds", lambda: next(clocks["machine"]))
+        # cost's own clock module only: patching time itself would stop pytest's clocks too.
+        monkeypatch.setattr(cost, "time", SimpleNamespace(process_time=lambda: next(clocks["own"]), perf_counter=lambda: next(clocks["wall"])))
+        with cost.LoadMeter() as meter:
             pass
+        return meter.other_cores
 
-    from bench.provenance import usable_cores
+    # 2 s of wall time: the machine spent 3 CPU seconds, this process 1 of them -> one other core busy.
+    assert scripted([100.0, 103.0], [5.0, 6.0], [10.0, 12.0]) == pytest.approx(1.0)
+    # All the machine's work was this process's own: nobody else.
+    assert scripted([100.0, 101.5], [5.0, 6.5], [10.0, 12.0]) == pytest.approx(0.0)
+    # /proc/stat counts whole 10 ms ticks: a machine total a tick short of our own is 0, not negative.
+    assert scripted([100.0, 100.99], [5.0, 6.0], [10.0, 11.0]) == 0.0
+    # No wall time: no rate.
+    assert math.isnan(scripted([1.0, 1.0], [1.0, 1.0], [3.0, 3.0]))
 
-    if not os.path.exists("/proc/stat") or usable_cores() < 2:
-        pytest.skip("needs /proc/stat (elsewhere the load is recorded as NaN) and a second core for the busy process")
-    with LoadMeter() as alone:
-        spin(1.0)
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
-    try:
-        time.sleep(0.5)  # the child is spinning by now
-        with LoadMeter() as shared:
-            spin(1.0)
-    finally:
-        busy.wait()
-    # Whatever else this machine runs adds to both; the busy process adds about one core.
-    assert shared.other_cores - alone.other_cores > 0.6, (alone.other_cores, shared.other_cores)
+
+def test_machine_cpu_seconds_reads_the_busy_time_of_proc_stat(tmp_path, monkeypatch):
+    """Busy = user + nice + system + irq + softirq + steal (the first eight fields but idle and iowait),
+    in clock ticks, over SC_CLK_TCK."""
+    from bench import cost
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat here (the load is recorded as NaN)")
+    line = "cpu  100 20 30 4000 50 6 7 8 9 10\n"
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(line) if path == "/proc/stat" else real_open(path, *a, **k))
+    assert cost.machine_cpu_seconds() == pytest.approx((100 + 20 + 30 + 6 + 7 + 8) / os.sysconf("SC_CLK_TCK"))
