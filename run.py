@@ -63,7 +63,7 @@ def job(cfg: DictConfig) -> int:
     from bench.models import skip_bitsandbytes_unless_used
 
     skip_bitsandbytes_unless_used(cfg)
-    from bench.runner import main as run_main
+    from bench.cli import main as run_main
 
     try:
         return run_main(cfg)

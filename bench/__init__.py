@@ -1,0 +1,24 @@
+"""adapterbench's pipeline, in layers: a module imports only from its own layer or the layers above it
+in this list (lower in the stack), never from a later one, and no import chain comes back to where it
+started (tests/test_layers.py walks every import, the lazy ones inside functions included).
+
+Adding a module means placing it here; the test fails for a module in no layer.
+"""
+
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # Paths, files, the micro world's definition, machine facts: no torch models, no results.
+    ("foundations", ("bench.paths", "bench.io", "bench.memory", "bench.provenance", "bench.config", "bench.world", "bench.zoo", "bench.images")),
+    # Loading models and data, stage keys and rows, sweeps; the micro models' build steps and the oracle.
+    ("models and data", ("bench.models", "bench.data", "bench.clip", "bench.stages", "bench.records", "bench.single_file", "bench.sweep",
+                         "bench.pretrain", "bench.oracle", "bench.quality")),
+    # What is compared (one module per method) and what is measured (one module per metric).
+    ("methods and metrics", ("methods", "methods.*", "metrics", "metrics.*")),
+    # Measuring: training cost, scoring, statistics, plots, the regression check, estimates, the worker.
+    ("measurement", ("bench.cost", "bench.score", "bench.stats", "bench.validity", "bench.plots", "bench.regression", "bench.estimate",
+                     "bench.worker")),
+    ("report", ("bench.report",)),
+    # A comparison from config to table and report.
+    ("pipeline", ("bench.runner",)),
+    # The modes of run.py, which drive the pipeline (mode=tune runs comparisons of its own).
+    ("modes", ("bench.tune", "bench.cli")),
+)

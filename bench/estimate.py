@@ -461,7 +461,7 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
 
 
 def render(cfg: DictConfig, table: pd.DataFrame) -> str:
-    from bench.report import human_bytes
+    from bench.plots import human_bytes
 
     e = cfg.estimate
     shown = table.copy()
@@ -487,7 +487,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
 def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float | None = None) -> Path:
     """File size (log scale: bytes to gigabytes), training memory (with the GPU's memory as a line) and
     estimated training time per method, as out/name.{png,svg}."""
-    from bench.report import colours, human_bytes, method_rank, plt, save_figure
+    from bench.plots import colours, human_bytes, method_rank, plt, save_figure
 
     steps_col = next(c for c in table.columns if c.startswith("est. train time"))
     table = table.reset_index(drop=True)

@@ -32,13 +32,13 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench import world
+from bench import world, zoo
 from bench.io import atomic_dir
 from bench.pretrain import to_unit
 
 log = logging.getLogger(__name__)
 
-ORACLE_DIR = Path(__file__).resolve().parent / "zoo" / "oracle"
+ORACLE_DIR = zoo.ORACLE_DIR
 WEIGHTS_FILE = "oracle.safetensors"
 CONFIG_FILE = "oracle.json"
 NONE = "none"

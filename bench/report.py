@@ -13,26 +13,19 @@ import html
 import json
 import logging
 import math
-import re
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import provenance, records, stages, stats, validity  # noqa: E402
-from bench.io import atomic_path, atomic_write_text  # noqa: E402
+from bench.io import atomic_write_text
+from bench.plots import METHOD_ORDER, colours, human_bytes, matplotlib, method_rank, pareto, plt, save_figure  # noqa: F401 (METHOD_ORDER: read by tests)
 from metrics import higher_is_better, is_frechet  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# Okabe-Ito: distinguishable with the common forms of colour blindness.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-METHOD_ORDER = ["dreambooth", "textual_inversion", "lora", "hypernetwork", "dora", "loha", "lokr", "oft"]
 COST_METRICS = {  # metric -> (column title, scale, format)
     "peak_mem": ("training memory (MiB)", 1.0, "{:,.1f}"),
     "process_rss_peak": ("process peak RSS (MiB)", 1.0, "{:,.0f}"),
@@ -254,13 +247,6 @@ def per_concept_table(df: pd.DataFrame, metric: str, settings: stats.Settings = 
     return table[order]
 
 
-def method_rank(label: str) -> tuple:
-    """Methods in METHOD_ORDER, then others; a family's members in natural order ('rank=4' before 'rank=16')."""
-    base = label.split(": ")[-1].split(" ")[0]
-    natural = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label))
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), natural)
-
-
 def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
     """Every two arms on the runs they share, at weight 1: difference a - b [interval], a's win rate, p."""
     p = stats.paired(df, metric, 1.0, settings=settings)
@@ -332,15 +318,6 @@ def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict
 # ------------------------------------------------------------------------------------------- figures
 
 
-def save_figure(fig, out: Path, name: str) -> Path:
-    png = out / f"{name}.png"
-    for ext in ("png", "svg"):
-        with atomic_path(out / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return png
-
-
 def arm_means(df: pd.DataFrame, metric: str) -> dict[str, float]:
     """Label -> mean over runs of a run-level metric (cost)."""
     labels = arm_labels(df.assign(sweep=None))
@@ -365,10 +342,6 @@ def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
             ax.set_yscale("log")
     fig.suptitle("Training cost per method: mean over training runs (same data, steps, batch and seeds)")
     return save_figure(fig, out, "cost")
-
-
-def colours(labels: list[str]) -> dict[str, str]:
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(labels)}
 
 
 def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
@@ -431,12 +404,6 @@ def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
     ax.set_title("Fidelity vs text alignment along each method's weight path\n(numbers: weight; mean over training runs)", fontsize=10)
     ax.legend(fontsize=8)
     return save_figure(fig, out, "tradeoff")
-
-
-def pareto(points: list[tuple[float, float]]) -> list[bool]:
-    """Which (cost, quality) points no other point beats: at most the cost and at least the quality, one of
-    the two strictly (lower cost is better, higher quality is better)."""
-    return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in points) for c, q in points]
 
 
 FRONTIER_COSTS = [("artifact_bytes", "file size (log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)]
@@ -554,20 +521,11 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, s
     return save_figure(fig, out, "infographic")
 
 
-def human_bytes(n: float) -> str:
-    if not np.isfinite(n):
-        return ""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
 def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[str, pd.DataFrame]:
     """Each arm's learning rate (from its runs' run.json) beside the one `mode=tune` chose, if any."""
     import json
 
-    from bench.tune import TUNING_JSON
+    from bench.paths import TUNING_JSON
 
     tuned = json.loads(TUNING_JSON.read_text()) if TUNING_JSON.is_file() else None
     labels = arm_labels(df.assign(sweep=None))

@@ -37,83 +37,6 @@ log = logging.getLogger(__name__)
 MAX_CPU_WORKERS = 4
 
 
-def main(cfg: DictConfig) -> int:
-    """Dispatch on `mode`: run (default), baseline, check, report, tune or estimate; returns the exit code."""
-    from bench import regression
-
-    results = Path(cfg.results_dir)
-    mode = cfg.get("mode", "run")
-    if mode == "run":
-        return run(cfg)
-    if mode == "report":
-        from bench.report import build_report
-
-        dirs = [results, *[Path(d) for d in cfg.get("merge") or []]]
-        for key, d in zip(["results_dir", *(f"merge[{i}]" for i in range(len(dirs) - 1))], dirs):
-            if not d.is_dir() or not any((d / "rows").glob("*.parquet")):
-                raise ModelConfigError(f"{key}: {d} holds no result rows; run a comparison into it first (python run.py results_dir={d})")
-        print(f"adapterbench: report {build_report(dirs, fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats)).resolve()}")
-        return 0
-    if mode == "tune":
-        from bench.tune import tune
-
-        return tune(cfg)
-    if mode == "estimate":
-        from bench.estimate import run_estimate
-
-        return run_estimate(cfg)
-    if mode not in ("baseline", "check"):
-        raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report, tune, estimate")
-    if not cfg.get("baseline"):
-        raise regression.BaselineError(f"baseline: mode={mode} needs baseline=PATH.json")
-    doc = regression.read_baseline(Path(cfg.baseline)) if mode == "check" else None
-    if doc is not None:
-        # A check compares the same concepts on the same model; only what it checks (method, training) may
-        # differ. Compared by name: the same model or data folder mounted elsewhere is still the same.
-        base_model = ((doc.get("config") or {}).get("model") or {}).get("name")
-        if base_model is not None and base_model != cfg.model.name:
-            raise regression.BaselineError(f"baseline: {cfg.baseline} was made on model {base_model!r}, this check runs {cfg.model.name!r}; "
-                                           "make a baseline for this model with mode=baseline")
-        base_concepts = regression.baseline_concepts(doc)
-        concepts = sorted(c.name for c in load_concepts(cfg.data, int(cfg.model.resolution)))
-        if base_concepts and base_concepts != concepts:
-            raise regression.BaselineError(f"baseline: {cfg.baseline} was made on concepts {base_concepts}, this check runs {concepts}; "
-                                           "a check compares the same concepts: make a baseline for these with mode=baseline")
-    junit = Path(cfg.check.junit) if cfg.check.get("junit") else results / "regression_junit.xml"
-    if mode == "check":
-        regression.check_settings(OmegaConf.to_container(cfg.check, resolve=True))
-    problem = regression.output_file_error(Path(cfg.baseline), "baseline") if mode == "baseline" else regression.output_file_error(junit, "check.junit")
-    if problem:
-        raise regression.BaselineError(problem)
-    # Exactly the stages this config needs: finished ones are reused, rows of other configs are not read.
-    status, runs = run_comparison(cfg)
-    table = config_table(results, runs)
-    if mode == "baseline":
-        regression.write_baseline(table, Path(cfg.baseline), cfg)
-        print(f"adapterbench: baseline written to {cfg.baseline}")
-        return status
-    if doc is not None:
-        for line in regression.config_differences(doc, cfg):
-            print(f"adapterbench: note: {line}")
-    others = other_config_stages(results, runs)
-    if others:
-        print(f"adapterbench: note: {results} also holds {others} training/scoring stage(s) of other configs; they are not read by this {mode}")
-    unbaselined = sorted(set(table.method.dropna()) - set(doc["methods"]))
-    if unbaselined:
-        print(f"adapterbench: note: method(s) {', '.join(unbaselined)} of this run are not in the baseline and are not checked")
-    comparisons = regression.compare(doc, table, OmegaConf.to_container(cfg.check, resolve=True))
-    print(regression.format_comparisons(comparisons))
-    regression.write_junit(comparisons, junit)
-    decisions = regression.method_decisions(comparisons)
-    for method, decision in decisions.items():
-        print(f"adapterbench: {method}: {decision}")
-    failed = [m for m, d in decisions.items() if d != "ok"]
-    print(f"adapterbench: {len(failed)} of {len(decisions)} methods regressed or could not be compared "
-          f"(one-sided tests, Holm over {sum(np.isfinite(c.p) for c in comparisons)} method x metric tests at family-wise alpha "
-          f"{float(cfg.check.get('alpha', 0.05)):g}); JUnit XML {junit}")
-    return 1 if failed or status else 0
-
-
 def parallelism(cfg: DictConfig, n_jobs: int) -> tuple[int, int]:
     """(workers, torch threads per worker). torch's threads spin while they wait, so workers x threads
     never exceeds this job's core budget (`provenance.core_budget`: the usable cores, or fewer when a
@@ -445,7 +368,7 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
     """Per method: quality at weight 1 with its interval beside cost (mean over runs), in human units."""
     import pandas as pd
 
-    from bench import report
+    from bench.plots import human_bytes
 
     settings = stats.Settings.from_config(cfg.stats)
     lines = []
@@ -467,7 +390,7 @@ def print_summary(table, results: Path, failures: list, cfg: DictConfig) -> None
                     row[f"{metric}@1 [95% CI]"] = f"{r['mean']:.3f} [{r.low:.3f}, {r.high:.3f}]" if np.isfinite(r.low) else f"{r['mean']:.3f}"
             row["train time"] = human_seconds(c.get("train_time", float("nan")))
             row["peak memory"] = f"{c.get('peak_mem', float('nan')):,.0f} MiB"
-            row["file"] = report.human_bytes(c.get("artifact_bytes", float("nan")))
+            row["file"] = human_bytes(c.get("artifact_bytes", float("nan")))
             b = blanks[blanks.method == method].value
             # Degenerate images over the whole sweep (every weight): a collapse at any strength shows here.
             row["blank images"] = f"{int(b.sum())}/{len(b)}" if len(b) else "-"

@@ -59,13 +59,12 @@ def folder_digest(folder: Path) -> str:
 def scorers(metrics_cfg) -> dict:
     """The embedded scorers `metrics` uses, by content (an external CLIP is named by its spec in the config)."""
     from bench import zoo
-    from bench.oracle import ORACLE_DIR
 
     out = {}
     if metrics_cfg.get("clip", "micro") == "micro":
         out["clip"] = folder_digest(zoo.micro_clip_dir())
-    if metrics_cfg.get("oracle", False) and ORACLE_DIR.is_dir():
-        out["oracle"] = folder_digest(ORACLE_DIR)
+    if metrics_cfg.get("oracle", False) and zoo.oracle_dir().is_dir():
+        out["oracle"] = folder_digest(zoo.oracle_dir())
     return out
 
 

@@ -27,11 +27,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bench import stats, world
 from bench.io import atomic_write_text
+from bench.paths import BENCHMARK_RESULTS, METHOD_CONF_DIR, TUNING_JSON
 from methods.base import MethodConfigError
 from metrics import higher_is_better
 
-ROOT = Path(__file__).resolve().parents[1]
-TUNING_JSON = ROOT / "results" / "benchmarks" / "tuning.json"
 
 
 def grid_config(cfg: DictConfig, factors: dict[str, list[float]] | None = None) -> tuple[DictConfig, dict[str, tuple[str, float, dict]]]:
@@ -174,13 +173,13 @@ def tune(cfg: DictConfig) -> int:
     print(f"adapterbench: tune: frontier figure {figure}")
     if cfg.tune.write:
         for name, lr in chosen.items():
-            write_lr(ROOT / "conf" / "method" / f"{name}.yaml", lr, cfg)
+            write_lr(METHOD_CONF_DIR / f"{name}.yaml", lr, cfg)
             for key, value in chosen_options[name].items():
-                write_key(ROOT / "conf" / "method" / f"{name}.yaml", key, value, cfg)
-        atomic_write_text(ROOT / "results" / "benchmarks" / "tuning.md", text + "\n![each method's arms: presence against drift](tuning_frontier.png)\n")
+                write_key(METHOD_CONF_DIR / f"{name}.yaml", key, value, cfg)
+        atomic_write_text(BENCHMARK_RESULTS / "tuning.md", text + "\n![each method's arms: presence against drift](tuning_frontier.png)\n")
         atomic_write_text(TUNING_JSON, json.dumps(record, indent=2, default=str))
         for ext in ("png", "svg"):
-            shutil.copyfile(figure.with_suffix(f".{ext}"), ROOT / "results" / "benchmarks" / f"tuning_frontier.{ext}")
+            shutil.copyfile(figure.with_suffix(f".{ext}"), BENCHMARK_RESULTS / f"tuning_frontier.{ext}")
         print(f"adapterbench: chosen learning rates written to conf/method/*.yaml: {chosen}; other tuned keys: {chosen_options}")
     return status
 
@@ -235,7 +234,7 @@ def frontier_figure(grid: pd.DataFrame, objective: str, max_drift: float, out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.report import pareto, save_figure
+    from bench.plots import pareto, save_figure
 
     methods = list(dict.fromkeys(grid.method))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)
@@ -342,7 +341,7 @@ def render(cfg: DictConfig, grid: pd.DataFrame, notes: list[str] = ()) -> str:
 
 
 def _known_methods() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+    return sorted(p.stem for p in METHOD_CONF_DIR.glob("*.yaml"))
 
 
 def tune_centers(cfg: DictConfig) -> dict:

@@ -166,12 +166,12 @@ def test_stage_keys_cover_exactly_what_each_stage_reads(tmp_path, monkeypatch):
     import shutil
 
     from bench import stages
-    from bench.oracle import ORACLE_DIR
+    from bench.zoo import ORACLE_DIR
 
     fake = tmp_path / "oracle"
     shutil.copytree(ORACLE_DIR, fake)
     (fake / "oracle.json").write_text((fake / "oracle.json").read_text() + " ")
-    monkeypatch.setattr("bench.oracle.ORACLE_DIR", fake)
+    monkeypatch.setattr("bench.zoo.oracle_dir", lambda: fake)
     retrained = run_spec(config(tmp_path), "lora", concept, 0)
     assert retrained.images_key == base.images_key and retrained.scores_key != base.scores_key
     monkeypatch.undo()

@@ -6,6 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 
 ZOO_DIR = Path(__file__).resolve().parent
+ORACLE_DIR = ZOO_DIR / "oracle"  # the concept-presence oracle (bench/oracle.py trains and loads it)
+
+
+def oracle_dir() -> Path:
+    """Folder of the micro world's concept-presence oracle (it may be absent: scoring then has no oracle)."""
+    return ORACLE_DIR
 
 
 def micro_sd_dir() -> Path:

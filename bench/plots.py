@@ -1,0 +1,53 @@
+"""Plotting helpers every figure shares (the report's, mode=estimate's, mode=tune's): one backend, one
+palette and method order, one way to save a figure, so the same method has the same colour everywhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402, F401 (the report's log axes)
+import numpy as np  # noqa: E402
+
+from bench.io import atomic_path  # noqa: E402
+
+# Okabe-Ito: distinguishable with the common forms of colour blindness.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+METHOD_ORDER = ["dreambooth", "textual_inversion", "lora", "hypernetwork", "dora", "loha", "lokr", "oft"]
+def method_rank(label: str) -> tuple:
+    """Methods in METHOD_ORDER, then others; a family's members in natural order ('rank=4' before 'rank=16')."""
+    base = label.split(": ")[-1].split(" ")[0]
+    natural = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label))
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), natural)
+
+
+def colours(labels: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(labels)}
+
+
+def save_figure(fig, out: Path, name: str) -> Path:
+    png = out / f"{name}.png"
+    for ext in ("png", "svg"):
+        with atomic_path(out / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return png
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """Which (cost, quality) points no other point beats: at most the cost and at least the quality, one of
+    the two strictly (lower cost is better, higher quality is better)."""
+    return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in points) for c, q in points]
+
+
+def human_bytes(n: float) -> str:
+    if not np.isfinite(n):
+        return ""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
