@@ -50,12 +50,6 @@ def quality_metrics(df: pd.DataFrame) -> dict[str, tuple[str, bool]]:
 # ------------------------------------------------------------------------------------------- numbers
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a 95 % percentile-bootstrap interval of independent values (one level: e.g. the training
-    runs of one arm on one concept); NaN interval with fewer than 2 values."""
-    return stats.hierarchical_bootstrap([np.asarray(values, dtype=float)], stats.Settings(n_boot=n_boot, seed=seed))
-
-
 def ordered(methods) -> list[str]:
     known = [m for m in METHOD_ORDER if m in set(methods)]
     return known + sorted(set(methods) - set(known))
@@ -286,16 +280,22 @@ def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings 
     if best.empty:
         return best
     labels = arm_labels(df)
+
+    def arm(r) -> tuple:
+        return tuple(str(getattr(r, k)) for k in stats.ARM)
+
+    at_best = {}  # (metric, arm) -> (mean, low, high) over the report seeds (stats.at_best_weight)
+    for metric in dict.fromkeys((fidelity, "clip_i", "clip_t", "drift")):
+        s = stats.at_best_weight(df, metric, best, settings)
+        for r in (s[s.scope == "overall"].itertuples() if len(s) else []):
+            at_best[(metric, arm(r))] = (r.mean, r.low, r.high)
     rows = []
     for b in best.itertuples():
         row = {"method": label_of(labels, b.model, b.method, b.config, b.sweep), "best weight": f"{b.best_weight:g}",
                "chosen on seeds": ", ".join(map(str, b.selected_on)), "reported on seeds": ", ".join(map(str, b.reported_on))}
-        sub = df[(df.model == b.model) & (df.method == b.method) & (df.config == b.config) & (df.sweep == b.sweep)]
         for metric in dict.fromkeys((fidelity, "clip_i", "clip_t", "drift")):
-            s = stats.summarize(sub, metric, b.best_weight, list(b.reported_on), settings)
-            s = s[s.scope == "overall"]
-            if len(s):
-                row[metric_title(metric)] = format_ci(s["mean"].iloc[0], s.low.iloc[0], s.high.iloc[0])
+            if (metric, arm(b)) in at_best:
+                row[metric_title(metric)] = format_ci(*at_best[(metric, arm(b))])
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 

@@ -6,7 +6,7 @@ import pytest
 from bench import records
 import pandas as pd
 
-from bench.report import bootstrap_ci, build_report, cost_table, format_ci, quality_table
+from bench.report import build_report, cost_table, format_ci, quality_table
 
 
 def hand_made(tmp_path, seeds=(0, 1), concepts=("c", "d")):
@@ -36,12 +36,6 @@ def hand_made(tmp_path, seeds=(0, 1), concepts=("c", "d")):
                     rows.append({**ident, "sweep": "s1", "weight": w, "metric": "fd_microclip", "value": fid * (1 - w / 2), "unit": "fd"})
     records.write_stage(tmp_path, "hand", rows)
     return records.read_table(tmp_path)
-
-
-def test_bootstrap_interval_brackets_the_mean_and_needs_two_values():
-    mean, lo, hi = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]))
-    assert mean == 2.5 and 1.0 <= lo < mean < hi <= 4.0
-    assert np.isnan(bootstrap_ci(np.array([1.0]))[1])
 
 
 def test_intervals_print_mean_and_ends_and_a_rounded_zero_without_sign():
@@ -206,3 +200,19 @@ def test_latex_tables_escape_their_caption_and_carry_no_unicode(tmp_path):
                        f"\\begin{{document}}\n\\input{{{paths['tex']}}}\n\\end{{document}}\n")
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_best_weight_table_reports_each_arms_peak_on_the_seeds_it_was_not_chosen_on(tmp_path):
+    from bench import stats
+    from bench.report import best_weight_table
+
+    df = hand_made(tmp_path)
+    table = best_weight_table(df, "clip_i")
+    # CLIP-I peaks at 0.5 for textual inversion and at 1 for LoRA (hand_made), chosen on seed 0, reported on seed 1.
+    assert table.loc["textual_inversion", "best weight"] == "0.5" and table.loc["lora", "best weight"] == "1"
+    assert (table["chosen on seeds"] == "0").all() and (table["reported on seeds"] == "1").all()
+    # Each cell is stats.summarize at that weight over the report seeds (the function the tests of stats test).
+    for method, weight in (("textual_inversion", 0.5), ("lora", 1.0)):
+        s = stats.summarize(df[df.method == method], "clip_i", weight, [1])
+        s = s[s.scope == "overall"].iloc[0]
+        assert table.loc[method, "CLIP-I ↑"] == format_ci(s["mean"], s.low, s.high)
