@@ -17,12 +17,16 @@ from bench.io import atomic_path  # noqa: E402
 
 # Okabe-Ito: distinguishable with the common forms of colour blindness.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-METHOD_ORDER = ["dreambooth", "textual_inversion", "lora", "hypernetwork", "dora", "loha", "lokr", "oft"]
+
+
 def method_rank(label: str) -> tuple:
-    """Methods in METHOD_ORDER, then others; a family's members in natural order ('rank=4' before 'rank=16')."""
+    """Methods by their class's `display_order` (methods.display_order), then by name; a family's members in
+    natural order ('rank=4' before 'rank=16')."""
+    from methods import display_order
+
     base = label.split(": ")[-1].split(" ")[0]
     natural = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label))
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), natural)
+    return (display_order(base), natural)
 
 
 def colours(labels: list[str]) -> dict[str, str]:

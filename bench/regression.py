@@ -32,13 +32,13 @@ import pandas as pd
 from bench import stats
 from bench.io import atomic_write_text, folder_error
 from bench.stages import plain
-from metrics import higher_is_better, is_frechet
+from metrics import checked, higher_is_better, is_frechet
 
 FORMAT = "adapterbench-baseline/2"
 # The cost metrics a baseline holds (smaller is better): those that do not depend on the machine.
 # Time and memory are left out because CI machines differ.
 COST_METRICS = {"artifact_bytes", "trainable_params"}
-QUALITY_METRICS = ("presence", "clip_i", "clip_t", "drift", "cmmd")  # plus every Fréchet distance present
+QUALITY_METRICS = checked()  # the declared regression-checked metrics (metrics.REGISTRY), plus every Fréchet distance present
 CONFIG_KEYS = ("model", "data", "train", "seeds", "sweep", "metrics", "method")
 
 

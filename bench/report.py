@@ -21,8 +21,10 @@ from PIL import Image  # noqa: E402
 
 from bench import provenance, records, stages, stats, validity  # noqa: E402
 from bench.io import atomic_write_text
-from bench.plots import METHOD_ORDER, colours, human_bytes, matplotlib, method_rank, pareto, plt, save_figure  # noqa: F401 (METHOD_ORDER: read by tests)
-from metrics import higher_is_better, is_frechet  # noqa: E402
+from bench.plots import colours, human_bytes, matplotlib, method_rank, pareto, plt, save_figure  # noqa: F401 (pareto: the report's frontier)
+from metrics import QUALITY, higher_is_better, is_frechet
+from metrics import title as metric_name
+from metrics import info as metric_info
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +38,19 @@ COST_METRICS = {  # metric -> (column title, scale, format)
     "input_gen_time": ("class images (s)", 1.0, "{:,.1f}"),
     "other_load": ("other load (cores)", 1.0, "{:,.1f}"),
 }
-QUALITY_TITLES = {"presence": "presence (oracle)", "clip_t": "CLIP-T", "clip_i": "CLIP-I", "cmmd": "CMMD", "drift": "drift", "diversity": "diversity", "blank": "blank images"}
-
-
 def quality_metrics(df: pd.DataFrame) -> dict[str, tuple[str, bool]]:
     """The quality metrics present, as metric -> (title, higher is better), with every Fréchet distance
     (fd_<space>, fid_inception) found."""
     fds = sorted(m for m in df.metric.dropna().unique() if is_frechet(m))
-    found = [m for m in QUALITY_TITLES if (df.metric == m).any()]
-    return {m: (QUALITY_TITLES.get(m, m.replace("_", " ")), higher_is_better(m)) for m in found + fds}
+    found = [m for m in QUALITY if (df.metric == m).any()]
+    return {m: (metric_name(m), higher_is_better(m)) for m in found + fds}
 
 
 # ------------------------------------------------------------------------------------------- numbers
 
 
 def ordered(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in set(methods)]
-    return known + sorted(set(methods) - set(known))
+    return sorted(set(methods), key=method_rank)
 
 
 def _flat(d, prefix: str = "") -> dict[str, str]:
@@ -170,8 +168,7 @@ def _unsigned_zero(text: str) -> str:
 
 
 def metric_title(metric: str) -> str:
-    title = QUALITY_TITLES.get(metric, metric.replace("_", " "))
-    return f"{title} {'↑' if higher_is_better(metric) else '↓'}"
+    return f"{metric_name(metric)} {'↑' if higher_is_better(metric) else '↓'}"
 
 
 def quality_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
@@ -254,7 +251,7 @@ def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats
             "a": label_of(labels, r.model, r.method_a, r.config_a, r.sweep),
             "b": label_of(labels, r.model, r.method_b, r.config_b, r.sweep),
             "pairs": r.n_pairs,
-            f"a − b ({QUALITY_TITLES.get(metric, metric)})": format_ci(r.diff, r.low, r.high),
+            f"a − b ({metric_name(metric)})": format_ci(r.diff, r.low, r.high),
             "a wins": f"{100 * r.a_wins:.0f} %",
             "Wilcoxon p": "" if not np.isfinite(r.p_wilcoxon) else f"{r.p_wilcoxon:.3f}",
             "verdict": f"{r.better} better" if r.resolved else ("too few pairs" if r.better == "too few pairs" else "not resolved"),
@@ -455,7 +452,7 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
             ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0][0].set_ylabel(f"{QUALITY_TITLES.get(fidelity, fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
+    axes[0][0].set_ylabel(f"{metric_name(fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Cost against quality: mean over training runs, bars 95 % interval; ringed: not beaten on both by any other method (Pareto front)", fontsize=10)
     return save_figure(fig, out, "frontier")
@@ -510,7 +507,7 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, s
             hit = [r for r in s.itertuples() if label_of(labels, r.model, r.method, r.config, r.sweep) == label]
             cells.append(format_ci(hit[0].mean, hit[0].low, hit[0].high, "{:.2f}") if hit else "")
         headline.append(cells)
-    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{QUALITY_TITLES.get(fidelity, fidelity).removesuffix(' (oracle)')}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
+    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{metric_name(fidelity).removesuffix(' (oracle)')}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.6)
@@ -609,8 +606,6 @@ def definitions_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One line per method (what weight w does) and per metric (unit, direction, definition)."""
     from hydra.utils import get_class
 
-    from metrics import QUALITY
-    from metrics.fd import info as fd_info
 
     rows = []
     configs = {}
@@ -625,10 +620,10 @@ def definitions_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
             meaning = "(definition unavailable: method class not importable)"
         rows.append({"kind": "method", "name": name, "unit": "weight w", "direction": "", "definition": meaning})
     for metric in quality_metrics(df):
-        info = QUALITY.get(metric) or fd_info(metric.removeprefix("fd_"))
+        info = metric_info(metric)
         note = {"cmmd": "; an unbiased estimate, so slightly negative values mean 'indistinguishable'",
                 "drift": "; 0 by construction for a method that leaves the UNet untouched (Textual Inversion)"}.get(metric, "")
-        rows.append({"kind": "metric", "name": QUALITY_TITLES.get(metric, metric), "unit": info.unit,
+        rows.append({"kind": "metric", "name": metric_name(metric), "unit": info.unit,
                      "direction": "higher is better" if higher_is_better(metric) else "lower is better", "definition": info.description + note})
     return pd.DataFrame(rows).set_index(["kind", "name"])
 
@@ -877,14 +872,14 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     add("How the learning rates were chosen", "learning_rates", *learning_rates_table(df, results_dirs))
     if (q.metric == fidelity).any():
         add("Quality at weight 1", "quality", "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind.", quality_table(df, settings))
-        add(f"Per concept ({QUALITY_TITLES.get(fidelity, fidelity)})", "per_concept", f"{QUALITY_TITLES.get(fidelity, fidelity)} per concept at weight 0 "
+        add(f"Per concept ({metric_name(fidelity)})", "per_concept", f"{metric_name(fidelity)} per concept at weight 0 "
             "(the base model) and 1, mean over the concept's training runs [95 % interval over training seeds].", per_concept_table(df, fidelity, settings))
-        add(f"Paired differences ({QUALITY_TITLES.get(fidelity, fidelity)} at weight 1)", "paired",
+        add(f"Paired differences ({metric_name(fidelity)} at weight 1)", "paired",
             "Every two methods on the training runs they share (same concept and training seed): mean difference a − b [95 % interval], "
             "the share of runs where a is better, the Wilcoxon signed-rank p-value; a verdict only where the interval excludes 0.", paired_table(df, fidelity, settings))
-        add("Ranking", "ranking", f"Methods ordered by {QUALITY_TITLES.get(fidelity, fidelity)} at weight 1; 'vs. next rank' says whether the paired difference "
+        add("Ranking", "ranking", f"Methods ordered by {metric_name(fidelity)} at weight 1; 'vs. next rank' says whether the paired difference "
             "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference.", ranking_table(df, fidelity, settings))
-        add("Best weight (held out)", "best_weight", f"Each method's best weight by {QUALITY_TITLES.get(fidelity, fidelity)}, chosen on half of the generation seeds "
+        add("Best weight (held out)", "best_weight", f"Each method's best weight by {metric_name(fidelity)}, chosen on half of the generation seeds "
             "and reported on the other half, so the choice and the number never come from the same images.", best_weight_table(df, fidelity, settings))
     add("Learning curves", "learning_curves", *learning_curve_table(full, settings))
     add("Metric validity (against the oracle)", "validity", *validity_table(df, settings))
@@ -901,7 +896,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
         figures.append((info, f"Summary: cost and quality at weight 1 per method, with the image grid {grids[0].stem.removeprefix('grid_')} "
                               "(shown only here; its file is in figures/ with the others)." if grids else "Summary: cost and quality at weight 1 per method."))
     for fig, caption in ((frontier_figure(df, fidelity, fig_dir, settings) if (q.metric == fidelity).any() else None,
-                          f"What each method costs against what it gives ({QUALITY_TITLES.get(fidelity, fidelity)} at weight 1): the ringed methods "
+                          f"What each method costs against what it gives ({metric_name(fidelity)} at weight 1): the ringed methods "
                           "are the choices no other method beats on both axes."),
                          (cost_figure(df, fig_dir), "Training cost per method (mean over training runs)."),
                          (curves_figure(df, fig_dir, settings), "Each metric against adapter weight; weight 0 is the base model."),

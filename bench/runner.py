@@ -111,7 +111,7 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec], dict]:
     for concept in concepts:
         prompts = sweep_prompts(cfg.sweep, concept)
         for name in methods:
-            if all(p.scale_for(name) == 0 for p in prompts if p.kind != "unrelated"):
+            if all(p.scale_for(methods[name]) == 0 for p in prompts if p.kind != "unrelated"):
                 raise SweepError(f"sweep: every instance and recontext prompt's tags set {name}'s strength to 0 (e.g. {next(p.written for p in prompts if p.kind != 'unrelated')!r}), "
                                  "so every image would be the base model's; give a tag a non-zero strength")
     if cfg.metrics.inception:

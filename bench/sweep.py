@@ -30,7 +30,6 @@ class SweepError(RuntimeError):
 # AUTOMATIC1111's extra-network tags, and the methods each one's strength applies to (the web UI loads
 # LyCORIS files through <lora:...> too, and <lyco:...> was the LyCORIS extension's name for the same).
 A1111_TAG = re.compile(r"<(lora|lyco|hypernet):([^:<>]+):([^:<>]+)>")
-TAG_METHODS = {"lora": {"lora", "dora", "loha", "lokr", "oft"}, "lyco": {"lora", "dora", "loha", "lokr", "oft"}, "hypernet": {"hypernetwork"}}
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,12 @@ class SweepPrompt:
         """The prompt CLIP-T scores against: without the rare token, which CLIP does not know."""
         return " ".join(w for w in self.text.split() if w != data.token)
 
-    def scale_for(self, method: str) -> float:
-        """The strength the prompt's tags give `method`'s adapter, a multiplier of the sweep weight (1 without
-        a tag of its kind: a <hypernet:...> tag leaves LoRA's weight alone, as the web UI does)."""
+    def scale_for(self, method) -> float:
+        """The strength the prompt's tags give `method`'s adapter (a Method: its `a1111_tags`), a multiplier
+        of the sweep weight (1 without a tag of its kind: <hypernet:...> leaves LoRA alone, as the web UI does)."""
         scale = 1.0
         for kind, strength in self.tags:
-            if method in TAG_METHODS[kind]:
+            if kind in method.a1111_tags:
                 scale *= strength
         return scale
 
@@ -154,7 +153,7 @@ def sweep_one_weight_at_a_time(pipe, method, artifact, data, prompts, seeds, wei
     # Prompts whose AUTOMATIC1111 tags scale this method's strength go in a group of their own.
     groups: dict[float, list[SweepPrompt]] = {}
     for p in prompts:
-        groups.setdefault(p.scale_for(method.name), []).append(p)
+        groups.setdefault(p.scale_for(method), []).append(p)
     out: dict[tuple[str, int, float], Image.Image] = {}
     for weight in tqdm(weights, desc=f"sweep {method.name}", disable=not progress, leave=False):
         for scale, group in groups.items():
@@ -174,12 +173,12 @@ def sweep_batched(pipe, method, artifact, data, prompts, seeds, weights, cfg, pr
     triples = [(w, p, s) for w in weights for p in prompts for s in seeds]
     batch = int(cfg.batch)
     out = {}
-    method.apply_many(pipe, artifact, list(dict.fromkeys(w * p.scale_for(method.name) for w, p, _ in triples)))
+    method.apply_many(pipe, artifact, list(dict.fromkeys(w * p.scale_for(method) for w, p, _ in triples)))
     try:
         for i in tqdm(range(0, len(triples), batch), desc=f"sweep {method.name} (batched)", disable=not progress, leave=False):
             chunk = triples[i : i + batch]
-            method.set_sample_weights(pipe, [w * p.scale_for(method.name) for w, p, _ in chunk])
-            texts = [method.prompt_at(p.text, data, w * p.scale_for(method.name)) for w, p, _ in chunk]
+            method.set_sample_weights(pipe, [w * p.scale_for(method) for w, p, _ in chunk])
+            texts = [method.prompt_at(p.text, data, w * p.scale_for(method)) for w, p, _ in chunk]
             images = generate(pipe, texts, [s for _, _, s in chunk], int(cfg.steps), float(cfg.guidance), batch)
             for (w, p, s), im in zip(chunk, images):
                 out[(p.prompt_id, s, w)] = im

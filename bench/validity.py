@@ -18,10 +18,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from bench import stats
+import metrics
 from metrics import higher_is_better, is_frechet
 
 GROUND_TRUTH = "presence"
-PROXIES = ("clip_i", "clip_t", "cmmd")  # and every Fréchet distance found
+PROXIES = metrics.proxies()  # the declared fidelity proxies (metrics.REGISTRY), and every Fréchet distance found
 AGREES = 0.5  # rho a proxy must reach, with its interval above 0, to count as agreeing
 
 

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 
 def build_method(cfg, name: str):
     """The method `name` configured under `cfg.method`, with a clear error for unknown names or keys."""
@@ -40,3 +42,22 @@ def qualified(error: Exception, name: str) -> Exception:
     if message.startswith("method.") and not message.startswith((f"method.{name}.", f"method.{name}:")):
         return type(error)(f"method.{name}.{message[len('method.'):]}")
     return error
+
+
+LAST = 99
+
+
+@lru_cache(maxsize=None)
+def display_order(name: str) -> int:
+    """A configured method's place in tables and figures, by its config name: its class's `display_order`
+    (conf/method/<name>.yaml names the class). A name without a shipped config (a tuning arm) comes last."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from bench.paths import METHOD_CONF_DIR
+
+    path = METHOD_CONF_DIR / f"{name}.yaml"
+    try:
+        return int(get_class(OmegaConf.load(path)._target_).display_order) if path.is_file() else LAST
+    except Exception:  # a config whose class cannot be imported here: shown last, not an error in a report
+        return LAST

@@ -187,6 +187,10 @@ class Method(ABC):
     weight_meaning: ClassVar[str] = ""
     # The hyper-parameters that set how many parameters it trains, first the one to lower (a refusal names it).
     size_keys: ClassVar[tuple[str, ...]] = ()
+    # The AUTOMATIC1111 prompt tags whose strength scales this method's weight (<lora:NAME:W> ...), as the
+    # web UI applies them: a tag of another kind leaves the method alone.
+    a1111_tags: ClassVar[tuple[str, ...]] = ()
+    display_order: ClassVar[int] = 99  # its place in tables and figures (methods.display_order)
 
     def __init__(self, lr: float) -> None:
         check_positive("method.lr", lr)

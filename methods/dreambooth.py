@@ -49,6 +49,7 @@ def _read_component(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 class DreamBooth(Method):
     name = "dreambooth"
+    display_order = 0
     # size_keys: none; it trains the model itself (the UNet, and the text encoder with train_text_encoder)
     weight_meaning = "every fine-tuned tensor set to base + w·(tuned − base): w = 0 is the base model, w = 1 the fine-tuned one"
     weight_decay = 1e-2

@@ -74,6 +74,8 @@ class HyperLinear(nn.Module):
 
 class Hypernetwork(Method):
     name = "hypernetwork"
+    display_order = 3
+    a1111_tags = ("hypernet",)
     size_keys = ("layer_structure", "enable_sizes")
     weight_meaning = "each attention k/v input x becomes x + w·MLP(x) (AUTOMATIC1111's hypernetwork multiplier)"
     batched_weights = True

@@ -20,6 +20,8 @@ SDXL_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_
 
 class LoRA(Method):
     name = "lora"
+    display_order = 2
+    a1111_tags = ("lora", "lyco")  # the LyCORIS extension's <lyco:...> named the same files
     size_keys = ("rank", "target_modules", "text_encoder")
     weight_meaning = "the low-rank update added at scale w (peft adapter weight): W x + w·(alpha/r)·B A x"
     batched_weights = True

@@ -50,6 +50,8 @@ def family(config, name: str = "<name>") -> str:
 
 class PeftAdapter(Method):
     name = "peft_adapter"  # each YAML names its own (`name:`), e.g. loha
+    display_order = 4  # after the four compared methods; the families among themselves by name
+    a1111_tags = ("lora", "lyco")  # the web UI loads LoHa, LoKr, DoRA and OFT files through <lora:...> too
     size_keys = ("adapter",)
     weight_meaning = "per adapter family: " + "; ".join(f"{k}: {v}" for k, v in MEANINGS.items())
     batched_weights = False

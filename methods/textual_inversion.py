@@ -55,6 +55,7 @@ def replace_word(text: str, word: str, by: str) -> str:
 
 class TextualInversion(Method):
     name = "textual_inversion"
+    display_order = 1
     size_keys = ("num_vectors",)
     weight_meaning = ("each token vector moved from its initializer word's embedding (w = 0: the prompt reads e.g. 'a purple crescent', "
                       "so its weight-0 images are not the other methods' 'a sks crescent') to the learned vector (w = 1); the UNet is "

@@ -12,9 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
-INFO = MetricInfo("blank", "share", False, "share of blank or uniform images (under 1 % of pixels away from the median colour)")
+
+def score(s: SweepScoring) -> list[dict]:
+    return [s.row(k, INFO, value, "pixels") for k, value in zip(s.keys, blank([s.images[k] for k in s.keys]))]
+
+
+INFO = MetricInfo("blank", "share", False, "share of blank or uniform images (under 1 % of pixels away from the median colour)",
+                  title="blank images", measured_by="pixels", checked=False, score=score)
 MIN_DISTANCE = 40.0  # RGB distance from the median colour that counts a pixel as drawn
 MIN_SHARE = 0.01
 

@@ -13,10 +13,23 @@ import torch
 from PIL import Image
 
 from bench.clip import ClipEncoder
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
-CLIP_T = MetricInfo("clip_t", "score", True, "100 * max(cos(image, prompt), 0) in CLIP space")
-CLIP_I = MetricInfo("clip_i", "cos", True, "mean cosine similarity to the instance images in CLIP space")
+
+def score_clip_t(s: SweepScoring) -> list[dict]:
+    """Each subject image against its prompt without the rare token (`SweepPrompt.scoring_text`). Encoded
+    for every image of the sweep in one call, so a value does not depend on which images are scored."""
+    values = dict(zip(s.keys, clip_t(s.encoder, [s.images[k] for k in s.keys], [s.prompts[k[0]].scoring_text(s.data) for k in s.keys]).tolist()))
+    return [s.row(k, CLIP_T, values[k], s.encoder.name) for k in s.subject()]
+
+
+def score_clip_i(s: SweepScoring) -> list[dict]:
+    """Each subject image's mean cosine similarity to the instance images."""
+    return [s.row(k, CLIP_I, (s.features[k] @ s.instance_features.T).mean().item(), s.encoder.name) for k in s.subject()]
+
+
+CLIP_T = MetricInfo("clip_t", "score", True, "100 * max(cos(image, prompt), 0) in CLIP space", title="CLIP-T", proxy=True, score=score_clip_t)
+CLIP_I = MetricInfo("clip_i", "cos", True, "mean cosine similarity to the instance images in CLIP space", title="CLIP-I", proxy=True, score=score_clip_i)
 
 
 def clip_t(encoder: ClipEncoder, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:

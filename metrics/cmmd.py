@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import torch
 
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
-INFO = MetricInfo("cmmd", "mmd2x1000", False, "RBF-kernel MMD² (x1000) between generated and instance CLIP embeddings")
+
+def score(s: SweepScoring) -> list[dict]:
+    """One set-level row per weight: that weight's subject images against the instance images."""
+    rows = []
+    for weight in s.weights():
+        subject = s.subject(weight)
+        if len(subject) >= 2 and len(s.data.images) >= 2:
+            value = cmmd(torch.stack([s.features[k] for k in subject]), s.instance_features)
+            rows.append({"weight": weight, "metric": INFO.name, "value": value, "unit": INFO.unit, "scorer": s.encoder.name})
+    return rows
+
+
+INFO = MetricInfo("cmmd", "mmd2x1000", False, "RBF-kernel MMD² (x1000) between generated and instance CLIP embeddings", title="CMMD", proxy=True, score=score)
 SIGMA = 10.0
 SCALE = 1000.0
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import torch
 
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
-INFO = MetricInfo("diversity", "1-cos", True, "mean pairwise 1 - cos among a prompt's images over seeds")
+
+def score(s: SweepScoring) -> list[dict]:
+    """One row per (prompt, weight) with at least two generation seeds."""
+    groups: dict[tuple[str, float], list[torch.Tensor]] = {}
+    for (pid, _, weight), f in s.features.items():
+        groups.setdefault((pid, weight), []).append(f)
+    return [{"prompt_id": pid, "weight": weight, "metric": INFO.name, "value": diversity(torch.stack(fs)), "unit": INFO.unit, "scorer": s.encoder.name}
+            for (pid, weight), fs in groups.items() if len(fs) >= 2]
+
+
+INFO = MetricInfo("diversity", "1-cos", True, "mean pairwise 1 - cos among a prompt's images over seeds", checked=False, score=score)
 
 
 def diversity(features: torch.Tensor) -> float:

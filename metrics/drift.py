@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
-INFO = MetricInfo("drift", "1-cos", False, "1 - cos(CLIP features) between adapted and base images of unrelated prompts")
+
+def score(s: SweepScoring) -> list[dict]:
+    """Each unrelated prompt's image against the base model's image of the same prompt and seed."""
+    return [s.row(k, INFO, drift(s.features[k][None], s.base_features[(s.prompts[k[0]].text, k[1])][None]).item(), s.encoder.name) for k in s.unrelated()]
+
+
+INFO = MetricInfo("drift", "1-cos", False, "1 - cos(CLIP features) between adapted and base images of unrelated prompts", score=score)
 
 
 def drift(adapted: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

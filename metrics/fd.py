@@ -14,12 +14,31 @@ import torch
 from PIL import Image
 
 from bench.clip import ClipEncoder
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
 
 def info(space: str) -> MetricInfo:
+    """The Fréchet distance in one feature space (`fd_<space>`, or the classic `fid_inception`)."""
     name = "fid_inception" if space == "inception" else f"fd_{space}"
-    return MetricInfo(name, "fd", False, f"Fréchet distance between generated and instance images in {space} features")
+    return MetricInfo(name, "fd", False, f"Fréchet distance between generated and instance images in {space} features",
+                      measured_by="inception" if space == "inception" else "clip", proxy=True)
+
+
+def score(s: SweepScoring) -> list[dict]:
+    """One set-level row per weight in the run's CLIP space (and Inception's, when asked for)."""
+    rows = []
+    space = info(s.encoder.name)
+    for weight in s.weights():
+        subject = [s.images[k] for k in s.subject(weight)]
+        if len(subject) >= 2 and len(s.data.images) >= 2:
+            rows.append({"weight": weight, "metric": space.name, "value": frechet_distance(s.encoder, subject, s.data.images), "unit": space.unit, "scorer": s.encoder.name})
+            if s.inception:
+                rows.append({"weight": weight, "metric": "fid_inception", "value": inception_fid(subject, s.data.images), "unit": "fd", "scorer": "inception"})
+    return rows
+
+
+# The family's entry in metrics.REGISTRY: scoring writes fd_<the run's CLIP space> (and fid_inception).
+FAMILY = MetricInfo("fd_<space>", "fd", False, "Fréchet distance between generated and instance images in a feature space", proxy=True, score=score)
 
 
 class ClipFeatures(torch.nn.Module):

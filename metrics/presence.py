@@ -11,9 +11,19 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from metrics.base import MetricInfo
+from metrics.base import MetricInfo, SweepScoring
 
-INFO = MetricInfo("presence", "share", True, "share of images in which the micro world's oracle sees the concept (its shape or fill)")
+
+def score(s: SweepScoring) -> list[dict]:
+    """Per subject image 1 or 0, where an oracle judges this concept (the micro world's)."""
+    if s.oracle is None or s.data.world_concept is None:
+        return []
+    keys = s.subject()
+    return [s.row(k, INFO, value, "oracle") for k, value in zip(keys, presence(s.oracle, [s.images[k] for k in keys], s.data.world_concept))]
+
+
+INFO = MetricInfo("presence", "share", True, "share of images in which the micro world's oracle sees the concept (its shape or fill)",
+                  title="presence (oracle)", measured_by="oracle", score=score)
 
 
 def presence(oracle, images: Sequence[Image.Image], concept: str) -> list[float]:

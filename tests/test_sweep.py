@@ -105,8 +105,15 @@ def test_automatic1111_tags_and_embedding_names_resolve_to_this_runs_artifact(co
     cfg = OmegaConf.create({"instance": ["<lora:sks_crescent:0.8> a photo of sks_crescent"], "unrelated": ["a red star <hypernet:sks_crescent:-0.5>"]})
     inst, unrel = sweep_prompts(cfg, concept)
     assert inst.text == "a photo of sks" and inst.written == "<lora:sks_crescent:0.8> a photo of sks_crescent"
-    assert [inst.scale_for(m) for m in ("lora", "loha", "oft", "hypernetwork", "dreambooth", "textual_inversion")] == [0.8, 0.8, 0.8, 1.0, 1.0, 1.0]
-    assert unrel.text == "a red star" and unrel.scale_for("hypernetwork") == -0.5 and unrel.scale_for("lora") == 1.0
+    from methods.dreambooth import DreamBooth
+    from methods.hypernetwork import Hypernetwork
+    from methods.lora import LoRA
+    from methods.peft_adapter import PeftAdapter
+    from methods.textual_inversion import TextualInversion
+
+    # A method's tags are its class's (LoRA and the peft adapters: <lora:...>, <lyco:...>; the hypernetwork: <hypernet:...>).
+    assert [inst.scale_for(m) for m in (LoRA, PeftAdapter, Hypernetwork, DreamBooth, TextualInversion)] == [0.8, 0.8, 1.0, 1.0, 1.0]
+    assert unrel.text == "a red star" and unrel.scale_for(Hypernetwork) == -0.5 and unrel.scale_for(LoRA) == 1.0
     for prompt, match in (("<lora:sks_heart:1> {instance}", r"sweep\.instance\[0\]: <lora:sks_heart:1> names no trained artifact.*'sks_crescent'"),
                           ("<lora:sks_crescent:strong> {instance}", r"sweep\.instance\[0\]: .*strength 'strong' is not a number"),
                           ("<lyco:sks_crescent:nan> {instance}", r"strength must be finite"),
