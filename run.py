@@ -45,7 +45,7 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from bench.regression import BaselineError
     from bench.stats import StatsConfigError
     from bench.sweep import SweepError
-    from methods.base import MethodConfigError
+    from methods.errors import MethodConfigError
     from metrics.fd import InceptionUnavailable
 
     return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, RowsFileError, StatsConfigError, SweepError, InceptionUnavailable)
@@ -112,7 +112,7 @@ def config_error(argv: list[str]) -> str | None:
             # A multirun's later jobs would otherwise find a nonsense hyper-parameter only after the
             # earlier jobs have run: every job's methods are built (cheap: no model is loaded) first.
             from methods import build_method
-            from methods.base import MethodConfigError
+            from methods.errors import MethodConfigError
 
             for cfg, overrides in zip(configs, variants):
                 for name in cfg.method:

@@ -103,7 +103,7 @@ def size_on_disk(path: Path) -> int:
 
 def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[object, TrainCost]:
     """Train `method` on `data`, save its artifact under `out_dir`, and measure both."""
-    from methods.base import text_encoders
+    from methods.conditioning import text_encoders
 
     device = pipe.unet.device
     reset_process_peak_rss()

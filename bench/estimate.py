@@ -109,7 +109,7 @@ def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast
 
-    from methods.base import cast_parameters
+    from methods.conditioning import cast_parameters
 
     text_config = CLIPTextConfig(**_config(folder, "text_encoder"))
     sdxl = (folder / "text_encoder_2").is_dir()
@@ -278,7 +278,7 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        from methods.base import PRECISIONS
+        from methods.settings import PRECISIONS
 
         precision, *rest = str(text).split("+")
         unknown = [r for r in rest if r not in ("ckpt", "adamw8bit")]
@@ -341,7 +341,9 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
 
     from bench.data import load_world_concept
     from methods import build_method
-    from methods.base import PRECISIONS, TrainSettings, TrainStep, added_conditions, text_condition, text_encoders, tokenize
+    from methods.conditioning import added_conditions, text_condition, text_encoders, tokenize
+    from methods.settings import PRECISIONS, TrainSettings
+    from methods.training import TrainStep
 
     resolution = int(cfg.model.resolution)
     method = build_method(cfg, name)
@@ -553,7 +555,9 @@ def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device
 
     from bench.models import quiet_libraries, resolve_dtype
     from methods import qualified
-    from methods.base import MethodConfigError, TrainSettings, text_encoders
+    from methods.conditioning import text_encoders
+    from methods.errors import MethodConfigError
+    from methods.settings import TrainSettings
 
     try:
         folder = arch_folder(cfg.model)
@@ -592,7 +596,7 @@ def check_fits(cfg: DictConfig, methods: dict, concept, workers: int) -> None:
     from bench.memory import available_bytes
     from bench.models import resolve_device
     from methods import qualified
-    from methods.base import MethodConfigError
+    from methods.errors import MethodConfigError
 
     device = resolve_device(str(cfg.device))
     free = available_bytes(device)

@@ -31,7 +31,8 @@ from bench.io import atomic_write_text, remove_debris
 from bench.models import ModelConfigError, model_path, resolve_device, resolve_dtype
 from bench.provenance import core_budget
 from methods import build_method
-from methods.base import MethodConfigError, TrainSettings
+from methods.errors import MethodConfigError
+from methods.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 MAX_CPU_WORKERS = 4

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from bench import stats, world
 from bench.io import atomic_write_text
 from bench.paths import BENCHMARK_RESULTS, METHOD_CONF_DIR, TUNING_JSON
-from methods.base import MethodConfigError
+from methods.errors import MethodConfigError
 from metrics import higher_is_better
 
 
@@ -316,7 +316,7 @@ def merge_previous(record: dict, grid: pd.DataFrame) -> tuple[dict, pd.DataFrame
 def _train(train: dict | None) -> dict:
     """A tuning's `train` config with the training options it ran at filled in: a record written before an
     option existed ran at that option's default."""
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     options = ("precision", "gradient_checkpointing", "optimizer", "attention")
     # Checkpoints change what is saved, not what is trained (tests/test_curves.py): not part of the protocol.

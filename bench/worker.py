@@ -153,7 +153,8 @@ def base_stage(cfg, concept, methods: dict) -> tuple[str, list[str]]:
 def prepare_concept(concept_name: str) -> dict:
     """Base images for one concept, and each method's generated inputs (timed, as rows)."""
     from bench.sweep import base_images
-    from methods.base import Method, TrainSettings
+    from methods.base import Method
+    from methods.settings import TrainSettings
 
     cfg, concept = _cfg(), _concept(concept_name)
     methods = {name: _method(name) for name in cfg.method}
@@ -238,7 +239,7 @@ def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
         rows, outputs = work()
     except Exception as e:  # recorded as a failed stage; the other runs carry on
         from methods import qualified
-        from methods.base import MethodConfigError, TrainingDiverged
+        from methods.errors import MethodConfigError, TrainingDiverged
 
         full = no_space(e)
         if full is not None:  # not the method's failure: the whole run stops, in one line
@@ -262,7 +263,7 @@ def train_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     run's folder (its outputs)."""
     from bench.cost import measure_training
     from bench.provenance import environment
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     cfg = _cfg()
     out = stages.train_dir(_results(), spec)

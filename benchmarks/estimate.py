@@ -46,7 +46,7 @@ def micro_rows(steps: int) -> list[dict]:
     from bench.estimate import estimate
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -75,7 +75,7 @@ def gain(method_name: str, concept_name: str, seed: int, change: dict) -> dict:
     from bench.data import load_concepts
     from bench.images import generate
     from bench.sweep import sweep_prompts
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
     from metrics.clip_score import clip_i
 
     pipe, encoder = _STATE["pipe"], _STATE["encoder"]

@@ -58,7 +58,7 @@ def ours(args) -> None:
     from bench.data import load_concepts
     from bench.models import load_pipeline, long_lived
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     torch.set_num_threads(args.threads)
     cfg = our_config(args.ours, args.steps, args.batch, args.threads, args.results)
@@ -76,7 +76,7 @@ def prepare(folder: Path, steps: int, batch: int) -> dict:
     from bench.data import load_concepts
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     cfgs = {m: our_config(m, steps, batch, 1, folder / "ours") for m in SCRIPTS}
     cfg = cfgs["dreambooth"]

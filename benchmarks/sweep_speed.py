@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.data import load_world_concept  # noqa: E402
 from bench.models import load_pipeline  # noqa: E402
 from bench.sweep import sweep_method, sweep_prompts  # noqa: E402
-from methods.base import TrainSettings  # noqa: E402
+from methods.settings import TrainSettings  # noqa: E402
 from methods.hypernetwork import Hypernetwork  # noqa: E402
 from methods.lora import LoRA  # noqa: E402
 from methods.textual_inversion import TextualInversion  # noqa: E402

@@ -44,7 +44,7 @@ def main() -> None:
     from bench.data import load_world_concept
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     methods = args.method or sorted(f.stem for f in (ROOT / "conf" / "method").glob("*.yaml"))
     rows = []

@@ -13,7 +13,8 @@ def build_method(cfg, name: str):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from methods.base import Method, MethodConfigError
+    from methods.base import Method
+    from methods.errors import MethodConfigError
 
     available = list(cfg.get("method") or {})
     if name not in available:

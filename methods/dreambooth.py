@@ -21,7 +21,10 @@ from bench.data import ConceptData
 from bench.images import generate
 from bench.io import atomic_dir, checksums, record_damage
 from bench.single_file import save_single_file
-from methods.base import Artifact, Method, MethodConfigError, TrainingSet, TrainSettings, cast_parameters, check_positive, encode_set, named_text_encoders
+from methods.base import Artifact, Method
+from methods.conditioning import TrainingSet, cast_parameters, encode_set, named_text_encoders
+from methods.errors import MethodConfigError, check_positive
+from methods.settings import TrainSettings
 
 CHECKSUMS = "checksums.json"  # beside cached class images
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}

@@ -14,7 +14,10 @@ import torch
 from torch import nn
 
 from bench.data import ConceptData
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, per_sample_scale, save_a1111_pt, save_tensors
+from methods.base import Artifact, Method
+from methods.conditioning import per_sample_scale
+from methods.errors import MethodConfigError
+from methods.files import load_tensors, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
 A1111_FILE = "hypernetwork_a1111.pt"

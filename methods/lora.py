@@ -9,7 +9,10 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.io import atomic_path
-from methods.base import Artifact, Method, MethodConfigError, check_positive, load_tensors, named_text_encoders, per_sample_scale, save_tensors, text_encoders
+from methods.base import Artifact, Method
+from methods.conditioning import named_text_encoders, per_sample_scale, text_encoders
+from methods.errors import MethodConfigError, check_positive
+from methods.files import load_tensors, save_tensors
 
 ADAPTER = "adapterbench"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from bench.data import ConceptData
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_tensors
+from methods.base import Artifact, Method
+from methods.errors import MethodConfigError
+from methods.files import load_tensors, save_tensors
 from methods.lora import ADAPTER, remove_peft
 
 FILE = "adapter.safetensors"

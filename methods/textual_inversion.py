@@ -15,7 +15,10 @@ from pathlib import Path
 import torch
 
 from bench.data import ConceptData
-from methods.base import Artifact, Method, MethodConfigError, load_tensors, save_a1111_pt, save_tensors, tensor_file_content, text_encoders, tokenizers
+from methods.base import Artifact, Method
+from methods.conditioning import text_encoders, tokenizers
+from methods.errors import MethodConfigError
+from methods.files import load_tensors, save_a1111_pt, save_tensors, tensor_file_content
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
 A1111_FILE = "embedding_a1111.pt"

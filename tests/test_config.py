@@ -66,7 +66,7 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
     from bench.config import register
     from bench.estimate import Variant, configured_variant
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     register()
     experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -84,7 +84,7 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
         assert configured_variant(cfg) == Variant(settings.precision, settings.gradient_checkpointing, settings.optimizer)
     # A subset of an experiment's methods: '~method.<name>' drops one; method=[...] alone leaves the
     # experiment's settings of the others behind, and that is one clear error, not a failed import.
-    from methods.base import MethodConfigError
+    from methods.errors import MethodConfigError
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         fewer = compose("config", overrides=[f"+experiment={experiments[0]}", "model.path=/m", "data.path=/d", "~method.dreambooth"])

@@ -14,7 +14,8 @@ from bench import records
 from bench.config import register
 from bench.cost import TrainCost, measure_training
 from bench.data import load_world_concept
-from methods.base import MethodConfigError, TrainSettings, checkpoint_steps
+from methods.errors import MethodConfigError
+from methods.settings import TrainSettings, checkpoint_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 register()

@@ -62,7 +62,7 @@ def test_micro_estimate_matches_real_trainings_parameters_and_files_exactly(tmp_
     from bench.data import load_world_concept
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     cfg = config("method=[dreambooth,lora,hypernetwork,textual_inversion]", "method.dreambooth.num_class_images=2")
     pipe = load_pipeline(cfg.model, "cpu")
@@ -140,7 +140,8 @@ def test_mixed_precision_checkpointing_and_8bit_estimates_match_real_cpu_trainin
     from bench.estimate import Variant, _AdamW8bitState, bnb_state_bytes
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings, make_optimizer
+    from methods.settings import TrainSettings
+    from methods.training import make_optimizer
 
     cfg = config("method=[dreambooth,lora]", "method.dreambooth.prior_preservation=false", "train.steps=3", f"results_dir={tmp_path}")
     concept = load_world_concept("sks_crescent", 8, 64)
@@ -202,7 +203,7 @@ def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
     from bench.estimate import Variant
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     cfg = config(f"model.path={sdxl_dir}", "model.name=tiny_sdxl", "model.embedded=false", "method=[dreambooth,lora,hypernetwork,textual_inversion]",
                  "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")

@@ -46,7 +46,7 @@ def test_the_estimate_predicts_the_cuda_peak_within_15_percent(tmp_path, variant
     from bench.estimate import Variant, arch_folder, estimate_method
     from bench.models import load_pipeline
     from methods import build_method
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     v = Variant.parse(variant)
     dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[v.precision]

@@ -27,7 +27,13 @@ def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
     the submodule when there is one of that name)."""
     edges = defaultdict(set)
     for name, f in mods.items():
-        for node in ast.walk(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        # `if TYPE_CHECKING:` imports are for annotations only, never run: not a dependency.
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -86,6 +92,9 @@ def test_the_checker_sees_an_upward_and_a_cyclic_import(tmp_path, monkeypatch):
     """The walker itself: a lazy import inside a function counts, and a two-module loop is a cycle."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"
     a.write_text("def f():\n    from bench.b import g\n")
-    b.write_text("import bench.a\n")
-    edges = imports({"bench.a": a, "bench.b": b})
-    assert edges["bench.a"] == {"bench.b"} and edges["bench.b"] == {"bench.a"}
+    b.write_text("from typing import TYPE_CHECKING\nimport bench.c\nif TYPE_CHECKING:\n    import bench.a\n")
+    c = tmp_path / "c.py"
+    c.write_text("")
+    edges = imports({"bench.a": a, "bench.b": b, "bench.c": c})
+    # The lazy import counts; an annotation-only import under TYPE_CHECKING does not.
+    assert edges["bench.a"] == {"bench.b"} and edges["bench.b"] == {"bench.c"}

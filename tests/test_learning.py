@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from bench.data import load_concepts
 from bench.images import generate
-from methods.base import TrainSettings
+from methods.settings import TrainSettings
 from metrics.clip_score import clip_i
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -47,7 +47,7 @@ def test_default_config_learns_the_default_concept(name, micro_pipe, micro_encod
 def fixed_batch_loss(pipe, method, artifact, concept, weight: float) -> float:
     from diffusers import DDPMScheduler
 
-    from methods.base import added_conditions, encode_images, text_condition, tokenize
+    from methods.conditioning import added_conditions, encode_images, text_condition, tokenize
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     gen = torch.Generator().manual_seed(1234)

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from bench.data import load_world_concept
 from bench.images import generate
 from methods import build_method
-from methods.base import MethodConfigError, TrainingDiverged, TrainSettings
+from methods.errors import MethodConfigError, TrainingDiverged
+from methods.settings import TrainSettings
 from methods.textual_inversion import unload
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
@@ -290,7 +291,8 @@ def test_repeated_captions_are_encoded_once_with_the_states_and_gradients_of_eve
     """The training step encodes each distinct caption of a batch once (`batch_text`); the reference is the
     text encoder run on every row, as the diffusers examples do: same states, same gradient on the
     trained vectors."""
-    from methods.base import batch_text, encode_set, text_condition
+    from methods.conditioning import encode_set, text_condition
+    from methods.training import batch_text
 
     method = make("textual_inversion")
     params = method.prepare(micro_pipe, concept)

@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bench.data import load_world_concept
-from methods.base import MethodConfigError, TrainSettings
+from methods.errors import MethodConfigError
+from methods.settings import TrainSettings
 from methods.peft_adapter import ADAPTER
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"

@@ -190,7 +190,7 @@ def test_stage_keys_follow_the_base_models_weights_not_only_its_config(tmp_path)
     from bench import zoo
     from bench.data import load_world_concept
     from bench.stages import WEIGHTS_KEY, base_image_file, config_hash, model_identity, plain, recorded_config_hash, run_spec
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
 
     model = tmp_path / "model"
     shutil.copytree(zoo.micro_sd_dir(), model)

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from bench.data import load_world_concept
 from bench.images import generate
-from methods.base import TrainSettings, text_condition, tokenize
+from methods.conditioning import text_condition, tokenize
+from methods.settings import TrainSettings
 from methods.lora import KOHYA_FILE
 from test_learning import fixed_batch_loss
 

@@ -127,7 +127,7 @@ def test_a_lora_tag_sets_the_strength_a_prompt_is_drawn_at(micro_pipe, concept, 
     """'<lora:NAME:0.5> a sks shape' at sweep weight w is 'a sks shape' at weight 0.5 w: the web UI's meaning."""
     import numpy as np
 
-    from methods.base import TrainSettings
+    from methods.settings import TrainSettings
     from methods.lora import LoRA
 
     method = LoRA(lr=5e-2)

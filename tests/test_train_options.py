@@ -11,7 +11,9 @@ import torch
 
 from bench.cost import measure_training
 from bench.data import load_world_concept
-from methods.base import MethodConfigError, TrainSettings, make_optimizer, training_options
+from methods.errors import MethodConfigError
+from methods.settings import TrainSettings
+from methods.training import make_optimizer, training_options
 from methods.dreambooth import DreamBooth
 from methods.lora import LoRA
 
@@ -114,7 +116,7 @@ def test_min_snr_weights_match_the_papers_formula_computed_from_the_betas():
     import numpy as np
     from diffusers import DDPMScheduler
 
-    from methods.base import min_snr_weights
+    from methods.training import min_snr_weights
 
     for zero_snr in (False, True):
         scheduler = DDPMScheduler(beta_schedule="scaled_linear", rescale_betas_zero_snr=zero_snr)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from bench.config import register
 from bench.tune import grid_config, write_lr
-from methods.base import MethodConfigError
+from methods.errors import MethodConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register()

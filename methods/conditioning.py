@@ -1,0 +1,156 @@
+"""What SD and SDXL read besides the UNet's input: VAE latents of image sets, tokens, the text encoders'
+states (and SDXL's pooled embedding and added conditions). Shared by the training loop, the methods and
+mode=estimate, for one-text-encoder (SD 1.5/2.1) and two-text-encoder (SDXL) pipelines alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TrainingSet:
+    """Cached latents and token ids of one image set (instance or class images)."""
+
+    latents: torch.Tensor  # [N, C, h, w], already scaled by the VAE's scaling factor
+    distinct_ids: torch.Tensor  # [U, E, L]: each distinct caption's token ids once, a row per text encoder (SDXL has two)
+    row_of: torch.Tensor  # [N]: the row of distinct_ids that is each image's caption
+    hidden_states: torch.Tensor | None = None  # [N, L, D] when the text side is frozen
+    pooled: torch.Tensor | None = None  # [N, P]: SDXL's pooled text embedding (its UNet's added condition)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """[N, E, L]: each image's caption's token ids."""
+        return self.distinct_ids[self.row_of]
+
+
+
+def per_sample_scale(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights [n] shaped to scale a batch x [B, ...] sample by sample. Classifier-free
+    guidance runs [uncond; cond] as one batch, so n weights repeat B // n times."""
+    if weights.numel() != x.shape[0] and x.shape[0] % weights.numel() == 0:
+        weights = weights.repeat(x.shape[0] // weights.numel())
+    return weights.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+
+@torch.no_grad()
+def encode_images(pipe, images) -> torch.Tensor:
+    """VAE latents (the posterior mean, scaled), computed once per image set: the VAE is frozen."""
+    import numpy as np
+
+    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) for im in images])
+    vae = pipe.vae
+    # A half-precision VAE whose config says `force_upcast` (diffusers' default; SDXL's overflows in fp16, and its
+    # pipeline decodes in fp32 for that reason) encodes in fp32: latents are computed once, precision is cheap here.
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        cast_parameters(vae, torch.float32)
+    try:
+        x = (x / 127.5 - 1.0).to(vae.device, vae.dtype)
+        # As many images per VAE call as 32 at 64 px: at 512 px the encoder's activations for a batch of 8
+        # would be the largest thing a LoRA training ever holds (several GiB), so SD-scale images go one at a time.
+        n = max(1, 32 * 64 * 64 // (x.shape[-2] * x.shape[-1]))
+        chunks = [vae.encode(x[i : i + n]).latent_dist.mean for i in range(0, len(x), n)]
+    finally:
+        if upcast:
+            cast_parameters(vae, torch.float16)
+    return torch.cat(chunks).float().cpu() * vae.config.scaling_factor
+
+
+
+TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))  # pipe attributes: SDXL has the second pair
+
+
+
+def named_text_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The pipe's text encoders by attribute name: one for SD 1.x/2.x, two for SDXL (CLIP ViT-L and OpenCLIP ViT-bigG)."""
+    return {name: e for name, _ in TEXT_ENCODERS if (e := getattr(pipe, name, None)) is not None}
+
+
+
+def text_encoders(pipe) -> list[torch.nn.Module]:
+    return list(named_text_encoders(pipe).values())
+
+
+
+def tokenizers(pipe) -> list:
+    """The tokenizer of each text encoder, in the same order."""
+    return [getattr(pipe, tok) for name, tok in TEXT_ENCODERS if getattr(pipe, name, None) is not None]
+
+
+
+def tokenize(pipe, prompts: list[str]) -> torch.Tensor:
+    """Token ids [N, E, L], a row per text encoder, padded to the model's length; multi-vector placeholders
+    expanded by each tokenizer as the pipeline does."""
+    rows = []
+    for tok in tokenizers(pipe):
+        converted = [pipe.maybe_convert_prompt(p, tok) for p in prompts]
+        rows.append(tok(converted, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids)
+    if len({r.shape[-1] for r in rows}) > 1:
+        raise ValueError(f"the text encoders' tokenizers pad to different lengths {[r.shape[-1] for r in rows]}; SDXL's both pad to 77")
+    return torch.stack(rows, dim=1)
+
+
+
+def text_condition(pipe, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states [N, L, D], pooled [N, P] or None) of token ids [N, E, L], as the pipeline conditions
+    its UNet: SD 1.x/2.x the encoder's last hidden states; SDXL each encoder's penultimate hidden states,
+    concatenated, and the second encoder's projected pooled output."""
+    encoders = text_encoders(pipe)
+    if len(encoders) == 1:
+        return encoders[0](input_ids[:, 0].to(encoders[0].device))[0], None
+    hidden, pooled = [], None
+    for k, encoder in enumerate(encoders):
+        out = encoder(input_ids[:, k].to(encoder.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds
+            pooled = out[0]
+    return torch.cat(hidden, dim=-1), pooled
+
+
+
+@torch.no_grad()
+def encode_text(pipe, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`text_condition` without gradients, kept in fp32 on the host (a frozen text side is encoded once)."""
+    hidden, pooled = text_condition(pipe, input_ids)
+    return hidden.float().cpu(), (pooled.float().cpu() if pooled is not None else None)
+
+
+
+def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """SDXL's added UNet conditions for a batch of latents `x`: the pooled text embedding and the six size
+    and crop numbers (original size, crop top-left, target size), here the training resolution uncropped,
+    as the diffusers SDXL trainers pass them for square images. None for SD 1.x/2.x UNets."""
+    if getattr(pipe.unet.config, "addition_embed_type", None) != "text_time":
+        return None
+    if any(p is None for p in pooled):
+        raise ValueError("this UNet needs SDXL's pooled text embedding, which the text encoders did not give")
+    side = x.shape[-1] * pipe.vae_scale_factor
+    time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=x.dtype).to(x.device).repeat(x.shape[0], 1)
+    return {"text_embeds": torch.cat(pooled).to(x.dtype), "time_ids": time_ids}
+
+
+
+def encode_set(pipe, images, prompts: list[str]) -> TrainingSet:
+    """The images' latents and their captions' token ids (the text states, when frozen, are added by `train`)."""
+    distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    for tok in tokenizers(pipe):
+        for p in distinct:
+            n = len(tok(pipe.maybe_convert_prompt(p, tok)).input_ids)
+            if n > tok.model_max_length:
+                from bench.data import ConceptDataError
+
+                raise ConceptDataError(f"data: a caption is {n} tokens and the text encoder reads {tok.model_max_length}, so training would see it cut: "
+                                       f"shorten it ({p[:80]!r}{'...' if len(p) > 80 else ''})")
+    return TrainingSet(encode_images(pipe, images), tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts]))
+
+
+
+def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Floating parameters and buffers to `dtype` in place (the same Parameter objects, so an optimizer or
+    hook holding them still does; `Module.to` may swap them for new ones, and cannot on fake tensors)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)
