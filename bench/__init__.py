@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Measuring: training cost, scoring, statistics, plots, the regression check, estimates, the worker.
     ("measurement", ("bench.cost", "bench.score", "bench.stats", "bench.validity", "bench.plots", "bench.regression", "bench.estimate",
                      "bench.worker")),
-    ("report", ("bench.report",)),
+    ("report", ("bench.report", "bench.report.*")),
     # A comparison from config to table and report.
     ("pipeline", ("bench.runner",)),
     # The modes of run.py, which drive the pipeline (mode=tune runs comparisons of its own).

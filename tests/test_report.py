@@ -1,5 +1,6 @@
 """Report code on small hand-made tables."""
 
+import re
 import numpy as np
 import pytest
 
@@ -91,7 +92,8 @@ def test_report_files_exist_and_html_is_self_contained(tmp_path):
     assert "data:image/png;base64," in text and "<table" in text and "src='http" not in text
     # No oracle judged these rows (as for a real model): the page says its fidelity metrics are unchecked
     # here, and leads with the proxy that agreed best with the oracle in the micro world.
-    assert "No concept-presence oracle judged these images" in text and "Ranking</h2><p>Methods ordered by CLIP-I" in text
+    assert "No concept-presence oracle judged these images" in text
+    assert re.search(r"<h3>Ranking</h3>\s*<p class=\"caption\">Methods ordered by CLIP-I", text)
     for name in ("cost", "quality", "per_concept", "paired", "ranking", "best_weight"):
         for ext in ("md", "csv", "tex"):
             assert (tmp_path / "report" / "tables" / f"{name}.{ext}").stat().st_size > 0
@@ -216,3 +218,22 @@ def test_best_weight_table_reports_each_arms_peak_on_the_seeds_it_was_not_chosen
         s = stats.summarize(df[df.method == method], "clip_i", weight, [1])
         s = s[s.scope == "overall"].iloc[0]
         assert table.loc[method, "CLIP-I ↑"] == format_ci(s["mean"], s.low, s.high)
+
+
+def test_the_page_opens_with_the_results_and_has_clean_tables(tmp_path):
+    """Results first (ranking, quality) and provenance last, a table of contents linking every section, and
+    tables without pandas' second header row of index names; rendered from the template a designer edits."""
+    import re
+
+    from bench.report.page import TEMPLATE
+
+    df = hand_made(tmp_path / "results")
+    html = build_report([tmp_path / "results"], tmp_path / "report").read_text()
+    assert TEMPLATE.is_file() and "Contents" in html
+    order = [html.index(f'id="{name}"') for name in ("ranking", "quality", "figure-summary", "cost", "provenance", "definitions")]
+    assert order == sorted(order), order
+    for section in re.findall(r'<section id="([\w-]+)"', html):
+        assert f'href="#{section}"' in html, section
+    # One header row per table: a header row whose cells are all empty is pandas' index-name leftover.
+    assert not re.search(r"<tr>\s*(<th></th>\s*)+</tr>", html) and "<th>scope</th>" in html
+    assert len(df)

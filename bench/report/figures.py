@@ -1,0 +1,309 @@
+"""The report's figures (matplotlib PNG and SVG), from the tidy table, the statistics functions and the stored images."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bench import stages, stats
+from bench.plots import colours, human_bytes, matplotlib, method_rank, pareto, plt, save_figure
+from metrics import higher_is_better
+from metrics import title as metric_name
+from bench.report.labels import arm_labels, label_of
+from bench.report.tables import CURVE_METRICS, cost_rows, format_ci, learning_curves, metric_title, quality_metrics
+
+log = logging.getLogger(__name__)
+
+
+def arm_means(df: pd.DataFrame, metric: str) -> dict[str, float]:
+    """Label -> mean over runs of a run-level metric (cost)."""
+    labels = arm_labels(df.assign(sweep=None))
+    rows = cost_rows(df)
+    rows = rows[rows.metric == metric]
+    out = {label_of(labels, *k): g.groupby("concept").value.mean().mean() for k, g in rows.groupby(["model", "method", "config"])}
+    return dict(sorted(out.items(), key=lambda kv: method_rank(kv[0])))
+
+
+
+def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
+    if cost_rows(df).empty:
+        return None
+    panels = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB, tensors)", False), ("train_time", "train time (s)", False), ("trainable_params", "trainable parameters (log)", True)]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")  # the title clear of the panels' titles
+    for ax, (metric, title, log_scale) in zip(axes, panels):
+        means = arm_means(df, metric)
+        col = colours(list(means))
+        ax.bar(range(len(means)), list(means.values()), color=[col[m] for m in means])
+        ax.set_xticks(range(len(means)), [m.replace("_", "\n") for m in means], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        if log_scale:
+            ax.set_yscale("log")
+    fig.suptitle("Training cost per method: mean over training runs (same data, steps, batch and seeds)")
+    return save_figure(fig, out, "cost")
+
+
+
+def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    known = quality_metrics(df)
+    metrics = [m for m in known if m != "diversity"]
+    if not metrics:
+        return None
+    labels = arm_labels(df)
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    weights = sorted(stats.quality_rows(df).weight.unique())
+    # At most four panels a row: one row of seven shrinks every label to unreadable in a report's width.
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows + 0.4), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes.flat, metrics):
+        curves: dict[str, list] = {}
+        for w in weights:
+            for r in stats.summarize(df, metric, float(w), settings=settings).itertuples():
+                if r.scope == "overall":
+                    curves.setdefault(label_of(labels, r.model, r.method, r.config, r.sweep), []).append((w, r.mean, r.low, r.high))
+        for label in sorted(curves, key=method_rank):
+            w, mean, lo, hi = map(np.array, zip(*curves[label]))
+            ax.plot(w, mean, "o-", color=col[label], label=label, ms=3)
+            if np.isfinite(lo).all():
+                ax.fill_between(w, lo, hi, color=col[label], alpha=0.2)
+        ax.axvline(0, color="grey", lw=0.8, ls=":")
+        ax.set_title(metric_title(metric), fontsize=10)
+        ax.set_xlabel("adapter weight")
+    spare = list(axes.flat[len(metrics):])
+    for ax in spare[1:]:
+        ax.remove()
+    if spare:  # the legend in an empty cell, off the data
+        spare[0].axis("off")
+        spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center", fontsize=9)
+    else:
+        axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Metrics against adapter weight: mean over training runs, bands 95 % hierarchical bootstrap")
+    return save_figure(fig, out, "curves")
+
+
+
+def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
+    q = stats.quality_rows(df)
+    if not ((q.metric == "clip_t").any() and (q.metric == "clip_i").any()):
+        return None
+    labels = arm_labels(df)
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    for arm, g in q.groupby(stats.ARM, dropna=False):
+        label = label_of(labels, *arm)
+        per = {m: g[g.metric == m].groupby(["weight", "concept", "train_seed"]).value.mean().groupby(["weight", "concept"]).mean().groupby("weight").mean() for m in ("clip_t", "clip_i")}
+        w = per["clip_t"].index.intersection(per["clip_i"].index)
+        tm, im = per["clip_t"][w], per["clip_i"][w]
+        ax.plot(tm, im, "-", color=col[label], alpha=0.7, label=label)
+        ax.scatter(tm, im, color=col[label], s=14 + 30 * np.clip(np.abs(w.to_numpy()), 0, 1.5))
+        for weight in (w.min(), 1.0, w.max()):
+            if weight in w:
+                ax.annotate(f"{weight:g}", (tm[weight], im[weight]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("CLIP-T: text alignment (higher is better)")
+    ax.set_ylabel("CLIP-I: subject fidelity (higher is better)")
+    ax.set_title("Fidelity vs text alignment along each method's weight path\n(numbers: weight; mean over training runs)", fontsize=10)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out, "tradeoff")
+
+
+FRONTIER_COSTS = [("artifact_bytes", "file size (log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)]
+
+
+
+def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    """Quality at weight 1 (mean, 95 % interval) against each cost, one point per method config; the
+    methods no other beats on both (cheaper or as cheap, and better or as good) are ringed and joined."""
+    summary = stats.summarize(df, fidelity, 1.0, settings=settings)
+    if summary.empty or cost_rows(df).empty:
+        return None
+    summary = summary[summary.scope == "overall"]
+    labels = arm_labels(df.assign(sweep=None))
+    higher = higher_is_better(fidelity)
+    fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False, layout="constrained")
+    arms = sorted({(r.model, r.method, r.config) for r in summary.itertuples()}, key=lambda a: method_rank(label_of(labels, *a)))
+    col = colours([label_of(labels, *a) for a in arms])
+    for ax, (metric, title, log_scale) in zip(axes[0], FRONTIER_COSTS):
+        costs = arm_means(df, metric)  # per label: mean over concepts of the mean over training runs, as the cost figure
+        points = []
+        for arm in arms:
+            q = summary[(summary.model == arm[0]) & (summary.method == arm[1]) & (summary.config == arm[2])]
+            if label_of(labels, *arm) not in costs or q.empty:
+                continue
+            points.append((arm, costs[label_of(labels, *arm)], *q[["mean", "low", "high"]].iloc[0].to_numpy(dtype=float)))
+        if not points:
+            continue
+        best = pareto([(cost, mean if higher else -mean) for _, cost, mean, _, _ in points])
+        for (arm, cost, mean, lo, hi), on_front in zip(points, best):
+            label = label_of(labels, *arm)
+            ax.errorbar([cost], [mean], yerr=[[mean - lo], [hi - mean]] if np.isfinite([lo, hi]).all() else None, fmt="o", color=col[label], capsize=3, label=label)
+            if on_front:
+                ax.scatter([cost], [mean], s=220, facecolors="none", edgecolors="black", linewidths=1.2)
+        # A family (one method at several configs, e.g. a rank sweep) is joined by a thin line of its colour.
+        for method in {arm[1] for arm, *_ in points}:
+            family = sorted((cost, mean, arm) for arm, cost, mean, _, _ in points if arm[1] == method)
+            if len(family) > 1:
+                first = min((label_of(labels, *f[2]) for f in family), key=method_rank)
+                ax.plot([f[0] for f in family], [f[1] for f in family], "-", lw=0.8, alpha=0.6, color=col[first])
+        front = sorted((cost, mean) for (_, cost, mean, _, _), on in zip(points, best) if on)
+        if len(front) > 1:
+            ax.step(*zip(*front), where="post", color="black", lw=0.8, ls="--")
+        ax.set_xlabel(title)
+        if log_scale:
+            ax.set_xscale("log")
+            # Ticks read as sizes (62 KB, 1 MB): each power of ten, and 2x and 5x too when the costs span under
+            # two decades (else one label may be all there is); more ticks than that collide.
+            span = math.log10(max(p[1] for p in points) / min(p[1] for p in points))
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0][0].set_ylabel(f"{metric_name(fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Cost against quality: mean over training runs, bars 95 % interval; ringed: not beaten on both by any other method (Pareto front)", fontsize=10)
+    return save_figure(fig, out, "frontier")
+
+
+
+def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None) -> list[Path]:
+    """Per concept and prompt: methods x weights for the first training seed and generation seed
+    (`texts`: (concept, prompt id) -> prompt text, for the titles)."""
+    q = stats.quality_rows(df)
+    q = q[q.metric == "clip_i"]
+    labels = arm_labels(df)
+    paths = []
+    for (concept, pid), sub in q.groupby(["concept", "prompt_id"], sort=True):
+        arms = sorted({tuple(a) for a in sub[stats.ARM].itertuples(index=False)}, key=lambda a: method_rank(label_of(labels, *a)))
+        weights = sorted(sub.weight.unique())
+        train_seed, seed = int(sub.train_seed.min()), int(sub.seed.min())
+        fig, axes = plt.subplots(len(arms), len(weights), figsize=(1.2 * len(weights) + 1.4, 1.25 * len(arms) + 0.7), squeeze=False)
+        for r, arm in enumerate(arms):
+            runs = sub[(sub[stats.ARM] == pd.Series(arm, index=stats.ARM)).all(axis=1) & (sub.train_seed == train_seed)].run_id.unique()
+            for c, w in enumerate(weights):
+                ax = axes[r][c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                found = [f for d in results_dirs for rid in runs for f in [stages.image_file(d, rid, arm[3], pid, seed, w)] if f.is_file()]
+                if found:
+                    ax.imshow(Image.open(found[0]), interpolation="nearest")
+                if r == 0:
+                    ax.set_title(f"w={w:g}", fontsize=8)
+                if c == 0:
+                    ax.set_ylabel(label_of(labels, *arm).replace("_", "\n"), fontsize=8)
+        prompt = f"'{texts[(concept, pid)]}'" if texts and (concept, pid) in texts else pid.replace("_", " ")
+        fig.suptitle(f"{concept}, {prompt}: methods x weights (training seed {train_seed}, generation seed {seed})", fontsize=9)
+        paths.append(save_figure(fig, out, f"grid_{concept}_{pid}"))
+    return paths
+
+
+
+def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    if cost_rows(df).empty:
+        return None
+    fig = plt.figure(figsize=(11, 8.5))
+    fig.suptitle("adapterbench: DreamBooth vs Textual Inversion vs LoRA vs hypernetworks, measured", fontsize=13, weight="bold")
+    ax = fig.add_axes([0.03, 0.62, 0.94, 0.28])
+    ax.axis("off")
+    labels = arm_labels(df)
+    q = {m: stats.summarize(df, m, 1.0, settings=settings) for m in (fidelity, "clip_t", "drift")}
+    cost = {m: arm_means(df, m) for m in ("artifact_bytes", "peak_mem", "train_time")}
+    headline = []
+    for label in sorted(cost["train_time"], key=method_rank):
+        cells = [label, human_bytes(cost["artifact_bytes"].get(label, np.nan)), f"{cost['peak_mem'].get(label, np.nan):,.0f}", f"{cost['train_time'].get(label, np.nan):.1f}"]
+        for m, s in q.items():
+            s = s[(s.scope == "overall")] if len(s) else s
+            hit = [r for r in s.itertuples() if label_of(labels, r.model, r.method, r.config, r.sweep) == label]
+            cells.append(format_ci(hit[0].mean, hit[0].low, hit[0].high, "{:.2f}") if hit else "")
+        headline.append(cells)
+    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{metric_name(fidelity).removesuffix(' (oracle)')}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.6)
+    if grid is not None:
+        ax2 = fig.add_axes([0.05, 0.02, 0.9, 0.6])
+        ax2.imshow(Image.open(grid))
+        ax2.axis("off")
+    return save_figure(fig, out, "infographic")
+
+
+
+def instance_figure(df: pd.DataFrame, results_dirs: list[Path], out: Path, per_concept: int = 8) -> Path | None:
+    """A row of training images per concept: what every method was asked to learn."""
+    folders = {}
+    for concept in sorted(df.concept.dropna().unique()):
+        found = sorted(f for d in results_dirs for f in (Path(d) / "images" / "instance").glob(f"{concept}-*") if f.is_dir())
+        if found:
+            folders[concept] = sorted(found[0].glob("*.png"))[:per_concept]
+    if not folders:
+        return None
+    cols = max(len(v) for v in folders.values())
+    fig, axes = plt.subplots(len(folders), cols, figsize=(1.1 * cols + 1.6, 1.15 * len(folders) + 0.5), squeeze=False)
+    for r, (concept, files) in enumerate(folders.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(files):
+                ax.imshow(Image.open(files[c]), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(concept, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle("Instance images: what every method trained on (the same images for all of them)", fontsize=10)
+    return save_figure(fig, out, "instance_images")
+
+
+
+def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
+    """Training loss against step per method: the mean over training runs of a running mean."""
+    loss = df[(df.metric == "train_loss") & df.step.notna() & (df.status == "ok")]
+    if loss.empty:
+        return None
+    labels = arm_labels(loss.assign(sweep=None))
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (model, method, config), g in loss.groupby(["model", "method", "config"], dropna=False):
+        label = label_of(labels, model, method, config)
+        per_run = g.pivot_table(index="step", columns="run_id", values="value").sort_index()
+        smoothed = per_run.rolling(smooth, min_periods=1).mean()
+        mean = smoothed.mean(axis=1)
+        ax.plot(mean.index, mean.to_numpy(), color=col[label], label=f"{label} ({per_run.shape[1]} runs)")
+        ax.fill_between(mean.index, smoothed.min(axis=1), smoothed.max(axis=1), color=col[label], alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"denoising loss (running mean of {smooth} steps)")
+    ax.set_yscale("log")
+    ax.set_title("Training loss: mean over training runs, band from lowest to highest run", fontsize=10)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out, "loss")
+
+
+
+def learning_curve_figure(full: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+    curves = learning_curves(full, settings)
+    if curves.empty:
+        return None
+    labels = arm_labels(full)
+    col = colours(sorted(set(labels.values()), key=method_rank))
+    metrics = [m for m in CURVE_METRICS if (curves.metric == m).any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes[0], metrics):
+        c = curves[curves.metric == metric]
+        for (model, method, config, sweep), g in c.groupby(stats.ARM, dropna=False, sort=False):
+            label = label_of(labels, model, method, config, sweep)
+            g = g.sort_values("step")
+            ax.plot(g.step, g["mean"], "o-", ms=3, color=col[label], label=label)
+            if np.isfinite(g.low).all():
+                ax.fill_between(g.step, g.low, g.high, color=col[label], alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(c.step.unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("training step")
+        ax.set_title(f"{metric_title(metric)} at weight 1", fontsize=10)
+        if metric == "presence":
+            ax.set_ylim(-0.03, 1.03)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Learning curves: each run's checkpoints and final artifact, mean over training runs, bands 95 % hierarchical bootstrap", fontsize=9)
+    return save_figure(fig, out, "learning_curves")
