@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,12 +241,43 @@ def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings 
 
 
 
+_NUMBER = r"-?[\d,]*\.?\d+(?:e[-+]?\d+)?(?: ?(?:B|KB|MB|GB))?"
+_CELL = re.compile(rf"^(?P<mean>{_NUMBER})(?: \[(?P<low>{_NUMBER}), (?P<high>{_NUMBER})\])?$")
+_BYTES = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def _number(text: str) -> float:
+    """'1,234.5' -> 1234.5; '3.2 MB' -> 3.2e6 (the units `human_bytes` prints)."""
+    value, _, unit = text.replace(",", "").partition(" ")
+    if not unit and text[-2:] in _BYTES and not text[-2:-1].isdigit():
+        value, unit = text[:-2], text[-2:]
+    return float(value) * _BYTES.get(unit, 1)
+
+
+def numeric(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for re-plotting: every column whose cells all read 'mean [low, high]' (or a bare number)
+    becomes three numeric columns, `col`, `col low`, `col high`; other columns stay as they are."""
+    out = {}
+    for col in table.columns:
+        cells = table[col]
+        text = cells.astype(str).str.strip()
+        matches = text.map(lambda t: _CELL.match(t) if t not in ("", "nan", "<NA>", "None") else None)
+        filled = text[~text.isin(["", "nan", "<NA>", "None"])]
+        if (cells.dtype == object or pd.api.types.is_string_dtype(cells)) and len(filled) and all(matches[i] is not None for i in filled.index):
+            out[col] = [_number(m["mean"]) if m else float("nan") for m in matches]
+            out[f"{col} low"] = [_number(m["low"]) if m and m["low"] else float("nan") for m in matches]
+            out[f"{col} high"] = [_number(m["high"]) if m and m["high"] else float("nan") for m in matches]
+        else:
+            out[col] = cells.to_list()
+    return pd.DataFrame(out)
+
+
 def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict[str, Path]:
-    """Markdown, CSV and LaTeX versions of one table."""
+    """Markdown and LaTeX versions of one table as shown, and a CSV whose intervals are numbers (`numeric`)."""
     paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "tex": out / f"{name}.tex"}
     flat = table.reset_index() if any(n is not None for n in table.index.names) else table
     atomic_write_text(paths["md"], f"{caption}\n\n{flat.to_markdown(index=False)}\n")
-    atomic_write_text(paths["csv"], table.to_csv())
+    atomic_write_text(paths["csv"], numeric(flat).to_csv(index=False))
     # pandas escapes the cells but not the caption ('95 %' would comment out the rest of the line and
     # leave \caption{ open); Unicode arrows and minus signs do not compile under pdflatex.
     latex = table.to_latex(escape=True, caption=latex_text(caption), label=f"tab:{name}")
