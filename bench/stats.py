@@ -30,6 +30,15 @@ ARM = ["model", "method", "config", "sweep"]
 # Fewer paired runs than this get no verdict: a percentile bootstrap of 3 or 4 differences is too narrow
 # (and a Wilcoxon test on 3 pairs cannot reach p < 0.25).
 MIN_PAIRS = 5
+# ... and fewer concepts than this get none either: the interval resamples concepts, and k concepts have
+# only C(2k-1, k) distinct resamples (2 concepts: 3; 3: 10; 4: 35), too few to place a 95 % interval's ends.
+MIN_CONCEPTS = 4
+# One decision rule for a paired difference, stated once: resolved when it rests on at least MIN_PAIRS
+# runs of at least MIN_CONCEPTS concepts and its 95 % hierarchical bootstrap interval excludes 0. Its p-value
+# comes from the same resamples (twice the smaller tail share beyond 0), so p < 0.05 exactly when the
+# interval excludes 0: the verdict and the test cannot disagree.
+DECISION_RULE = (f"resolved: at least {MIN_PAIRS} paired runs of at least {MIN_CONCEPTS} concepts, and the 95 % hierarchical bootstrap "
+                 "interval of the mean difference excludes 0 (p, from the same resamples, is below 0.05 exactly then)")
 UNIT = ["concept", "kind", "train_seed", "run_id"]
 SCOPES = ("overall", "object", "style")
 
@@ -102,21 +111,36 @@ def in_scope(units: pd.DataFrame, scope: str) -> pd.DataFrame:
 def hierarchical_bootstrap(groups: list[np.ndarray], settings: Settings = Settings()) -> tuple[float, float, float]:
     """(point estimate, low, high) of the mean of group means, resampling groups and then units inside
     each drawn group. The interval is NaN with a single unit in all."""
+    point, stat = _resampled(groups, settings)
+    if stat is None:
+        return point, math.nan, math.nan
+    alpha = (1 - settings.confidence) / 2
+    return point, float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha))
+
+
+def bootstrap_p(groups: list[np.ndarray], settings: Settings = Settings()) -> float:
+    """Two-sided p of 'the mean is 0' from the resamples `hierarchical_bootstrap` draws (same seed): twice
+    the smaller share of resampled means on either side of 0. NaN without an interval."""
+    _, stat = _resampled(groups, settings)
+    if stat is None:
+        return math.nan
+    return float(min(1.0, 2 * min((stat <= 0).mean(), (stat >= 0).mean())))
+
+
+def _resampled(groups: list[np.ndarray], settings: Settings) -> tuple[float, np.ndarray | None]:
     groups = [np.asarray(g, float)[np.isfinite(g)] for g in groups]
     groups = [g for g in groups if len(g)]
     if not groups:
-        return math.nan, math.nan, math.nan
+        return math.nan, None
     point = float(np.mean([g.mean() for g in groups]))
     if sum(len(g) for g in groups) < 2:
-        return point, math.nan, math.nan
+        return point, None
     rng = np.random.default_rng(settings.seed)
     k, b = len(groups), settings.n_boot
     # means[c][i, j]: a within-group resample of group c for replicate i, draw slot j.
     means = np.stack([g[rng.integers(0, len(g), size=(b, k, len(g)))].mean(axis=2) for g in groups])  # [k, b, k]
     picks = rng.integers(0, k, size=(b, k))
-    stat = means[picks, np.arange(b)[:, None], np.arange(k)[None, :]].mean(axis=1)
-    alpha = (1 - settings.confidence) / 2
-    return point, float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha))
+    return point, means[picks, np.arange(b)[:, None], np.arange(k)[None, :]].mean(axis=1)
 
 
 def by_concept(units: pd.DataFrame, column: str = "value") -> list[np.ndarray]:
@@ -148,9 +172,8 @@ def summarize(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[in
 
 def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] | None = None, settings: Settings = Settings()) -> pd.DataFrame:
     """Every two arms of the same model and sweep, on the runs they share: difference a - b with interval,
-    the share of runs where a is better (ties half), Wilcoxon p, and whether the difference is resolved."""
-    from scipy.stats import wilcoxon
-
+    its p from the same resamples, the share of runs where a is better (ties half) and the ties, and the
+    verdict by DECISION_RULE ('too few concepts' / 'too few pairs' where it cannot be given)."""
     units = unit_values(df, metric, weight, seeds)
     hib = higher_is_better(metric)
     rows = []
@@ -170,15 +193,14 @@ def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] 
                 mean, lo, hi = hierarchical_bootstrap(by_concept(s, "d"), settings)
                 better = np.sign(s.d.to_numpy()) * (1 if hib else -1)
                 win = float(((better > 0) + 0.5 * (better == 0)).mean())
-                p = math.nan
-                if len(s) >= 2 and (s.d != 0).any():
-                    p = float(wilcoxon(s.d.to_numpy(), zero_method="zsplit").pvalue)
-                resolved = bool(len(s) >= MIN_PAIRS and np.isfinite(lo) and (lo > 0 or hi < 0))
+                enough = "too few concepts" if s.concept.nunique() < MIN_CONCEPTS else ("too few pairs" if len(s) < MIN_PAIRS else "")
+                resolved = bool(not enough and np.isfinite(lo) and (lo > 0 or hi < 0))
                 rows.append({
                     "model": model, "sweep": sweep, "scope": scope, "metric": metric, "weight": weight,
-                    "method_a": a[0], "config_a": a[1], "method_b": b[0], "config_b": b[1], "n_pairs": len(s),
-                    "diff": mean, "low": lo, "high": hi, "a_wins": win, "p_wilcoxon": p, "resolved": resolved,
-                    "better": (a[0] if (mean > 0) == hib else b[0]) if resolved else ("unresolved" if len(s) >= MIN_PAIRS else "too few pairs"),
+                    "method_a": a[0], "config_a": a[1], "method_b": b[0], "config_b": b[1], "n_pairs": len(s), "n_concepts": s.concept.nunique(),
+                    "diff": mean, "low": lo, "high": hi, "p": bootstrap_p(by_concept(s, "d"), settings), "a_wins": win,
+                    "ties": int((better == 0).sum()), "resolved": resolved,
+                    "better": (a[0] if (mean > 0) == hib else b[0]) if resolved else (enough or "unresolved"),
                 })
     return pd.DataFrame(rows)
 
@@ -189,7 +211,10 @@ def ranking(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> pd.DataF
     hib = higher_is_better(metric)
     rows = []
     for (model, sweep, scope), g in summary.groupby(["model", "sweep", "scope"], sort=False):
-        g = g.sort_values("mean", ascending=not hib).reset_index(drop=True)
+        g = g.sort_values("mean", ascending=not hib, kind="stable").reset_index(drop=True)
+        # Equal means (as printed, 3 decimals) share a rank: 1, 1, 3.
+        shown = g["mean"].round(3)
+        ranks = [1 + int((shown > v).sum() if hib else (shown < v).sum()) for v in shown]
         sp = pairs[(pairs.model == model) & (pairs.sweep == sweep) & (pairs.scope == scope)] if len(pairs) else pairs
         for i, r in g.iterrows():
             def pair(x, y):
@@ -200,7 +225,7 @@ def ranking(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> pd.DataF
             nxt = pair(r, g.iloc[i + 1]) if i + 1 < len(g) else None
             beats = sum(1 for _, o in g.iterrows() if (o.method, o.config) != (r.method, r.config) and (p := pair(r, o)) is not None and p.resolved and p.better == r.method)
             rows.append({
-                "model": model, "sweep": sweep, "scope": scope, "rank": i + 1, "method": r.method, "config": r.config,
+                "model": model, "sweep": sweep, "scope": scope, "rank": ranks[i], "method": r.method, "config": r.config,
                 "mean": r["mean"], "low": r.low, "high": r.high, "n_runs": r.n_runs,
                 "vs_next": "" if nxt is None else ("resolved" if nxt.resolved else "not resolved"), "beats_resolved": beats,
             })
@@ -271,7 +296,8 @@ def split_seeds(seeds: list[int]) -> tuple[list[int], list[int]]:
 
 
 def best_weights(df: pd.DataFrame, fidelity: str = "clip_i") -> pd.DataFrame:
-    """Per arm: the weight with the best mean `fidelity` on the selection seeds (ties: the smaller |weight|)."""
+    """Per arm: the weight with the best mean `fidelity` on the selection seeds (ties: the smaller |weight|);
+    NaN where the curve has no maximum (every weight scores the same, e.g. presence 0 throughout)."""
     q = quality_rows(df)
     q = q[q.metric == fidelity]
     hib = higher_is_better(fidelity)
@@ -282,7 +308,8 @@ def best_weights(df: pd.DataFrame, fidelity: str = "clip_i") -> pd.DataFrame:
             continue
         per_weight = g[g.seed.isin(select)].groupby(["weight", *UNIT], dropna=False).value.mean().groupby("weight").mean()
         order = sorted(per_weight.index, key=lambda w: ((-1 if hib else 1) * per_weight[w], abs(w)))
-        rows.append({**dict(zip(ARM, arm)), "best_weight": float(order[0]), "selected_on": select, "reported_on": report})
+        flat = bool(np.isclose(per_weight.max(), per_weight.min()))
+        rows.append({**dict(zip(ARM, arm)), "best_weight": math.nan if flat else float(order[0]), "selected_on": select, "reported_on": report})
     return pd.DataFrame(rows)
 
 
@@ -290,6 +317,8 @@ def at_best_weight(df: pd.DataFrame, metric: str, best: pd.DataFrame, settings: 
     """`summarize` of `metric` at each arm's best weight, on the report seeds only."""
     parts = []
     for r in best.itertuples():
+        if not np.isfinite(r.best_weight):
+            continue  # a flat curve has no best weight to report
         sub = df[(df.model == r.model) & (df.method == r.method) & (df.config == r.config) & (df.sweep == r.sweep)]
         s = summarize(sub, metric, r.best_weight, list(r.reported_on), settings)
         if len(s):

@@ -1,5 +1,5 @@
 """The statistics module against independent computations: scipy's bootstrap, a slow explicit
-two-level resampling loop, scipy's Wilcoxon test, and hand-made tables whose answers are known."""
+two-level resampling loop, the resampled means counted by hand, and hand-made tables whose answers are known."""
 
 import numpy as np
 import pandas as pd
@@ -42,11 +42,15 @@ def test_a_single_unit_has_no_interval():
     assert mean == 0.4 and np.isnan(lo) and np.isnan(hi)
 
 
-def table(tmp_path, effect=0.1, seeds=(0, 1, 2), gen_seeds=(0, 1, 2, 3)):
-    """Two methods on 2 concepts x 3 training seeds; lora = ti + effect on every run (plus run noise)."""
+CONCEPTS = (("c1", "object"), ("c2", "style"))
+FOUR = (("c1", "object"), ("c2", "style"), ("c3", "object"), ("c4", "style"))
+
+
+def table(tmp_path, effect=0.1, seeds=(0, 1, 2), gen_seeds=(0, 1, 2, 3), concepts=CONCEPTS):
+    """Two methods on 2 concepts (or `concepts`) x 3 training seeds; lora = ti + effect on every run (plus run noise)."""
     rng = np.random.default_rng(0)
     rows = []
-    for concept, kind in (("c1", "object"), ("c2", "style")):
+    for concept, kind in concepts:
         for seed in seeds:
             base = rng.normal(0.4, 0.05)
             for method, shift in (("textual_inversion", 0.0), ("lora", effect)):
@@ -66,31 +70,60 @@ def test_unit_is_the_training_run(tmp_path):
 
 
 def test_paired_difference_finds_a_consistent_effect(tmp_path):
-    df = table(tmp_path, effect=0.1)
+    df = table(tmp_path, effect=0.1, concepts=FOUR)
     p = stats.paired(df, "clip_i", 1.0)
     overall = p[p.scope == "overall"].iloc[0]
     a_is_lora = overall.method_a == "lora"
-    assert overall.n_pairs == 6 and overall["diff"] == pytest.approx(0.1 if a_is_lora else -0.1, abs=1e-9)
-    assert overall.resolved and overall.better == "lora" and overall.a_wins == (1.0 if a_is_lora else 0.0)
-    units = stats.unit_values(df, "clip_i", 1.0).sort_values(["concept", "train_seed"])
-    d = units[units.method == overall.method_a].value.to_numpy() - units[units.method == overall.method_b].value.to_numpy()
-    assert overall.p_wilcoxon == pytest.approx(sps.wilcoxon(d, zero_method="zsplit").pvalue)
-    assert set(p.scope) == {"overall", "object", "style"}
+    assert overall.n_pairs == 12 and overall["diff"] == pytest.approx(0.1 if a_is_lora else -0.1, abs=1e-9)
+    assert overall.resolved and overall.better == "lora" and overall.a_wins == (1.0 if a_is_lora else 0.0) and overall.ties == 0
+    assert overall.p < 0.05 and set(p.scope) == {"overall", "object", "style"}
+
+
+def test_the_verdict_and_its_p_value_are_one_rule(tmp_path):
+    """p comes from the same resamples as the interval: below 0.05 exactly when the interval excludes 0,
+    checked against the resampled means counted by hand."""
+    rng = np.random.default_rng(5)
+    for shift in (0.0, 0.01, 0.02, 0.05):
+        groups = [rng.normal(shift, 0.03, 3) for _ in range(5)]
+        mean, lo, hi = stats.hierarchical_bootstrap(groups)
+        p = stats.bootstrap_p(groups)
+        assert (p < 0.05) == (lo > 0 or hi < 0), (shift, p, lo, hi)
+        _, resampled = stats._resampled(groups, stats.Settings())
+        assert p == pytest.approx(min(1, 2 * min((resampled <= 0).mean(), (resampled >= 0).mean())))
+
+
+def test_no_verdict_with_too_few_concepts(tmp_path):
+    """Two concepts have three distinct concept resamples: the effect is consistent, but no verdict."""
+    overall = stats.paired(table(tmp_path, effect=0.1), "clip_i", 1.0).query("scope == 'overall'").iloc[0]
+    assert overall.n_pairs == 6 and not overall.resolved and overall.better == "too few concepts"
 
 
 def test_no_effect_is_not_resolved(tmp_path):
-    df = table(tmp_path, effect=0.0)
+    df = table(tmp_path, effect=0.0, concepts=FOUR)
     df.loc[(df.method == "lora"), "value"] += np.random.default_rng(3).normal(0, 0.03, (df.method == "lora").sum())
     overall = stats.paired(df, "clip_i", 1.0).query("scope == 'overall'").iloc[0]
     assert overall.low < 0 < overall.high and not overall.resolved and overall.better == "unresolved"
 
 
 def test_ranking_marks_resolved_neighbours(tmp_path):
-    df = table(tmp_path, effect=0.1)
+    df = table(tmp_path, effect=0.1, concepts=FOUR)
     r = stats.ranking(stats.summarize(df, "clip_i", 1.0), stats.paired(df, "clip_i", 1.0), "clip_i")
     overall = r[r.scope == "overall"]
-    assert overall.method.tolist() == ["lora", "textual_inversion"]
+    assert overall.method.tolist() == ["lora", "textual_inversion"] and overall["rank"].tolist() == [1, 2]
     assert overall.vs_next.tolist() == ["resolved", ""] and overall.beats_resolved.tolist() == [1, 0]
+
+
+def test_equal_means_share_a_rank(tmp_path):
+    df = table(tmp_path, effect=0.0, concepts=FOUR)
+    r = stats.ranking(stats.summarize(df, "clip_i", 1.0), stats.paired(df, "clip_i", 1.0), "clip_i")
+    assert r[r.scope == "overall"]["rank"].tolist() == [1, 1]
+
+
+def test_a_flat_curve_has_no_best_weight(tmp_path):
+    df = table(tmp_path, effect=0.0)
+    df = df.assign(value=0.0)  # e.g. presence 0 at every weight
+    best = stats.best_weights(df, "clip_i")
+    assert best.best_weight.isna().all() and stats.at_best_weight(df, "clip_i", best).empty
 
 
 def test_best_weight_is_chosen_on_one_half_and_reported_on_the_other(tmp_path):
@@ -106,9 +139,10 @@ def test_best_weight_is_chosen_on_one_half_and_reported_on_the_other(tmp_path):
     assert np.allclose(diff, 0.05 + 0.001 - 0.002, atol=1e-9)
 
 
-def test_per_kind_verdicts_need_enough_pairs(tmp_path):
-    p = stats.paired(table(tmp_path, effect=0.1), "clip_i", 1.0)
-    assert (p[p.scope != "overall"].better == "too few pairs").all() and not p[p.scope != "overall"].resolved.any()
+def test_per_kind_verdicts_need_enough_concepts_and_pairs(tmp_path):
+    p = stats.paired(table(tmp_path, effect=0.1, concepts=FOUR), "clip_i", 1.0)
+    # 2 concepts of each kind: too few concepts before too few pairs.
+    assert (p[p.scope != "overall"].better == "too few concepts").all() and not p[p.scope != "overall"].resolved.any()
 
 
 def test_rows_of_a_failed_stage_are_left_out(tmp_path):

@@ -71,7 +71,8 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     table(results, "Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df), failed=True)
     if has_fidelity:
         table(results, "Ranking", "ranking", f"Methods ordered by {title} at weight 1; 'vs. next rank' says whether the paired difference "
-              "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference.", ranking_table(df, fidelity, settings))
+              "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference; equal means (as printed) "
+              "share a rank.", ranking_table(df, fidelity, settings))
         table(results, "Quality at weight 1", "quality", "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind.",
               quality_table(df, settings))
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, settings)
@@ -80,7 +81,8 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     if has_fidelity:
         table(results, f"Paired differences ({title} at weight 1)", "paired",
               "Every two methods on the training runs they share (same concept and training seed): mean difference a − b [95 % interval], "
-              "the share of runs where a is better, the Wilcoxon signed-rank p-value; a verdict only where the interval excludes 0.", paired_table(df, fidelity, settings))
+              "the share of runs where a is better (a tie counts half; ties: how many), p from the same resamples; "
+              f"verdict by one rule: {stats.DECISION_RULE}.", paired_table(df, fidelity, settings))
         table(results, f"Per concept ({title})", "per_concept", f"{title} per concept at weight 0 "
               "(the base model) and 1, mean over the concept's training runs [95 % interval over training seeds].", per_concept_table(df, fidelity, settings))
         table(results, "Best weight (held out)", "best_weight", f"Each method's best weight by {title}, chosen on half of the generation seeds "

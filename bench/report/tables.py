@@ -194,8 +194,10 @@ def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats
             "pairs": r.n_pairs,
             f"a − b ({metric_name(metric)})": format_ci(r.diff, r.low, r.high),
             "a wins": f"{100 * r.a_wins:.0f} %",
-            "Wilcoxon p": "" if not np.isfinite(r.p_wilcoxon) else f"{r.p_wilcoxon:.3f}",
-            "verdict": f"{r.better} better" if r.resolved else ("too few pairs" if r.better == "too few pairs" else "not resolved"),
+            "ties": r.ties,
+            "p": "" if not np.isfinite(r.p) else f"{r.p:.3f}",
+            "verdict": f"{r.better} better" if r.resolved else (f"needs ≥ {stats.MIN_CONCEPTS} concepts" if r.better == "too few concepts"
+                                                                 else f"needs ≥ {stats.MIN_PAIRS} pairs" if r.better == "too few pairs" else "not resolved"),
         })
     return pd.DataFrame(rows).set_index(["scope", "a", "b"])
 
@@ -231,7 +233,8 @@ def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings 
             at_best[(metric, arm(r))] = (r.mean, r.low, r.high)
     rows = []
     for b in best.itertuples():
-        row = {"method": label_of(labels, b.model, b.method, b.config, b.sweep), "best weight": f"{b.best_weight:g}",
+        row = {"method": label_of(labels, b.model, b.method, b.config, b.sweep),
+               "best weight": f"{b.best_weight:g}" if np.isfinite(b.best_weight) else "none: every weight scores the same",
                "chosen on seeds": ", ".join(map(str, b.selected_on)), "reported on seeds": ", ".join(map(str, b.reported_on))}
         for metric in dict.fromkeys((fidelity, "clip_i", "clip_t", "drift")):
             if (metric, arm(b)) in at_best:
