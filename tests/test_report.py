@@ -250,3 +250,14 @@ def test_csv_tables_hold_intervals_as_numbers():
     assert out["CLIP-I ↑"].tolist() == [0.705, 0.505] and out["CLIP-I ↑ low"].iloc[0] == 0.7 and np.isnan(out["CLIP-I ↑ low"].iloc[1])
     assert out["file"].tolist() == [3.2e6, 3070.0] and out["train time (s)"].iloc[0] == 1234.5 and np.isnan(out["train time (s)"].iloc[1])
     assert out["verdict"].tolist() == ["better", "not resolved"]
+
+
+def test_a_grid_shows_each_methods_median_run():
+    from bench import records
+    from bench.report.figures import median_run
+
+    rows = [{"run_id": f"r{s}", "train_seed": s, "metric": "presence", "weight": w, "value": v, "prompt_id": "i", "seed": 0, "status": "ok"}
+            for s, v in ((0, 0.9), (1, 0.1), (2, 0.5), (3, 0.7)) for w in (0.0, 1.0)]
+    # Four runs at weight 1: 0.1, 0.5, 0.7, 0.9 -> the lower median, 0.5 (run r2); weight 0 rows do not count.
+    assert median_run(records.frame(rows), "presence") == "r2"
+    assert median_run(records.frame(rows[:6]), "presence") == "r2"  # three runs: 0.9, 0.1, 0.5 -> 0.5

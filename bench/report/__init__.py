@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench import records, stats, validity
 from bench.plots import method_rank, pareto
-from bench.report.figures import cost_figure, curves_figure, frontier_figure, infographic, instance_figure, learning_curve_figure, loss_figure, tradeoff_figure, xy_grids
+from bench.report.figures import GRID_RULE, cost_figure, curves_figure, frontier_figure, infographic, instance_figure, learning_curve_figure, loss_figure, tradeoff_figure, xy_grids
 from bench.report.labels import arm_labels, config_descriptions, label_of, run_records
 from bench.report.page import render_page, resolved_config_html
 from bench.report.tables import curve_steps, format_ci, latex_text, metric_title
@@ -67,7 +67,10 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
             where.append({"id": f"figure-{name}", "heading": heading, "caption": caption, "figure": path})
 
     prompt_texts = prompts_table(df, results_dirs)
-    grids = xy_grids(df, results_dirs, fig_dir, dict(prompt_texts.text.items()) if len(prompt_texts) else {})
+    grids = xy_grids(df, results_dirs, fig_dir, dict(prompt_texts.text.items()) if len(prompt_texts) else {}, fidelity)
+    grid_note = (GRID_RULE.format(metric=metric_name(fidelity)) + "; the same prompt and noise in every cell, so a column differs only by what each "
+                 "method learned. Textual Inversion's weight 0 is its initializer word in place of the token, so its w=0 cell is the base model "
+                 "drawing that word, not the prompt as written.")
     table(results, "Failed runs", "failed", "Runs or stages that failed, with their error; their method has fewer runs in the tables below.", failures(df), failed=True)
     if has_fidelity:
         table(results, "Ranking", "ranking", f"Methods ordered by {title} at weight 1; 'vs. next rank' says whether the paired difference "
@@ -77,7 +80,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
               quality_table(df, settings))
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, settings)
     figure(results, "Summary", "summary", f"Cost and quality at weight 1 per method, with the image grid {grids[0].stem.removeprefix('grid_')} "
-           "(shown only here; its file is in figures/ with the others)." if grids else "Cost and quality at weight 1 per method.", info)
+           f"(shown only here; its file is in figures/ with the others): {grid_note}" if grids else "Cost and quality at weight 1 per method.", info)
     if has_fidelity:
         table(results, f"Paired differences ({title} at weight 1)", "paired",
               "Every two methods on the training runs they share (same concept and training seed): mean difference a − b [95 % interval], "
@@ -108,8 +111,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     figure(detail, "Instance images", "instances", "The instance images of each concept, as every method trained on them.", instance_figure(df, results_dirs, fig_dir))
     for g in (grids[1:] if info else grids):
         name = g.stem.removeprefix("grid_")
-        figure(detail, f"Image grid {name}", f"grid-{name}", f"Image grid {name}: rows are methods, columns adapter weights; the same prompt and noise in every cell, "
-               "so a column differs only by what each method learned.", g)
+        figure(detail, f"Image grid {name}", f"grid-{name}", f"Image grid {name}: rows are methods, columns adapter weights; {grid_note}", g)
 
     table(about, "Provenance", "provenance", "What produced this report: code, packages, hardware, date, and how many concepts, runs and seeds "
           "stand behind every number.", provenance_table(df, runs), extra=resolved_config_html(runs))

@@ -168,36 +168,71 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.
 
 
 
-def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None) -> list[Path]:
-    """Per concept and prompt: methods x weights for the first training seed and generation seed
-    (`texts`: (concept, prompt id) -> prompt text, for the titles)."""
+def instance_files(concept: str, results_dirs: list[Path]) -> list[Path]:
+    """The concept's training images as the run stored them (images/instance/<concept>-<hash>/)."""
+    found = sorted(f for d in results_dirs for f in (Path(d) / "images" / "instance").glob(f"{concept}-*") if f.is_dir())
+    return sorted(found[0].glob("*.png")) if found else []
+
+
+GRID_RULE = ("each row shows its method's median training run of the concept (by {metric} at weight 1 over its runs; the lower "
+             "median for an even count) at the first generation seed; the top row shows training images")
+
+
+def median_run(sub: pd.DataFrame, metric: str) -> str | None:
+    """The run whose `metric` at weight 1 (mean over its prompts and seeds) is the median of the arm's runs (the
+    lower one of an even count); ties broken by training seed."""
+    at_one = sub[(sub.metric == metric) & np.isclose(sub.weight.astype(float), 1.0)]
+    if at_one.empty:
+        return None
+    per_run = at_one.groupby(["run_id", "train_seed"]).value.mean().reset_index().sort_values(["value", "train_seed"], kind="stable")
+    return str(per_run.run_id.iloc[(len(per_run) - 1) // 2])
+
+
+def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None, fidelity: str = "clip_i") -> list[Path]:
+    """Per concept and prompt: methods x weights, each row its method's median run (GRID_RULE), every cell
+    labelled, the concept's training images above (`texts`: (concept, prompt id) -> prompt text, for titles)."""
     q = stats.quality_rows(df)
-    q = q[q.metric == "clip_i"]
+    metric = fidelity if (q.metric == fidelity).any() else "clip_i"
     labels = arm_labels(df)
     paths = []
-    for (concept, pid), sub in q.groupby(["concept", "prompt_id"], sort=True):
+    for (concept, pid), sub in q[q.metric == "clip_i"].groupby(["concept", "prompt_id"], sort=True):
         arms = sorted({tuple(a) for a in sub[stats.ARM].itertuples(index=False)}, key=lambda a: method_rank(label_of(labels, *a)))
         weights = sorted(sub.weight.unique())
-        train_seed, seed = int(sub.train_seed.min()), int(sub.seed.min())
-        fig, axes = plt.subplots(len(arms), len(weights), figsize=(1.2 * len(weights) + 1.4, 1.25 * len(arms) + 0.7), squeeze=False)
-        for r, arm in enumerate(arms):
-            runs = sub[(sub[stats.ARM] == pd.Series(arm, index=stats.ARM)).all(axis=1) & (sub.train_seed == train_seed)].run_id.unique()
-            for c, w in enumerate(weights):
-                ax = axes[r][c]
+        seed = int(sub.seed.min())
+        instances = instance_files(concept, results_dirs)[: len(weights)]
+        top = 1 if instances else 0
+        fig, axes = plt.subplots(len(arms) + top, len(weights), figsize=(1.25 * len(weights) + 1.5, 1.35 * (len(arms) + top) + 0.9),
+                                 squeeze=False, layout="constrained")
+        for c in range(len(weights)):
+            ax = axes[0][c]
+            if top and c < len(instances):
+                ax.imshow(Image.open(instances[c]), interpolation="nearest")
+                ax.set_title("training image", fontsize=6)
+            if top:
                 ax.set_xticks([])
                 ax.set_yticks([])
-                found = [f for d in results_dirs for rid in runs for f in [stages.image_file(d, rid, arm[3], pid, seed, w)] if f.is_file()]
+                if c >= len(instances):
+                    ax.axis("off")
+        shown_seeds = []
+        for r, arm in enumerate(arms):
+            arm_rows = q[(q.concept == concept) & (q[stats.ARM] == pd.Series(arm, index=stats.ARM)).all(axis=1)]
+            run = median_run(arm_rows, metric)
+            train_seed = arm_rows[arm_rows.run_id == run].train_seed.iloc[0] if run else None
+            shown_seeds.append(train_seed)
+            for c, w in enumerate(weights):
+                ax = axes[r + top][c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                found = [f for d in results_dirs for f in [stages.image_file(d, run, arm[3], pid, seed, w)] if run and f.is_file()]
                 if found:
                     ax.imshow(Image.open(found[0]), interpolation="nearest")
-                if r == 0:
-                    ax.set_title(f"w={w:g}", fontsize=8)
+                ax.set_title(f"w={w:g}", fontsize=6)
                 if c == 0:
-                    ax.set_ylabel(label_of(labels, *arm).replace("_", "\n"), fontsize=8)
+                    ax.set_ylabel(f"{label_of(labels, *arm)}\n(seed {train_seed})".replace("_", " "), fontsize=7)
         prompt = f"'{texts[(concept, pid)]}'" if texts and (concept, pid) in texts else pid.replace("_", " ")
-        fig.suptitle(f"{concept}, {prompt}: methods x weights (training seed {train_seed}, generation seed {seed})", fontsize=9)
+        fig.suptitle(f"{concept}, {prompt}: methods x adapter weights (generation seed {seed})", fontsize=9)
         paths.append(save_figure(fig, out, f"grid_{concept}_{pid}"))
     return paths
-
 
 
 def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
@@ -234,9 +269,9 @@ def instance_figure(df: pd.DataFrame, results_dirs: list[Path], out: Path, per_c
     """A row of training images per concept: what every method was asked to learn."""
     folders = {}
     for concept in sorted(df.concept.dropna().unique()):
-        found = sorted(f for d in results_dirs for f in (Path(d) / "images" / "instance").glob(f"{concept}-*") if f.is_dir())
-        if found:
-            folders[concept] = sorted(found[0].glob("*.png"))[:per_concept]
+        files = instance_files(concept, results_dirs)
+        if files:
+            folders[concept] = files[:per_concept]
     if not folders:
         return None
     cols = max(len(v) for v in folders.values())
