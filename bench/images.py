@@ -35,3 +35,8 @@ def initial_latents(pipe, generators: Sequence[torch.Generator], device) -> torc
     side = unet.config.sample_size
     noise = [torch.randn((1, unet.config.in_channels, side, side), generator=g) for g in generators]
     return torch.cat(noise).to(device=device, dtype=unet.dtype)
+
+
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (what the VAE reads)."""
+    return images_u8.float().div(127.5).sub(1.0)

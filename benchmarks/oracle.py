@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     from bench import world
     from bench.images import generate
     from bench.models import load_pipeline
-    from bench.oracle import NONE, load_oracle, vae_round_trip
+    from bench.build.oracle import vae_round_trip
+    from bench.oracle import NONE, load_oracle
     from bench.quality import world_prompts
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

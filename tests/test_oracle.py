@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bench import records, stats, validity, world
-from bench.oracle import NONE, concept_target, load_oracle, render_example
+from bench.build.oracle import render_example
+from bench.oracle import NONE, concept_target, load_oracle
 from metrics import blank
 
 

@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from bench import world, zoo
-from bench.pretrain import build_tokenizer, train_sd
+from bench.build.pretrain import build_tokenizer, train_sd
 
 
 def test_two_phase_sd_training_resumes_from_phase_one_and_snapshots(tmp_path):
@@ -38,7 +38,7 @@ def test_micro_clips_text_tower_converts_to_a_clip_text_model_with_the_same_stat
     tokens and padding."""
     import open_clip
 
-    from bench.pretrain import clip_text_encoder
+    from bench.build.pretrain import clip_text_encoder
 
     clip_dir = zoo.micro_clip_dir()
     model = open_clip.create_model(f"local-dir:{clip_dir}").eval()
@@ -60,7 +60,7 @@ def test_micro_clips_text_tower_converts_to_a_clip_text_model_with_the_same_stat
 def test_sd_training_on_a_frozen_clip_text_encoder_leaves_it_unchanged(tmp_path):
     from transformers import CLIPTokenizer
 
-    from bench.pretrain import clip_text_encoder
+    from bench.build.pretrain import clip_text_encoder
 
     clip_dir = zoo.micro_clip_dir()
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)

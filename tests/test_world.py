@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bench import world
-from bench.pretrain import build_tokenizer
+from bench.build.pretrain import build_tokenizer
 
 
 def test_vocabulary_sizes_meet_the_world_spec():

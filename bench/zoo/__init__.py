@@ -1,4 +1,4 @@
-"""The embedded micro models, trained by `python -m bench.pretrain` and committed as safetensors."""
+"""The embedded micro models, trained by `python -m bench.build.pretrain` and committed as safetensors."""
 
 from __future__ import annotations
 
@@ -37,5 +37,5 @@ def micro_clip():
 
 def _existing(path: Path) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"embedded model folder {path} is missing; regenerate it with `python -m bench.pretrain`")
+        raise FileNotFoundError(f"embedded model folder {path} is missing; regenerate it with `python -m bench.build.pretrain`")
     return path

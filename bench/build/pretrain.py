@@ -1,4 +1,4 @@
-"""Pretrain the embedded micro models on the micro world: `python -m bench.pretrain`.
+"""Pretrain the embedded micro models on the micro world: `python -m bench.build.pretrain`.
 
 Stages, each written atomically and skipped when its output exists (so an interrupted run resumes):
 tokenizer -> micro CLIP -> VAE -> latent cache -> UNet phase 1 -> phase 2. The result
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bench import world
+from bench.images import to_unit
 from bench.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,6 @@ def world_tensors(n: int, seed: int, resolution: int) -> tuple[torch.Tensor, lis
         texts.append(s.text)
         labels.append(s.label)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), texts, labels
-
-
-def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images_u8.float().div(127.5).sub(1.0)
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
