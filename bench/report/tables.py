@@ -453,14 +453,14 @@ def learning_curve_table(full: pd.DataFrame, settings: stats.Settings = stats.Se
                 gains = (per_run[steps[-1]] - per_run[steps[-2]]).dropna().to_numpy()
                 mean, lo, hi = stats.t_interval(gains)
                 row[f"presence gain, step {steps[-2]} -> {steps[-1]}"] = format_ci(mean, lo, hi)
-                row["last stretch"] = ("still rising" if lo > 0 else "falling" if hi < 0 else "levelled off" if np.isfinite(lo) else "one run")
+                row["last stretch"] = ("still rising" if lo > 0 else "falling" if hi < 0 else "no resolved change" if np.isfinite(lo) else "one run")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("method", key=lambda m: m.map(method_rank), kind="stable")
     caption = ("Learning curves: presence, CLIP-I and drift at weight 1 of the artifact each training run saved part-way through its budget "
                "(train.checkpoints) and at its end, mean over training runs [95 % hierarchical bootstrap]. The same training, not retrained. "
                "Last stretch: the paired change in presence, run by run, from the last checkpoint to the final artifact [95 % t-interval]: "
                "'still rising' when the interval is above 0 (the compared budget stops a method that was still learning), "
-               "'levelled off' when it includes 0, 'falling' when below.")
+               "'no resolved change' when it includes 0 (not evidence of a plateau: with few runs a real rise can hide in it), 'falling' when below.")
     return caption, table
 
 
