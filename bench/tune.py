@@ -250,14 +250,16 @@ def frontier_figure(grid: pd.DataFrame, objective: str, max_drift: float, out: P
             if r.get("chosen", False):
                 ax.plot(r.drift, r[objective], "*", ms=14, color="C3", zorder=4)
             opts = "".join(f" {k}={_plain(r[k]):g}" for k in option_keys if pd.notna(r.get(k)) and r.get(k) != "")
-            ax.annotate(f"{r.lr:g}{opts}", (r.drift, r[objective]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            # A crowded panel (an option crossed with the lr) labels its ringed and chosen arms only; tuning.md lists all.
+            if len(g) <= 6 or on_front[i] or r.get("chosen", False):
+                ax.annotate(f"{r.lr:g}{opts}", (r.drift, r[objective]), fontsize=6, xytext=(4, 3), textcoords="offset points")
         ax.axvline(max_drift, ls="--", color="0.5", lw=0.8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("drift at weight 1")
         ax.set_ylim(-0.05, 1.05) if objective == "presence" else None
     axes[0][0].set_ylabel(f"{objective} at weight 1")
     rule = (f"mode=tune: chosen (star) = highest {objective} with drift <= {max_drift:g} (dashed), ties to lower drift; "
-            f"ringed: Pareto set; bars: 95 % t-intervals over tuning runs; labels: lr")
+            f"ringed: Pareto set; bars: 95 % t-intervals over tuning runs; labels: lr (a crowded panel labels ringed and chosen arms only)")
     fig.suptitle(textwrap.fill(rule, 60 * len(methods)), fontsize=8)
     fig.tight_layout()
     return save_figure(fig, Path(out), "frontier")
