@@ -205,6 +205,13 @@ def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] 
     return pd.DataFrame(rows)
 
 
+def verdict_words(pair) -> str:
+    """A paired row's verdict as tables print it: resolved, not resolved, or what it needs to be judged."""
+    if pair.resolved:
+        return "resolved"
+    return {"too few concepts": f"needs ≥ {MIN_CONCEPTS} concepts", "too few pairs": f"needs ≥ {MIN_PAIRS} pairs"}.get(pair.better, "not resolved")
+
+
 def ranking(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Arms of each scope ordered best first; each row says whether it is resolved against the next one
     down (paired interval excludes 0) and how many other arms it beats resolvedly."""
@@ -227,7 +234,7 @@ def ranking(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> pd.DataF
             rows.append({
                 "model": model, "sweep": sweep, "scope": scope, "rank": ranks[i], "method": r.method, "config": r.config,
                 "mean": r["mean"], "low": r.low, "high": r.high, "n_runs": r.n_runs,
-                "vs_next": "" if nxt is None else ("resolved" if nxt.resolved else "not resolved"), "beats_resolved": beats,
+                "vs_next": "" if nxt is None else verdict_words(nxt), "beats_resolved": beats,
             })
     return pd.DataFrame(rows)
 

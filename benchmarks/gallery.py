@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", type=Path, default=ROOT / "results" / "default", help="a finished run's results dir (its report/ is shown)")
     p.add_argument("--write", action="store_true", help="write docs/report_page.png and docs/summary.png (else into a temporary folder)")
     args = p.parse_args(argv)
-    report = args.results / "report"
+    report = args.results.resolve() / "report"
     html, summary = report / "report.html", report / "figures" / "infographic.png"
     if not html.is_file():
         sys.exit(f"gallery: {html} does not exist; run the comparison first (python run.py results_dir={args.results})")

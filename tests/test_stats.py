@@ -149,3 +149,9 @@ def test_rows_of_a_failed_stage_are_left_out(tmp_path):
     df = table(tmp_path)
     bad = df.iloc[:1].assign(status="failed: boom", value=100.0)
     assert stats.unit_values(pd.concat([df, bad]), "clip_i", 0.0).value.max() < 1
+
+
+def test_the_ranking_says_what_a_neighbour_comparison_needs(tmp_path):
+    df = table(tmp_path, effect=0.1)  # two concepts: no verdict between neighbours either
+    r = stats.ranking(stats.summarize(df, "clip_i", 1.0), stats.paired(df, "clip_i", 1.0), "clip_i")
+    assert r[r.scope == "overall"].vs_next.tolist() == [f"needs ≥ {stats.MIN_CONCEPTS} concepts", ""]

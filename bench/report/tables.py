@@ -196,8 +196,7 @@ def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats
             "a wins": f"{100 * r.a_wins:.0f} %",
             "ties": r.ties,
             "p": "" if not np.isfinite(r.p) else f"{r.p:.3f}",
-            "verdict": f"{r.better} better" if r.resolved else (f"needs ≥ {stats.MIN_CONCEPTS} concepts" if r.better == "too few concepts"
-                                                                 else f"needs ≥ {stats.MIN_PAIRS} pairs" if r.better == "too few pairs" else "not resolved"),
+            "verdict": f"{r.better} better" if r.resolved else stats.verdict_words(r),
         })
     return pd.DataFrame(rows).set_index(["scope", "a", "b"])
 
