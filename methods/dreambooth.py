@@ -168,11 +168,14 @@ class DreamBooth(Method):
         return Artifact(self.name, tensors, self._meta(pipe))
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
-        artifact = self.snapshot(pipe, data)
+        # The tuned model back in the base model's dtype first, as it is saved: mode=estimate's fake tensors
+        # cannot be compared (snapshot raises there) and it sizes the file from the model as left here.
         for name, module in self._components(pipe).items():
             module.requires_grad_(False)
             if name in self._dtypes:
                 cast_parameters(module, self._dtypes[name])
+        artifact = self.snapshot(pipe, data)
+        for name, module in self._components(pipe).items():
             if name in self._base:
                 module.load_state_dict(self._base[name])
         self._base, self._dtypes = {}, {}
