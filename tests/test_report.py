@@ -243,10 +243,11 @@ def test_csv_tables_hold_intervals_as_numbers():
     from bench.report.tables import numeric
 
     table = pd.DataFrame({"method": ["lora", "ti"], "CLIP-I ↑": ["0.705 [0.700, 0.710]", "0.505"], "file": ["3.2 MB", "3.07 KB"],
-                          "train time (s)": ["1,234.5 [1,200.0, 1,300.0]", ""], "verdict": ["better", "not resolved"]})
+                          "train time (s)": ["1,234.5 [1,200.0, 1,300.0]", ""], "verdict": ["better", "not resolved"],
+                          "note": pd.Series(["x", None], dtype="string")})
     out = numeric(table)
     assert list(out.columns) == ["method", "CLIP-I ↑", "CLIP-I ↑ low", "CLIP-I ↑ high", "file", "file low", "file high",
-                                 "train time (s)", "train time (s) low", "train time (s) high", "verdict"]
+                                 "train time (s)", "train time (s) low", "train time (s) high", "verdict", "note"]
     assert out["CLIP-I ↑"].tolist() == [0.705, 0.505] and out["CLIP-I ↑ low"].iloc[0] == 0.7 and np.isnan(out["CLIP-I ↑ low"].iloc[1])
     assert out["file"].tolist() == [3.2e6, 3070.0] and out["train time (s)"].iloc[0] == 1234.5 and np.isnan(out["train time (s)"].iloc[1])
     assert out["verdict"].tolist() == ["better", "not resolved"]

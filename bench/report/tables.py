@@ -262,7 +262,8 @@ def numeric(table: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for col in table.columns:
         cells = table[col]
-        text = cells.astype(str).str.strip()
+        # Missing cells (NaN, None, <NA>; pandas' string dtype keeps them missing through astype(str)) are blanks.
+        text = pd.Series([str(c).strip() if isinstance(c, str) or pd.notna(c) else "" for c in cells], index=cells.index)
         matches = text.map(lambda t: _CELL.match(t) if t not in ("", "nan", "<NA>", "None") else None)
         filled = text[~text.isin(["", "nan", "<NA>", "None"])]
         if (cells.dtype == object or pd.api.types.is_string_dtype(cells)) and len(filled) and all(matches[i] is not None for i in filled.index):
