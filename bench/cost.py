@@ -128,7 +128,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         step_ends.append(time.perf_counter() - paused)
         if step + 1 in settings.checkpoints:
             start_save = time.perf_counter()
-            watching = probe is not None and probe._mode is not None
+            watching = probe is not None and probe.watching
             if watching:  # a checkpoint's copies are not training's memory
                 probe.stop()
             artifact = method.snapshot(pipe, data)

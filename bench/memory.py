@@ -95,6 +95,10 @@ class TensorPeak:
             self._mode = None
 
     @property
+    def watching(self) -> bool:
+        return self._mode is not None
+
+    @property
     def peak_bytes(self) -> int:
         return self.baseline_bytes + self.peak
 

@@ -148,9 +148,14 @@ def curve_dir(results: Path, run_id: str, sweep: str) -> Path:
     return Path(results) / "images" / f"{run_id}-{sweep}-curve"
 
 
+def image_name(prompt_id: str, seed: int, weight: float) -> str:
+    """A sweep image's file name, e.g. instance_0_seed1_w+0.50.png (the final sweep's and a checkpoint's)."""
+    return f"{prompt_id}_seed{int(seed)}_w{float(weight):+.2f}.png"
+
+
 def image_file(results: Path, run_id: str, sweep: str, prompt_id: str, seed: int, weight: float) -> Path:
     """e.g. images/3f2a9c01d4-1b2c3d4e/instance_0_seed1_w+0.50.png"""
-    return images_dir(results, run_id, sweep) / f"{prompt_id}_seed{int(seed)}_w{float(weight):+.2f}.png"
+    return images_dir(results, run_id, sweep) / image_name(prompt_id, seed, weight)
 
 
 def instance_dir(results: Path, concept) -> Path:

@@ -111,20 +111,19 @@ def in_scope(units: pd.DataFrame, scope: str) -> pd.DataFrame:
 def hierarchical_bootstrap(groups: list[np.ndarray], settings: Settings = Settings()) -> tuple[float, float, float]:
     """(point estimate, low, high) of the mean of group means, resampling groups and then units inside
     each drawn group. The interval is NaN with a single unit in all."""
+    return bootstrap_test(groups, settings)[:3]
+
+
+def bootstrap_test(groups: list[np.ndarray], settings: Settings = Settings()) -> tuple[float, float, float, float]:
+    """(point, low, high, p): `hierarchical_bootstrap`'s interval, and from the same resamples the two-sided
+    p of 'the mean is 0' (twice the smaller share of resampled means on either side of 0; NaN without an
+    interval)."""
     point, stat = _resampled(groups, settings)
     if stat is None:
-        return point, math.nan, math.nan
+        return point, math.nan, math.nan, math.nan
     alpha = (1 - settings.confidence) / 2
-    return point, float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha))
-
-
-def bootstrap_p(groups: list[np.ndarray], settings: Settings = Settings()) -> float:
-    """Two-sided p of 'the mean is 0' from the resamples `hierarchical_bootstrap` draws (same seed): twice
-    the smaller share of resampled means on either side of 0. NaN without an interval."""
-    _, stat = _resampled(groups, settings)
-    if stat is None:
-        return math.nan
-    return float(min(1.0, 2 * min((stat <= 0).mean(), (stat >= 0).mean())))
+    p = float(min(1.0, 2 * min((stat <= 0).mean(), (stat >= 0).mean())))
+    return point, float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha)), p
 
 
 def _resampled(groups: list[np.ndarray], settings: Settings) -> tuple[float, np.ndarray | None]:
@@ -190,7 +189,7 @@ def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] 
                 s = in_scope(both, scope)
                 if s.empty or (scope != "overall" and both.kind.nunique() == 1):
                     continue
-                mean, lo, hi = hierarchical_bootstrap(by_concept(s, "d"), settings)
+                mean, lo, hi, p = bootstrap_test(by_concept(s, "d"), settings)
                 better = np.sign(s.d.to_numpy()) * (1 if hib else -1)
                 win = float(((better > 0) + 0.5 * (better == 0)).mean())
                 enough = "too few concepts" if s.concept.nunique() < MIN_CONCEPTS else ("too few pairs" if len(s) < MIN_PAIRS else "")
@@ -198,7 +197,7 @@ def paired(df: pd.DataFrame, metric: str, weight: float = 1.0, seeds: list[int] 
                 rows.append({
                     "model": model, "sweep": sweep, "scope": scope, "metric": metric, "weight": weight,
                     "method_a": a[0], "config_a": a[1], "method_b": b[0], "config_b": b[1], "n_pairs": len(s), "n_concepts": s.concept.nunique(),
-                    "diff": mean, "low": lo, "high": hi, "p": bootstrap_p(by_concept(s, "d"), settings), "a_wins": win,
+                    "diff": mean, "low": lo, "high": hi, "p": p, "a_wins": win,
                     "ties": int((better == 0).sum()), "resolved": resolved,
                     "better": (a[0] if (mean > 0) == hib else b[0]) if resolved else (enough or "unresolved"),
                 })

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from bench import stats, world
 from bench.io import atomic_write_text
 from bench.paths import BENCHMARK_RESULTS, METHOD_CONF_DIR, TUNING_JSON
+from bench.records import checkpoint_rows, final_rows
 from methods.errors import MethodConfigError
 from metrics import higher_is_better
 
@@ -102,10 +103,11 @@ def arm_table(cfg: DictConfig, arms: dict, table: pd.DataFrame) -> pd.DataFrame:
     for arm, (name, lr, choice) in arms.items():
         sub = table[table.method == arm]
         row = {"method": name, "arm": arm, "lr": lr, **choice}
-        for metric in (objective, "drift"):
-            mean, lo, hi = stats.t_interval(stats.unit_values(sub, metric, 1.0).value.to_numpy())
+        units = {metric: stats.unit_values(sub, metric, 1.0).value.to_numpy() for metric in (objective, "drift")}
+        for metric, values in units.items():
+            mean, lo, hi = stats.t_interval(values)
             row |= {metric: mean, f"{metric} 95% CI": f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else ""}
-        row["runs"] = len(stats.unit_values(sub, objective, 1.0))
+        row["runs"] = len(units[objective])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -135,8 +137,8 @@ def tune(cfg: DictConfig) -> int:
     for extension in range(int(cfg.tune.max_extensions) + 1):
         grid, arms = grid_config(cfg, factors)
         status, runs = runner.run_comparison(grid)
-        table = runner.config_table(Path(grid.results_dir), runs)
-        grid_table = arm_table(cfg, arms, table)
+        full = runner.config_table(Path(grid.results_dir), runs, checkpoints=True)  # with the learning curves' rows
+        grid_table = arm_table(cfg, arms, final_rows(full))
         picked = {name: choose(g, objective, max_drift) for name, g in grid_table.groupby("method", sort=False)}
         edges = {name: side for name, index in picked.items() if (side := at_edge(grid_table, index, list(tune_options(cfg).get(name, {})))) is not None}
         for name, side in edges.items():
@@ -157,7 +159,7 @@ def tune(cfg: DictConfig) -> int:
         pick = grid_table.loc[index]
         chosen[name] = float(pick.lr)
         chosen_options[name] = {key: _as_option(pick[key], values) for key, values in tune_options(cfg).get(name, {}).items()}
-    curves = chosen_curves(runner.config_table(Path(grid.results_dir), runs, checkpoints=True), grid_table, picked, objective)
+    curves = chosen_curves(full, grid_table, picked, objective)
     grid_table["chosen"] = grid_table.index.isin(list(picked.values()))
     grid_table["date"] = datetime.date.today().isoformat()
     # What else each method was configured with while its lr was tuned (an lr is tuned for that config).
@@ -191,7 +193,6 @@ def chosen_curves(full: pd.DataFrame, grid: pd.DataFrame, picked: dict, objectiv
     """Each method's chosen arm: its objective at weight 1 at every step its runs were scored at (the
     checkpoints, `train.checkpoints`, and the end), mean over tuning runs, and the first step within
     LEVEL_TOLERANCE of the highest it reaches. Empty without checkpoints."""
-    from bench.records import checkpoint_rows
     from bench.report import curve_steps
 
     if not checkpoint_rows(full).any():
@@ -229,12 +230,7 @@ def frontier_figure(grid: pd.DataFrame, objective: str, max_drift: float, out: P
     """Per method, every arm's objective against its drift at weight 1 (95 % t-intervals over tuning runs),
     labelled by lr; the Pareto set (no other arm has more of the objective and less drift) ringed, the
     chosen arm starred, and the rule that chose it written on the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bench.plots import pareto, save_figure
+    from bench.plots import pareto, plt, save_figure
 
     methods = list(dict.fromkeys(grid.method))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)

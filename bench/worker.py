@@ -213,15 +213,14 @@ def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
         return {**status, "load_s": load_seconds(), "written": []}  # a failed stage's rows are not a stage time
     if status["train"] == "ok":
         # A new artifact: images and scores made from an earlier one (a redone, damaged stage) are not its.
-        for stage in (f"scores_{spec.scores_key}", f"curve_{spec.scores_key}"):
+        for stage in spec.stages[1:]:
             records.stage_file(_results(), stage).unlink(missing_ok=True)
         shutil.rmtree(stages.images_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
         shutil.rmtree(stages.curve_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
     status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
-    if status["scores"].startswith(("ok", "reused")) and _cfg().train.get("checkpoints"):
-        status["curve"] = _stage(spec, f"curve_{spec.scores_key}", lambda: curve_stage(spec))
-    written = [stage for stage, key in ((f"train_{spec.run_id}", "train"), (f"scores_{spec.scores_key}", "scores"), (f"curve_{spec.scores_key}", "curve"))
-               if status.get(key) == "ok"]
+    if status["scores"].startswith(("ok", "reused")) and spec.curves:
+        status["curve"] = _stage(spec, spec.stages[2], lambda: curve_stage(spec))
+    written = [stage for stage, key in zip(spec.stages, ("train", "scores", "curve")) if status.get(key) == "ok"]
     return {**status, "load_s": load_seconds(), "written": written}
 
 
@@ -297,7 +296,7 @@ def sweep_and_score(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     start = time.perf_counter()
     images, diffs = images_stage(spec, method, concept, prompts)
     generated = time.perf_counter()
-    base = {(p.text, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, p.text, s)) for p in prompts for s in cfg.sweep.seeds}
+    base = _base_images(p.text for p in prompts)
     rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception), oracle=_oracle())
     # Where the time goes: generating this run's images (near 0 when they were on disk) and scoring them.
     rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
@@ -321,13 +320,13 @@ def curve_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     at_one = cfg.sweep.copy()
     with open_dict(at_one):
         at_one.weights = [1.0]
-    base = {(p.text, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, p.text, s)) for p in prompts for s in cfg.sweep.seeds}
+    base = _base_images(p.text for p in prompts)
     folder = stages.curve_dir(results, spec.run_id, spec.sweep)
     rows, start = [], time.perf_counter()
     for step, file in sorted(cost.checkpoints.items(), key=lambda kv: int(kv[0])):
         images = sweep_method(_pipe(), method, method.load(train / file), concept, prompts, at_one, bool(cfg.progress))
         for (pid, seed, weight), im in images.items():
-            with atomic_path(folder / f"step{int(step):07d}" / f"{pid}_seed{int(seed)}_w{float(weight):+.2f}.png") as tmp:
+            with atomic_path(folder / f"step{int(step):07d}" / stages.image_name(pid, seed, weight)) as tmp:
                 im.save(tmp, format="PNG")
         scored = sweep_rows(_encoder(), concept, prompts, images, base, {}, inception=bool(cfg.metrics.inception), oracle=_oracle())
         rows += [{**r, "step": int(step), "sweep": spec.sweep} for r in scored]
@@ -356,7 +355,7 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
     pipe = _pipe()
     images = sweep_method(pipe, method, artifact, concept, prompts, cfg.sweep, bool(cfg.progress))
     base_text = {p.prompt_id: method.base_prompt(p.text, concept) for p in prompts}
-    base = {(t, int(s)): _read(stages.base_image_file(results, cfg.model, cfg.sweep, t, s)) for t in set(base_text.values()) for s in cfg.sweep.seeds}
+    base = _base_images(base_text.values())
     diffs = check_weight_zero(spec.method, images, base, base_text)
     names = {}
     for (pid, seed, weight), im in images.items():
@@ -390,6 +389,12 @@ def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _base_images(texts) -> dict:
+    """The base model's stored images of these prompt texts, by (text, generation seed)."""
+    cfg = _cfg()
+    return {(t, int(s)): _read(stages.base_image_file(_results(), cfg.model, cfg.sweep, t, s)) for t in dict.fromkeys(texts) for s in cfg.sweep.seeds}
 
 
 def _read(path: Path):

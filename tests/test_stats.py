@@ -85,8 +85,8 @@ def test_the_verdict_and_its_p_value_are_one_rule(tmp_path):
     rng = np.random.default_rng(5)
     for shift in (0.0, 0.01, 0.02, 0.05):
         groups = [rng.normal(shift, 0.03, 3) for _ in range(5)]
-        mean, lo, hi = stats.hierarchical_bootstrap(groups)
-        p = stats.bootstrap_p(groups)
+        mean, lo, hi, p = stats.bootstrap_test(groups)
+        assert (mean, lo, hi) == stats.hierarchical_bootstrap(groups)
         assert (p < 0.05) == (lo > 0 or hi < 0), (shift, p, lo, hi)
         _, resampled = stats._resampled(groups, stats.Settings())
         assert p == pytest.approx(min(1, 2 * min((resampled <= 0).mean(), (resampled >= 0).mean())))

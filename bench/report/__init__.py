@@ -18,6 +18,7 @@ from bench.plots import method_rank, pareto
 from bench.report.figures import GRID_RULE, cost_figure, curves_figure, frontier_figure, infographic, instance_figure, learning_curve_figure, loss_figure, tradeoff_figure, xy_grids
 from bench.report.labels import arm_labels, config_descriptions, label_of, run_records
 from bench.report.page import render_page, resolved_config_html
+from bench.report.tables import learning_curves
 from bench.report.tables import curve_steps, format_ci, latex_text, metric_title
 from bench.report.tables import best_weight_table, blank_table, cost_table, definitions_table, failures, learning_curve_table, learning_rates_table, paired_table, per_concept_table, prompts_table, provenance_table, quality_table, ranking_table, validity_table, write_table
 from metrics import title as metric_name
@@ -90,9 +91,10 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
               "(the base model) and 1, mean over the concept's training runs [95 % interval over training seeds].", per_concept_table(df, fidelity, settings))
         table(results, "Best weight (held out)", "best_weight", f"Each method's best weight by {title}, chosen on half of the generation seeds "
               "and reported on the other half, so the choice and the number never come from the same images.", best_weight_table(df, fidelity, settings))
-    table(results, "Learning curves", "learning_curves", *learning_curve_table(full, settings))
+    curves = learning_curves(full, settings)  # bootstrapped once, for the table and the figure
+    table(results, "Learning curves", "learning_curves", *learning_curve_table(full, settings, curves))
     figure(results, "Learning curves against training steps", "learning_curves", "Quality at weight 1 against training steps: whether each method "
-           "has levelled off at the compared budget (the table 'Learning curves' tests the last stretch).", learning_curve_figure(full, fig_dir, settings))
+           "has levelled off at the compared budget (the table 'Learning curves' tests the last stretch).", learning_curve_figure(full, fig_dir, settings, curves))
 
     table(detail, "Cost", "cost", "Cost of training under identical conditions: mean over training runs [95 % interval]. Training memory is the run's own peak "
           "(CUDA: max_memory_allocated; CPU: peak of live tensors, model weights included); the process peak RSS is beside it. "

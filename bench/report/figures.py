@@ -195,6 +195,7 @@ def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict 
     metric = fidelity if (q.metric == fidelity).any() else "clip_i"
     labels = arm_labels(df)
     paths = []
+    shown: dict[tuple, tuple] = {}  # (concept, arm) -> (the median run, its training seed)
     for (concept, pid), sub in q[q.metric == "clip_i"].groupby(["concept", "prompt_id"], sort=True):
         arms = sorted({tuple(a) for a in sub[stats.ARM].itertuples(index=False)}, key=lambda a: method_rank(label_of(labels, *a)))
         weights = sorted(sub.weight.unique())
@@ -213,12 +214,12 @@ def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict 
                 ax.set_yticks([])
                 if c >= len(instances):
                     ax.axis("off")
-        shown_seeds = []
         for r, arm in enumerate(arms):
-            arm_rows = q[(q.concept == concept) & (q[stats.ARM] == pd.Series(arm, index=stats.ARM)).all(axis=1)]
-            run = median_run(arm_rows, metric)
-            train_seed = arm_rows[arm_rows.run_id == run].train_seed.iloc[0] if run else None
-            shown_seeds.append(train_seed)
+            if (concept, arm) not in shown:  # one choice per concept and arm, whatever the prompt
+                arm_rows = q[(q.concept == concept) & (q[stats.ARM] == pd.Series(arm, index=stats.ARM)).all(axis=1)]
+                run = median_run(arm_rows, metric)
+                shown[(concept, arm)] = (run, arm_rows[arm_rows.run_id == run].train_seed.iloc[0] if run else None)
+            run, train_seed = shown[(concept, arm)]
             for c, w in enumerate(weights):
                 ax = axes[r + top][c]
                 ax.set_xticks([])
@@ -315,8 +316,8 @@ def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
 
 
 
-def learning_curve_figure(full: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
-    curves = learning_curves(full, settings)
+def learning_curve_figure(full: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings(), curves: pd.DataFrame | None = None) -> Path | None:
+    curves = learning_curves(full, settings) if curves is None else curves
     if curves.empty:
         return None
     labels = arm_labels(full)

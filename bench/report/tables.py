@@ -428,10 +428,10 @@ def learning_curves(full: pd.DataFrame, settings: stats.Settings = stats.Setting
 
 
 
-def learning_curve_table(full: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> tuple[str, pd.DataFrame]:
+def learning_curve_table(full: pd.DataFrame, settings: stats.Settings = stats.Settings(), curves: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame]:
     """The curve as a table, and per arm whether the budget's last stretch still moved presence: the
     paired difference, run by run, between the final artifact and the checkpoint before it."""
-    curves = learning_curves(full, settings)
+    curves = learning_curves(full, settings) if curves is None else curves  # `curves`: already computed (the report's figure uses them too)
     if curves.empty:
         return "", pd.DataFrame()
     labels = arm_labels(full)
