@@ -135,7 +135,7 @@ def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
     """A `method.lora.rank=1,4,16` multirun: each config is named by the hyper-parameters that differ
     ('lora rank=16'), in natural order, never by a hash alone; keys equal across the family stay out."""
     from bench import stages
-    from bench.report import arm_labels, config_descriptions, method_rank
+    from bench.report import ReportContext, config_descriptions, method_rank
 
     runs, rows = [], []
     for rank in (16, 1, 4):
@@ -146,8 +146,7 @@ def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
     described = config_descriptions(runs)
     assert sorted(described.values()) == ["alpha=1, rank=1", "alpha=16, rank=16", "alpha=4, rank=4"]
     df = pd.DataFrame(rows)
-    df.attrs["config_descriptions"] = described
-    labels = sorted(arm_labels(df).values(), key=method_rank)
+    labels = sorted(ReportContext.of_runs(runs).labels(df).values(), key=method_rank)
     assert labels == ["lora alpha=1, rank=1", "lora alpha=4, rank=4", "lora alpha=16, rank=16"]
 
 
@@ -164,8 +163,7 @@ def test_runs_that_differ_in_training_settings_are_two_arms_labelled_by_the_sett
         rows.append({"model": "micro", "method": "lora", "config": stages.recorded_config_hash(config, "lora"), "sweep": "s"})
     assert rows[0]["config"] != rows[1]["config"]
     df = pd.DataFrame(rows)
-    df.attrs["config_descriptions"] = config_descriptions(runs)
-    assert sorted(arm_labels(df).values()) == ["lora train.steps=2", "lora train.steps=40"]
+    assert sorted(arm_labels(df, config_descriptions(runs)).values()) == ["lora train.steps=2", "lora train.steps=40"]
 
 
 def test_two_runs_of_one_arm_concept_and_seed_are_refused_as_replicates():

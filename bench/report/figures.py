@@ -14,15 +14,15 @@ from bench import stages, stats
 from bench.plots import colours, human_bytes, matplotlib, method_rank, pareto, plt, save_figure
 from metrics import higher_is_better
 from metrics import title as metric_name
-from bench.report.labels import arm_labels, label_of
+from bench.report.labels import ReportContext, label_of
 from bench.report.tables import CURVE_METRICS, cost_rows, format_ci, learning_curves, metric_title, quality_metrics
 
 log = logging.getLogger(__name__)
 
 
-def arm_means(df: pd.DataFrame, metric: str) -> dict[str, float]:
+def arm_means(df: pd.DataFrame, metric: str, ctx: ReportContext = ReportContext()) -> dict[str, float]:
     """Label -> mean over runs of a run-level metric (cost)."""
-    labels = arm_labels(df.assign(sweep=None))
+    labels = ctx.labels(df.assign(sweep=None))
     rows = cost_rows(df)
     rows = rows[rows.metric == metric]
     out = {label_of(labels, *k): g.groupby("concept").value.mean().mean() for k, g in rows.groupby(["model", "method", "config"])}
@@ -30,13 +30,13 @@ def arm_means(df: pd.DataFrame, metric: str) -> dict[str, float]:
 
 
 
-def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
+def cost_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
     if cost_rows(df).empty:
         return None
     panels = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB, tensors)", False), ("train_time", "train time (s)", False), ("trainable_params", "trainable parameters (log)", True)]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")  # the title clear of the panels' titles
     for ax, (metric, title, log_scale) in zip(axes, panels):
-        means = arm_means(df, metric)
+        means = arm_means(df, metric, ctx)
         col = colours(list(means))
         ax.bar(range(len(means)), list(means.values()), color=[col[m] for m in means])
         ax.set_xticks(range(len(means)), [m.replace("_", "\n") for m in means], fontsize=8)
@@ -48,12 +48,12 @@ def cost_figure(df: pd.DataFrame, out: Path) -> Path | None:
 
 
 
-def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+def curves_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
     known = quality_metrics(df)
     metrics = [m for m in known if m != "diversity"]
     if not metrics:
         return None
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
     col = colours(sorted(set(labels.values()), key=method_rank))
     weights = sorted(stats.quality_rows(df).weight.unique())
     # At most four panels a row: one row of seven shrinks every label to unreadable in a report's width.
@@ -63,7 +63,7 @@ def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.
     for ax, metric in zip(axes.flat, metrics):
         curves: dict[str, list] = {}
         for w in weights:
-            for r in stats.summarize(df, metric, float(w), settings=settings).itertuples():
+            for r in stats.summarize(df, metric, float(w), settings=ctx.settings).itertuples():
                 if r.scope == "overall":
                     curves.setdefault(label_of(labels, r.model, r.method, r.config, r.sweep), []).append((w, r.mean, r.low, r.high))
         for label in sorted(curves, key=method_rank):
@@ -87,11 +87,11 @@ def curves_figure(df: pd.DataFrame, out: Path, settings: stats.Settings = stats.
 
 
 
-def tradeoff_figure(df: pd.DataFrame, out: Path) -> Path | None:
+def tradeoff_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
     q = stats.quality_rows(df)
     if not ((q.metric == "clip_t").any() and (q.metric == "clip_i").any()):
         return None
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
     col = colours(sorted(set(labels.values()), key=method_rank))
     fig, ax = plt.subplots(figsize=(6, 4.6))
     for arm, g in q.groupby(stats.ARM, dropna=False):
@@ -115,20 +115,20 @@ FRONTIER_COSTS = [("artifact_bytes", "file size (log)", True), ("peak_mem", "tra
 
 
 
-def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
     """Quality at weight 1 (mean, 95 % interval) against each cost, one point per method config; the
     methods no other beats on both (cheaper or as cheap, and better or as good) are ringed and joined."""
-    summary = stats.summarize(df, fidelity, 1.0, settings=settings)
+    summary = stats.summarize(df, fidelity, 1.0, settings=ctx.settings)
     if summary.empty or cost_rows(df).empty:
         return None
     summary = summary[summary.scope == "overall"]
-    labels = arm_labels(df.assign(sweep=None))
+    labels = ctx.labels(df.assign(sweep=None))
     higher = higher_is_better(fidelity)
     fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False, layout="constrained")
     arms = sorted({(r.model, r.method, r.config) for r in summary.itertuples()}, key=lambda a: method_rank(label_of(labels, *a)))
     col = colours([label_of(labels, *a) for a in arms])
     for ax, (metric, title, log_scale) in zip(axes[0], FRONTIER_COSTS):
-        costs = arm_means(df, metric)  # per label: mean over concepts of the mean over training runs, as the cost figure
+        costs = arm_means(df, metric, ctx)  # per label: mean over concepts of the mean over training runs, as the cost figure
         points = []
         for arm in arms:
             q = summary[(summary.model == arm[0]) & (summary.method == arm[1]) & (summary.config == arm[2])]
@@ -188,12 +188,12 @@ def median_run(sub: pd.DataFrame, metric: str) -> str | None:
     return str(per_run.run_id.iloc[(len(per_run) - 1) // 2])
 
 
-def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None, fidelity: str = "clip_i") -> list[Path]:
+def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict | None = None, fidelity: str = "clip_i", ctx: ReportContext = ReportContext()) -> list[Path]:
     """Per concept and prompt: methods x weights, each row its method's median run (GRID_RULE), every cell
     labelled, the concept's training images above (`texts`: (concept, prompt id) -> prompt text, for titles)."""
     q = stats.quality_rows(df)
     metric = fidelity if (q.metric == fidelity).any() else "clip_i"
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
     paths = []
     shown: dict[tuple, tuple] = {}  # (concept, arm) -> (the median run, its training seed)
     for (concept, pid), sub in q[q.metric == "clip_i"].groupby(["concept", "prompt_id"], sort=True):
@@ -236,15 +236,15 @@ def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict 
     return paths
 
 
-def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, settings: stats.Settings = stats.Settings()) -> Path | None:
+def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
     if cost_rows(df).empty:
         return None
     fig = plt.figure(figsize=(11, 8.5))
     fig.suptitle("adapterbench: DreamBooth vs Textual Inversion vs LoRA vs hypernetworks, measured", fontsize=13, weight="bold")
     ax = fig.add_axes([0.03, 0.62, 0.94, 0.28])
     ax.axis("off")
-    labels = arm_labels(df)
-    q = {m: stats.summarize(df, m, 1.0, settings=settings) for m in (fidelity, "clip_t", "drift")}
+    labels = ctx.labels(df)
+    q = {m: stats.summarize(df, m, 1.0, settings=ctx.settings) for m in (fidelity, "clip_t", "drift")}
     cost = {m: arm_means(df, m) for m in ("artifact_bytes", "peak_mem", "train_time")}
     headline = []
     for label in sorted(cost["train_time"], key=method_rank):
@@ -292,12 +292,12 @@ def instance_figure(df: pd.DataFrame, results_dirs: list[Path], out: Path, per_c
 
 
 
-def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
+def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10, ctx: ReportContext = ReportContext()) -> Path | None:
     """Training loss against step per method: the mean over training runs of a running mean."""
     loss = df[(df.metric == "train_loss") & df.step.notna() & (df.status == "ok")]
     if loss.empty:
         return None
-    labels = arm_labels(loss.assign(sweep=None))
+    labels = ctx.labels(loss.assign(sweep=None))
     col = colours(sorted(set(labels.values()), key=method_rank))
     fig, ax = plt.subplots(figsize=(7, 4))
     for (model, method, config), g in loss.groupby(["model", "method", "config"], dropna=False):
@@ -316,11 +316,11 @@ def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10) -> Path | None:
 
 
 
-def learning_curve_figure(full: pd.DataFrame, out: Path, settings: stats.Settings = stats.Settings(), curves: pd.DataFrame | None = None) -> Path | None:
-    curves = learning_curves(full, settings) if curves is None else curves
+def learning_curve_figure(full: pd.DataFrame, out: Path, ctx: ReportContext = ReportContext(), curves: pd.DataFrame | None = None) -> Path | None:
+    curves = learning_curves(full, ctx) if curves is None else curves
     if curves.empty:
         return None
-    labels = arm_labels(full)
+    labels = ctx.labels(full)
     col = colours(sorted(set(labels.values()), key=method_rank))
     metrics = [m for m in CURVE_METRICS if (curves.metric == m).any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False, layout="constrained")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -53,14 +55,14 @@ def config_descriptions(runs: list[dict]) -> dict[str, str]:
 
 
 
-def arm_labels(df: pd.DataFrame) -> dict[tuple, str]:
+def arm_labels(df: pd.DataFrame, descriptions: Mapping[str, str] | None = None) -> dict[tuple, str]:
     """A readable name per (model, method, config, sweep): the method, plus what tells arms apart (the
-    differing hyper-parameters where the report knows them, else the config hash)."""
+    differing hyper-parameters, `descriptions` by config hash (`config_descriptions`), else the hash)."""
     keys = {tuple(None if pd.isna(x) else x for x in r) for r in df[stats.ARM].dropna(subset=["method"]).itertuples(index=False)}
     many_models = len({k[0] for k in keys}) > 1
     configs = pd.Series([k[2] for k in keys]).groupby([k[1] for k in keys]).nunique() if keys else pd.Series(dtype=int)
     many_sweeps = len({k[3] for k in keys if isinstance(k[3], str)}) > 1
-    described = df.attrs.get("config_descriptions", {})
+    described = descriptions or {}
     out = {}
     for model, method, config, sweep in keys:
         label = method
@@ -72,6 +74,24 @@ def arm_labels(df: pd.DataFrame) -> dict[tuple, str]:
             label += f" (sweep {sweep})"
         out[(model, method, config, sweep)] = label
     return out
+
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What every table and figure of one report reads besides its rows, made once per report: the
+    statistics settings, and how arms are named (what tells a method's configs apart, from the runs'
+    recorded configs: 'lora rank=16', not a config hash)."""
+
+    settings: stats.Settings = field(default_factory=stats.Settings)
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_runs(cls, runs: list[dict], settings: stats.Settings | None = None) -> "ReportContext":
+        return cls(settings or stats.Settings(), config_descriptions(runs))
+
+    def labels(self, df: pd.DataFrame) -> dict[tuple, str]:
+        return arm_labels(df, self.descriptions)
 
 
 

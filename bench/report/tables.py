@@ -17,7 +17,7 @@ from bench.plots import human_bytes, method_rank
 from metrics import QUALITY, higher_is_better, is_frechet
 from metrics import info as metric_info
 from metrics import title as metric_name
-from bench.report.labels import arm_labels, label_of, ordered
+from bench.report.labels import ReportContext, label_of, ordered
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ def cost_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 
-def cost_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+def cost_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Arm x cost: the mean over training runs with a 95 % interval (concepts, then seeds)."""
     cost = cost_rows(df)
-    labels = arm_labels(df.assign(sweep=None))
+    labels = ctx.labels(df.assign(sweep=None))
     rows = []
     for (model, method, config), g in sorted(cost.groupby(["model", "method", "config"], dropna=False), key=lambda kv: method_rank(label_of(labels, *kv[0]))):
         row = {"method": label_of(labels, model, method, config), "runs": int(g.run_id.nunique())}
@@ -63,7 +63,7 @@ def cost_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) ->
             if m.empty:
                 continue
             groups = [x.value.to_numpy() * scale for _, x in m.groupby("concept")]
-            row[title] = format_ci(*stats.hierarchical_bootstrap(groups, settings), fmt)
+            row[title] = format_ci(*stats.hierarchical_bootstrap(groups, ctx.settings), fmt)
         rows.append(row)
     return pd.DataFrame(rows).set_index("method").fillna("") if rows else pd.DataFrame()
 
@@ -108,10 +108,10 @@ def metric_title(metric: str) -> str:
 
 
 
-def quality_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+def quality_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Arm x scope x metric at weight 1: mean [interval] over training runs, with n."""
-    labels = arm_labels(df)
-    parts = [stats.summarize(df, metric, 1.0, settings=settings) for metric in quality_metrics(df)]
+    labels = ctx.labels(df)
+    parts = [stats.summarize(df, metric, 1.0, settings=ctx.settings) for metric in quality_metrics(df)]
     s = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
     if s.empty:
         return s
@@ -125,12 +125,12 @@ def quality_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings())
 
 
 
-def blank_table(df: pd.DataFrame) -> pd.DataFrame:
+def blank_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Arm x weight: blank (degenerate) images as 'count / images', over every prompt, seed and run."""
     b = df[(df.metric == "blank") & (df.status == "ok")]
     if b.empty:
         return b
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
     rows: dict[str, dict[str, str]] = {}
     for (*arm, weight), g in b.groupby([*stats.ARM, "weight"], dropna=False, sort=True):
         rows.setdefault(label_of(labels, *arm), {})[f"weight {weight:g}"] = f"{int(g.value.sum())} / {len(g)}"
@@ -139,9 +139,9 @@ def blank_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 
-def validity_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> tuple[str, pd.DataFrame]:
+def validity_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> tuple[str, pd.DataFrame]:
     """(caption, table): each proxy metric's rank agreement with the oracle's presence rate."""
-    t = validity.agreement(df, settings)
+    t = validity.agreement(df, ctx.settings)
     if t.empty:
         return "", t
     table = pd.DataFrame({
@@ -160,16 +160,16 @@ def validity_table(df: pd.DataFrame, settings: stats.Settings = stats.Settings()
 
 
 
-def per_concept_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+def per_concept_table(df: pd.DataFrame, metric: str, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Concept x method: `metric` at weight 0 and 1, mean over that concept's training runs [interval]."""
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
     rows = {}
     for weight in (0.0, 1.0):
         units = stats.unit_values(df, metric, weight)
         for (concept, kind, *arm), g in units.groupby(["concept", "kind", *stats.ARM], dropna=False, sort=True):
             label = label_of(labels, *arm)
             row = rows.setdefault((concept, kind), {})
-            row[f"{label} @{weight:g}"] = format_ci(*stats.hierarchical_bootstrap([g.value.to_numpy()], settings))
+            row[f"{label} @{weight:g}"] = format_ci(*stats.hierarchical_bootstrap([g.value.to_numpy()], ctx.settings))
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -179,12 +179,12 @@ def per_concept_table(df: pd.DataFrame, metric: str, settings: stats.Settings = 
 
 
 
-def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+def paired_table(df: pd.DataFrame, metric: str, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Every two arms on the runs they share, at weight 1: difference a - b [interval], a's win rate, p."""
-    p = stats.paired(df, metric, 1.0, settings=settings)
+    p = stats.paired(df, metric, 1.0, settings=ctx.settings)
     if p.empty:
         return p
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
     rows = []
     for r in p.itertuples():
         rows.append({
@@ -202,12 +202,12 @@ def paired_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats
 
 
 
-def ranking_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
-    summary = stats.summarize(df, metric, 1.0, settings=settings)
+def ranking_table(df: pd.DataFrame, metric: str, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
+    summary = stats.summarize(df, metric, 1.0, settings=ctx.settings)
     if summary.empty:
         return summary
-    r = stats.ranking(summary, stats.paired(df, metric, 1.0, settings=settings), metric)
-    labels = arm_labels(df)
+    r = stats.ranking(summary, stats.paired(df, metric, 1.0, settings=ctx.settings), metric)
+    labels = ctx.labels(df)
     r["method"] = [label_of(labels, x.model, x.method, x.config, x.sweep) for x in r.itertuples()]
     r[metric_title(metric)] = [format_ci(x.mean, x.low, x.high) for x in r.itertuples()]
     r = r.rename(columns={"vs_next": "vs. next rank", "beats_resolved": "resolved wins", "n_runs": "runs"})
@@ -215,19 +215,19 @@ def ranking_table(df: pd.DataFrame, metric: str, settings: stats.Settings = stat
 
 
 
-def best_weight_table(df: pd.DataFrame, fidelity: str, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+def best_weight_table(df: pd.DataFrame, fidelity: str, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Each arm's best weight, chosen on the selection seeds, and its quality on the report seeds."""
     best = stats.best_weights(df, fidelity)
     if best.empty:
         return best
-    labels = arm_labels(df)
+    labels = ctx.labels(df)
 
     def arm(r) -> tuple:
         return tuple(str(getattr(r, k)) for k in stats.ARM)
 
     at_best = {}  # (metric, arm) -> (mean, low, high) over the report seeds (stats.at_best_weight)
     for metric in dict.fromkeys((fidelity, "clip_i", "clip_t", "drift")):
-        s = stats.at_best_weight(df, metric, best, settings)
+        s = stats.at_best_weight(df, metric, best, ctx.settings)
         for r in (s[s.scope == "overall"].itertuples() if len(s) else []):
             at_best[(metric, arm(r))] = (r.mean, r.low, r.high)
     rows = []
@@ -291,14 +291,14 @@ def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict
 
 
 
-def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path]) -> tuple[str, pd.DataFrame]:
+def learning_rates_table(df: pd.DataFrame, results_dirs: list[Path], ctx: ReportContext = ReportContext()) -> tuple[str, pd.DataFrame]:
     """Each arm's learning rate (from its runs' run.json) beside the one `mode=tune` chose, if any."""
     import json
 
     from bench.paths import TUNING_JSON
 
     tuned = json.loads(TUNING_JSON.read_text()) if TUNING_JSON.is_file() else None
-    labels = arm_labels(df.assign(sweep=None))
+    labels = ctx.labels(df.assign(sweep=None))
     rows = []
     for (model, method, config), g in cost_rows(df).groupby(["model", "method", "config"], dropna=False):
         meta = next((Path(d) / "train" / rid / "run.json" for d in results_dirs for rid in g.run_id.dropna().unique() if (Path(d) / "train" / rid / "run.json").is_file()), None)
@@ -412,7 +412,7 @@ def curve_steps(full: pd.DataFrame) -> pd.DataFrame:
 
 
 
-def learning_curves(full: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> pd.DataFrame:
+def learning_curves(full: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Per arm, metric and training step: mean at weight 1 over training runs with its 95 % hierarchical
     bootstrap interval. Empty unless some run saved checkpoints (`train.checkpoints`)."""
     if not records.checkpoint_rows(full).any():
@@ -422,19 +422,19 @@ def learning_curves(full: pd.DataFrame, settings: stats.Settings = stats.Setting
     for step, g in q.groupby("step"):
         # A step's rows as a table of their own (step cleared), summarised like any sweep at weight 1.
         for metric in CURVE_METRICS:
-            s = stats.summarize(g.assign(step=pd.NA), metric, 1.0, settings=settings)
+            s = stats.summarize(g.assign(step=pd.NA), metric, 1.0, settings=ctx.settings)
             out += [{**r, "step": int(step)} for r in s[s.scope == "overall"].to_dict("records")]
     return pd.DataFrame(out)
 
 
 
-def learning_curve_table(full: pd.DataFrame, settings: stats.Settings = stats.Settings(), curves: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame]:
+def learning_curve_table(full: pd.DataFrame, ctx: ReportContext = ReportContext(), curves: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame]:
     """The curve as a table, and per arm whether the budget's last stretch still moved presence: the
     paired difference, run by run, between the final artifact and the checkpoint before it."""
-    curves = learning_curves(full, settings) if curves is None else curves  # `curves`: already computed (the report's figure uses them too)
+    curves = learning_curves(full, ctx) if curves is None else curves  # `curves`: already computed (the report's figure uses them too)
     if curves.empty:
         return "", pd.DataFrame()
-    labels = arm_labels(full)
+    labels = ctx.labels(full)
     q = curve_steps(full)
     rows = []
     for (model, method, config, sweep), g in curves.groupby(stats.ARM, dropna=False, sort=False):
