@@ -48,6 +48,14 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
     return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in points) for c, q in points]
 
 
+def resolved_front(costs: list[float], beats) -> list[bool]:
+    """Which points no other point beats with evidence: j beats i when it costs at most what i costs and
+    `beats(j, i)` (its quality is better by a resolved difference). A point better only by an unresolved
+    margin beats nothing, so with no resolved difference every point stays unbeaten."""
+    n = len(costs)
+    return [not any(j != i and costs[j] <= costs[i] and beats(j, i) for j in range(n)) for i in range(n)]
+
+
 def human_bytes(n: float) -> str:
     if not np.isfinite(n):
         return ""

@@ -131,6 +131,18 @@ def test_pareto_front_marks_exactly_the_unbeaten_points():
     assert pareto([(3072, 0.5), (3.2e6, 0.7)]) == [True, True] and pareto([(100.5, 0.5), (100.5, 0.7)]) == [False, True]
 
 
+def test_the_frontier_rings_only_what_a_resolved_difference_shows():
+    """A method is beaten only by one as cheap that is better by a resolved difference: a cheaper method
+    better by an unresolved margin beats nothing, and a better but costlier one beats nothing either."""
+    from bench.plots import resolved_front
+
+    costs = [1.0, 2.0, 3.0]
+    assert resolved_front(costs, lambda j, i: False) == [True, True, True]
+    assert resolved_front(costs, lambda j, i: (j, i) == (0, 2)) == [True, True, False]  # cheaper and resolved better
+    assert resolved_front(costs, lambda j, i: (j, i) == (2, 0)) == [True, True, True]  # better, but costs more
+    assert resolved_front([1.0, 1.0], lambda j, i: (j, i) == (1, 0)) == [False, True]  # as cheap and resolved better
+
+
 def test_a_family_of_one_methods_configs_is_labelled_by_what_differs():
     """A `method.lora.rank=1,4,16` multirun: each config is named by the hyper-parameters that differ
     ('lora rank=16'), in natural order, never by a hash alone; keys equal across the family stay out."""

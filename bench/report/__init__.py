@@ -102,7 +102,7 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
           "times measured while threads plus other load exceeded the cores are inflated.", cost_table(df, ctx))
     if has_fidelity:
         figure(detail, "Cost against quality", "frontier", f"What each method costs against what it gives ({title} at weight 1): the ringed methods "
-               "are the choices no other method beats on both axes.", frontier_figure(df, fidelity, fig_dir, ctx))
+               "are those no method as cheap beats by a resolved paired difference; none is ringed when no difference is resolved.", frontier_figure(df, fidelity, fig_dir, ctx))
     figure(detail, "Training cost", "cost", "Training cost per method (mean over training runs).", cost_figure(df, fig_dir, ctx))
     figure(detail, "Metrics against adapter weight", "curves", "Each metric against adapter weight; weight 0 is the base model.", curves_figure(df, fig_dir, ctx))
     figure(detail, "Fidelity against text alignment", "tradeoff", "Subject fidelity against text alignment along each method's weight path.", tradeoff_figure(df, fig_dir, ctx))

@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from bench import stages, stats
-from bench.plots import colours, human_bytes, matplotlib, method_rank, pareto, plt, save_figure
+from bench.plots import colours, human_bytes, matplotlib, method_rank, plt, resolved_front, save_figure
 from metrics import higher_is_better
 from metrics import title as metric_name
 from bench.report.labels import ReportContext, label_of
@@ -116,12 +116,20 @@ FRONTIER_COSTS = [("artifact_bytes", "file size (log)", True), ("peak_mem", "tra
 
 
 def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
-    """Quality at weight 1 (mean, 95 % interval) against each cost, one point per method config; the
-    methods no other beats on both (cheaper or as cheap, and better or as good) are ringed and joined."""
+    """Quality at weight 1 (mean, 95 % interval) against each cost, one point per method config. A method
+    is beaten when another costs at most as much and is better by a resolved paired difference
+    (stats.DECISION_RULE); the unbeaten are ringed and joined, and only when some difference is resolved:
+    a front drawn from overlapping intervals would claim what the runs do not show."""
     summary = stats.summarize(df, fidelity, 1.0, settings=ctx.settings)
     if summary.empty or cost_rows(df).empty:
         return None
     summary = summary[summary.scope == "overall"]
+    pairs = stats.paired(df, fidelity, 1.0, settings=ctx.settings)
+    better: set[tuple] = set()  # (better arm, worse arm), arms as (model, method, config)
+    if not pairs.empty:
+        for r in pairs[(pairs.scope == "overall") & pairs.resolved].itertuples():
+            a, b = (r.model, r.method_a, r.config_a), (r.model, r.method_b, r.config_b)
+            better.add((a, b) if (r.diff > 0) == higher_is_better(fidelity) else (b, a))
     labels = ctx.labels(df.assign(sweep=None))
     higher = higher_is_better(fidelity)
     fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False, layout="constrained")
@@ -137,7 +145,9 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportConte
             points.append((arm, costs[label_of(labels, *arm)], *q[["mean", "low", "high"]].iloc[0].to_numpy(dtype=float)))
         if not points:
             continue
-        best = pareto([(cost, mean if higher else -mean) for _, cost, mean, _, _ in points])
+        best = resolved_front([cost for _, cost, *_ in points], lambda j, i: (points[j][0], points[i][0]) in better)
+        if not better:
+            best = [False] * len(points)
         for (arm, cost, mean, lo, hi), on_front in zip(points, best):
             label = label_of(labels, *arm)
             ax.errorbar([cost], [mean], yerr=[[mean - lo], [hi - mean]] if np.isfinite([lo, hi]).all() else None, fmt="o", color=col[label], capsize=3, label=label)
@@ -163,7 +173,9 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportConte
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].set_ylabel(f"{metric_name(fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Cost against quality: mean over training runs, bars 95 % interval; ringed: not beaten on both by any other method (Pareto front)", fontsize=10)
+    rule = (f"ringed: no method as cheap is better by a resolved paired difference (≥ {stats.MIN_CONCEPTS} concepts, interval excludes 0)" if better else
+            f"no difference in quality is resolved (needs ≥ {stats.MIN_CONCEPTS} concepts and an interval that excludes 0): no method is shown beaten")
+    fig.suptitle(f"Cost against quality: mean over training runs, bars 95 % interval; {rule}", fontsize=10)
     return save_figure(fig, out, "frontier")
 
 
