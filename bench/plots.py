@@ -24,13 +24,38 @@ def method_rank(label: str) -> tuple:
     natural order ('rank=4' before 'rank=16')."""
     from methods import display_order
 
-    base = label.split(": ")[-1].split(" ")[0]
+    base = base_method(label)
     natural = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label))
     return (display_order(base), natural)
 
 
+def base_method(label: str) -> str:
+    """The method a label names ('lora' in 'micro: lora rank=16 (sweep ab12)')."""
+    return label.split(": ")[-1].split(" ")[0]
+
+
+def shipped_methods() -> list[str]:
+    """Every method with a config in conf/method/, in display order."""
+    from bench.paths import METHOD_CONF_DIR
+
+    return sorted((p.stem for p in METHOD_CONF_DIR.glob("*.yaml")), key=method_rank)
+
+
 def colours(labels: list[str]) -> dict[str, str]:
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(labels)}
+    """One colour per label, the same for a method in every figure whichever others it shares it with: a
+    shipped method's first label takes its own palette slot (by display order: DreamBooth blue, Textual
+    Inversion orange, LoRA green, the hypernetwork pink, ...); further members of a family and methods
+    without a shipped config take the free slots in turn."""
+    slots = {m: PALETTE[i] for i, m in enumerate(shipped_methods()[: len(PALETTE)])}
+    out: dict[str, str] = {}
+    for label in sorted(labels, key=method_rank):
+        own = slots.get(base_method(label))
+        if own is not None and own not in out.values():
+            out[label] = own
+    free = [c for c in PALETTE if c not in out.values() and c not in {slots.get(base_method(lb)) for lb in labels}] or PALETTE
+    for i, label in enumerate(lb for lb in sorted(labels, key=method_rank) if lb not in out):
+        out[label] = free[i % len(free)]
+    return out
 
 
 def save_figure(fig, out: Path, name: str) -> Path:

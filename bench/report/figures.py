@@ -15,7 +15,7 @@ from bench.plots import colours, human_bytes, matplotlib, method_rank, plt, reso
 from metrics import higher_is_better
 from metrics import title as metric_name
 from bench.report.labels import ReportContext, label_of
-from bench.report.tables import CURVE_METRICS, cost_rows, format_ci, learning_curves, metric_title, quality_metrics
+from bench.report.tables import CURVE_METRICS, cost_rows, learning_curves, metric_title, quality_metrics
 
 log = logging.getLogger(__name__)
 
@@ -249,31 +249,57 @@ def xy_grids(df: pd.DataFrame, results_dirs: list[Path], out: Path, texts: dict 
 
 
 def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, ctx: ReportContext = ReportContext()) -> Path | None:
+    """The page's main figure: per method, the headline quality and drift at weight 1 (mean, 95 % interval)
+    and what it cost (file, training memory, time), one panel each in the method colours every figure
+    uses, beside the image grid of the first concept."""
     if cost_rows(df).empty:
         return None
-    fig = plt.figure(figsize=(11, 8.5))
-    fig.suptitle("adapterbench: DreamBooth vs Textual Inversion vs LoRA vs hypernetworks, measured", fontsize=13, weight="bold")
-    ax = fig.add_axes([0.03, 0.62, 0.94, 0.28])
-    ax.axis("off")
     labels = ctx.labels(df)
-    q = {m: stats.summarize(df, m, 1.0, settings=ctx.settings) for m in (fidelity, "clip_t", "drift")}
-    cost = {m: arm_means(df, m) for m in ("artifact_bytes", "peak_mem", "train_time")}
-    headline = []
-    for label in sorted(cost["train_time"], key=method_rank):
-        cells = [label, human_bytes(cost["artifact_bytes"].get(label, np.nan)), f"{cost['peak_mem'].get(label, np.nan):,.0f}", f"{cost['train_time'].get(label, np.nan):.1f}"]
-        for m, s in q.items():
-            s = s[(s.scope == "overall")] if len(s) else s
-            hit = [r for r in s.itertuples() if label_of(labels, r.model, r.method, r.config, r.sweep) == label]
-            cells.append(format_ci(hit[0].mean, hit[0].low, hit[0].high, "{:.2f}") if hit else "")
-        headline.append(cells)
-    table = ax.table(cellText=headline, colLabels=["method", "file", "train MiB", "train s", f"{metric_name(fidelity).removesuffix(' (oracle)')}@1 [95% CI]", "CLIP-T@1", "drift@1"], loc="upper center", cellLoc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.6)
+    cost = {m: arm_means(df, m, ctx) for m in ("artifact_bytes", "peak_mem", "train_time")}
+    methods = sorted(cost["train_time"], key=method_rank)
+    col = colours(methods)
+    panels: list[tuple[str, dict, bool]] = []
+    for metric in (fidelity, "drift"):
+        s = stats.summarize(df, metric, 1.0, settings=ctx.settings)
+        s = s[s.scope == "overall"] if len(s) else s
+        values = {label_of(labels, r.model, r.method, r.config, r.sweep): (r.mean, r.low, r.high) for r in s.itertuples()}
+        if values:
+            better = "higher" if higher_is_better(metric) else "lower"
+            panels.append((f"{metric_name(metric)} at weight 1 ({better} is better), mean [95 % interval]", values, False))
+    for metric, title, log_scale in (("artifact_bytes", "file size (log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)):
+        panels.append((title, {m: (v, np.nan, np.nan) for m, v in cost[metric].items()}, log_scale))
+    fig = plt.figure(figsize=(12, 0.9 + 1.25 * len(panels)), layout="constrained")
+    gs = fig.add_gridspec(len(panels), 2, width_ratios=[1, 1.05] if grid is not None else [1, 0.001])
+    y = np.arange(len(methods))
+    for i, (title, values, log_scale) in enumerate(panels):
+        ax = fig.add_subplot(gs[i, 0])
+        mean = np.array([values.get(m, (np.nan,) * 3)[0] for m in methods], dtype=float)
+        lo = np.array([values.get(m, (np.nan,) * 3)[1] for m in methods], dtype=float)
+        hi = np.array([values.get(m, (np.nan,) * 3)[2] for m in methods], dtype=float)
+        ax.barh(y, np.nan_to_num(mean), color=[col[m] for m in methods], height=0.65)
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        if has_ci.any():
+            ax.errorbar(mean[has_ci], y[has_ci], xerr=[mean[has_ci] - lo[has_ci], hi[has_ci] - mean[has_ci]], fmt="none", ecolor="black", capsize=2, lw=0.8)
+        for yy, v, h in zip(y, mean, hi):
+            if np.isfinite(v):
+                text = human_bytes(v) if log_scale else (f"{v:.2f}" if abs(v) < 10 else f"{v:,.0f}")
+                ax.annotate(text, (max(v, h) if np.isfinite(h) else v, yy), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(y, [m.replace("_", " ") for m in methods], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=8.5, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+        if log_scale:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
+        finite = np.concatenate([mean[np.isfinite(mean)], hi[np.isfinite(hi)]])
+        if finite.size and not log_scale:
+            ax.set_xlim(min(0.0, finite.min()), finite.max() * 1.18 or 1.0)
     if grid is not None:
-        ax2 = fig.add_axes([0.05, 0.02, 0.9, 0.6])
-        ax2.imshow(Image.open(grid))
-        ax2.axis("off")
+        axg = fig.add_subplot(gs[:, 1])
+        axg.imshow(Image.open(grid), interpolation="antialiased")  # a downscaled grid: nearest would drop its labels' strokes
+        axg.axis("off")
+    fig.suptitle("Quality and cost per method at weight 1 (mean over training runs), and one concept's images", fontsize=11, weight="bold")
     return save_figure(fig, out, "infographic")
 
 
