@@ -23,8 +23,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (lever, override): one training setting changed at a time from the shipped config.
-LEVERS = [("Min-SNR-5 loss weighting off (plain MSE)", "train.snr_gamma=null")]
+# (lever, overrides): one training lever changed at a time from the shipped config. The budget levers ask
+# what more Adam steps give: twice the steps (twice the images seen), and twice the steps at half the
+# batch (the same images seen, as SD trainers run: batch 1-2 over many steps).
+LEVERS = [("Min-SNR-5 loss weighting off (plain MSE)", "train.snr_gamma=null"),
+          ("twice the steps (600 at batch 4)", "train.steps=600"),
+          ("twice the steps at half the batch (600 at batch 2: the same images seen)", "train.steps=600 train.batch_size=2")]
+
+
+def changed_settings(override: str) -> dict[str, str]:
+    """{'steps': '600', 'batch_size': '2'} from 'train.steps=600 train.batch_size=2'."""
+    return {k.removeprefix("train."): v for k, v in (item.split("=", 1) for item in override.split())}
 
 
 def run(results: Path, override: str | None) -> None:
@@ -32,7 +41,7 @@ def run(results: Path, override: str | None) -> None:
 
     tune = OmegaConf.load(ROOT / "conf" / "tune" / "default.yaml")
     cmd = [sys.executable, "run.py", f"data.concepts=[{','.join(tune.concepts)}]", f"seeds=[{','.join(str(s) for s in tune.seeds)}]",
-           "sweep.weights=[0.0,1.0]", f"results_dir={results}", "progress=false", *([override] if override else [])]
+           "sweep.weights=[0.0,1.0]", f"results_dir={results}", "progress=false", *(override.split() if override else [])]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode not in (0, 1):
         sys.exit(f"run.py stopped ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -63,15 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     full = records.read_table(args.results, checkpoints=True)
     final = records.final_rows(full)
     shipped_train = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "train" / "default.yaml")).items() if k != "defaults"}
-    # Each arm's rows, told apart by the training settings its runs recorded (train.snr_gamma ...).
-    arms = {}
+    # Each arm's runs, told apart by the training settings they recorded that differ from the shipped ones.
+    arms: dict[frozenset, set] = {}
     for run_json in sorted((args.results / "train").glob("*/run.json")):
         doc = json.loads(run_json.read_text())
         train = doc["config"]["train"]
-        changed = {k: v for k, v in train.items() if k in shipped_train and train[k] != shipped_train[k]}
-        arms.setdefault(", ".join(f"train.{k}={v}" for k, v in changed.items()) or "shipped", set()).add(doc["run_id"])
+        changed = frozenset((k, str(v).lower() if v is not None else "null") for k, v in train.items() if k in shipped_train and train[k] != shipped_train[k])
+        arms.setdefault(changed, set()).add(doc["run_id"])
     rows = []
-    base = final[final.run_id.isin(arms.get("shipped", set()))]
+    base = final[final.run_id.isin(arms.get(frozenset(), set()))]
     base_presence = per_run(base, "presence")
     steps = int(shipped_train["steps"])
 
@@ -87,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
                          "drift @1": f"{drift.loc[method].mean():.3f}"})
 
     add("shipped", base)
-    curve = curve_steps(full[full.run_id.isin(arms.get("shipped", set()))])
+    curve = curve_steps(full[full.run_id.isin(arms.get(frozenset(), set()))])
     for step in sorted(s for s in curve.step.unique() if s < steps):
         add(f"budget: {step} of {steps} steps (checkpoint)", curve[curve.step == step].assign(step=pd.NA))
     for lever, override in LEVERS:
-        key = next((k for k in arms if k.startswith(override.split("=")[0])), None)
-        if key:
+        key = frozenset(changed_settings(override).items())
+        if key in arms:
             add(lever, final[final.run_id.isin(arms[key])])
     table = pd.DataFrame(rows)
     text = ("# Ablation: which training lever does what\n\n"
