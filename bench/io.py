@@ -222,20 +222,55 @@ def files_under(*paths: Path) -> list[Path]:
     return out
 
 
-def checksums(files: list[Path], root: Path) -> dict[str, dict]:
-    """{path relative to `root`: {"sha256", "bytes"}} for these files, so the record survives a move of `root`."""
-    return {f.relative_to(root).as_posix(): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files}
+def checksums(files: list[Path], root: Path, fresh: bool = False) -> dict[str, dict]:
+    """{path relative to `root`: {"sha256", "bytes"}} for these files, so the record survives a move of `root`.
+    `fresh`: the files were just written atomically by this process (new inodes, nobody else's edits), so
+    their hashes are remembered at once and the stage record that lists them does not read them again."""
+    out = {f.relative_to(root).as_posix(): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files}
+    if fresh:
+        for f in files:
+            _HASHED[str(Path(f).resolve())] = (*_identity(Path(f)), out[Path(f).relative_to(root).as_posix()]["sha256"])
+    return out
 
 
-def record_damage(record: Path, root: Path, key: str | None = None) -> list[str]:
-    """`damage` of the checksums kept in the JSON file `record` (under `key`, when they are one entry of
-    it); an unreadable record is damage too."""
+# Every stored output is verified through one record format, a manifest: the checksums of the files it
+# covers (paths relative to the manifest's root, so a folder can move) and whatever its writer keeps beside
+# them. Stage records (rows/<stage>.outputs.json), a sweep's images.json, the class-image cache and the
+# report's stamp are all manifests; `manifest_problems` is the one check.
+MANIFEST_FORMAT = "adapterbench-manifest/1"
+
+
+def write_manifest(path: Path, files: list[Path], root: Path, fresh: bool = False, known: dict[str, dict] | None = None, **extra) -> dict:
+    """Write the manifest of `files` (under `root`) atomically, with `extra` entries beside the checksums;
+    `known`: checksums already computed for some of them (a rows file hashed from its bytes). Returns it."""
+    files_record = {**checksums([f for f in files if f.relative_to(root).as_posix() not in (known or {})], root, fresh), **(known or {})}
+    doc = {"format": MANIFEST_FORMAT, **extra, "files": dict(sorted(files_record.items()))}
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    return doc
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest as written (`format`, `files`, extras). Older results dirs kept the checksums flat, or
+    under "checksums": read as the same thing, so their finished stages stay reusable."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a manifest")
+    if "files" not in data:
+        legacy = data.get("checksums", None if "images" in data or "rows" in data else data)
+        data = {**{k: v for k, v in data.items() if k != "checksums"}, "files": legacy if legacy is not None else {}}
+    if not isinstance(data["files"], dict):
+        raise ValueError(f"{path}: 'files' is not a mapping")
+    return data
+
+
+def manifest_problems(path: Path, root: Path) -> list[str]:
+    """What no longer matches the manifest at `path` (files under `root`): one phrase per missing or changed
+    file; an unreadable manifest is one problem. Empty: everything it covers is as written. Pure: nothing is
+    deleted or rewritten here (`records.discard_stage` does that, explicitly)."""
     try:
-        data = json.loads(Path(record).read_text())
-        recorded = data.get(key, {}) if key else data
-        return damage(recorded, root)
+        return damage(read_manifest(path)["files"], root)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        return [f"{Path(record).name} is unreadable"]
+        return [f"{Path(path).name} is unreadable"]
 
 
 def damage(recorded: dict[str, dict], root: Path) -> list[str]:

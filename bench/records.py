@@ -1,24 +1,31 @@
 """The tidy results table: one row per measured number.
 
 Each finished stage writes its own rows file (`rows/<stage>.parquet`, atomically); the table is their
-union. A stage whose rows file exists is finished, which is what makes reruns reuse work. Beside it,
-written first, `rows/<stage>.outputs.json` holds the checksums of the files the stage made (paths relative
-to the results directory, so it can move): `stage_done` checks them before anything is reused, and a
-stage with a missing or corrupt output, or an unreadable rows file, is reported in one line and redone.
+union. The rule every stage follows (base images, class images, trainings, sweeps and scores, learning
+curves; the report keeps the same kind of record):
+
+1. its outputs are written atomically, then their manifest `rows/<stage>.outputs.json` (`io.write_manifest`:
+   the checksums of every output file and of the rows file, paths relative to the results directory, so
+   it can move), then the rows file: a stage whose rows file exists is finished;
+2. `stage_problems` / `stage_intact` check a stage against its manifest and change nothing, so the main
+   process may look while planning; only a worker holding the stage's lock acts on what it finds
+   (`worker.reuse_or_make`): it reuses an intact stage, and otherwise discards what is left of it
+   (`discard_stage`, said in one line) and makes it again;
+3. each file is hashed once per process: files a stage has just written are remembered as written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from bench.io import atomic_path, atomic_write_text, checksums, files_under, record_damage
+from bench.io import atomic_path, files_under, manifest_problems, read_manifest, write_manifest
 from bench.io import known_hashes as io_known_hashes
 
 log = logging.getLogger(__name__)
@@ -63,16 +70,15 @@ def outputs_file(results_dir: Path, stage: str) -> Path:
 
 
 def write_stage(results_dir: Path, stage: str, rows: Iterable[dict], outputs: Iterable[Path] = ()) -> Path:
-    """The stage's rows, after the checksums of its output files (files, or every file in folders) and of
+    """The stage's rows, after the manifest of its output files (files, or every file in folders) and of
     the rows file itself: a rows file swapped for another valid one (say, with no rows) is damage too."""
     results_dir = Path(results_dir)
     path = stage_file(results_dir, stage)
     buffer = io.BytesIO()
     frame(rows).to_parquet(buffer, index=False)
     data = buffer.getvalue()
-    record = checksums(files_under(*outputs), results_dir)
-    record[path.relative_to(results_dir).as_posix()] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    atomic_write_text(outputs_file(results_dir, stage), json.dumps(record, indent=1, sort_keys=True))
+    rows_entry = {path.relative_to(results_dir).as_posix(): {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+    write_manifest(outputs_file(results_dir, stage), files_under(*outputs), results_dir, known=rows_entry, stage=stage)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
@@ -89,7 +95,7 @@ def stage_problems(results_dir: Path, stage: str) -> list[str]:
     except Exception as e:  # truncated or not parquet at all: pyarrow raises several kinds
         return [f"{path.relative_to(results_dir).as_posix()} is unreadable ({type(e).__name__})"]
     record = outputs_file(results_dir, stage)
-    return record_damage(record, Path(results_dir)) if record.is_file() else []
+    return manifest_problems(record, Path(results_dir)) if record.is_file() else []
 
 
 def known_hashes(results_dir: Path, *stage_names: str) -> dict:
@@ -97,26 +103,24 @@ def known_hashes(results_dir: Path, *stage_names: str) -> dict:
     paths = []
     for stage in stage_names:
         try:
-            paths += [Path(results_dir) / rel for rel in json.loads(outputs_file(results_dir, stage).read_text())]
+            paths += [Path(results_dir) / rel for rel in read_manifest(outputs_file(results_dir, stage))["files"]]
         except (OSError, ValueError, TypeError):
             pass
     return io_known_hashes(paths)
 
 
-def stage_done(results_dir: Path, stage: str) -> bool:
-    """Whether the stage is finished and intact. A damaged one is reported in one line and its rows
-    removed, so it is redone; its other outputs are overwritten when it is."""
-    results_dir = Path(results_dir)
-    if not stage_file(results_dir, stage).exists():
-        return False
-    problems = stage_problems(results_dir, stage)
-    if not problems:
-        return True
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    log.warning("%s: stage %s: %s%s; redoing the stage", results_dir, stage, problems[0], more)
+def stage_intact(results_dir: Path, stage: str) -> bool:
+    """Whether the stage is finished and every output is as its manifest says. Changes nothing."""
+    return stage_file(results_dir, stage).exists() and not stage_problems(results_dir, stage)
+
+
+def discard_stage(results_dir: Path, stage: str, folders: Iterable[Path] = ()) -> None:
+    """Forget a stage, so it is made again: its rows file and manifest, and `folders` (outputs that would
+    otherwise be picked up again, such as a sweep's images made from an artifact that has been replaced)."""
     stage_file(results_dir, stage).unlink(missing_ok=True)
     outputs_file(results_dir, stage).unlink(missing_ok=True)
-    return False
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_table(*results_dirs: Path, checkpoints: bool = False) -> pd.DataFrame:

@@ -168,10 +168,11 @@ def run_comparison(cfg: DictConfig) -> tuple[int, list[stages.RunSpec]]:
     removed = remove_debris(results)
     if removed:
         log.info("removed %d temporary file(s) that killed writers left in %s", removed, results)
-    # Both stages checked (rows readable, outputs matching their checksums): a damaged one is redone.
-    pending = [r for r in runs if not all(records.stage_done(results, stage) for stage in r.stages)]
-    # Every concept's base images checked too (the report and any re-scoring read them), finished or not.
-    stale = [c.name for c in concepts if not (records.stage_done(results, worker.base_stage(cfg, c, methods)[0]) and worker.instance_images_current(results, c))]
+    # Every stage looked at (rows readable, outputs matching their manifest; nothing changed here): a run or
+    # concept with a missing or damaged stage goes to a worker, which verifies it again under the stage's
+    # lock and redoes it (worker.reuse_or_make). Base images are checked for every concept, finished or not.
+    pending = [r for r in runs if not all(records.stage_intact(results, stage) for stage in r.stages)]
+    stale = [c.name for c in concepts if not (records.stage_intact(results, worker.base_stage(cfg, c, methods)[0]) and worker.instance_images_current(results, c))]
     workers, threads = parallelism(cfg, len(pending))
     torch.set_num_threads(threads)
     if pending:
@@ -294,7 +295,7 @@ def sigint_ignored():
 def report_stage(results: Path, cfg: DictConfig) -> Path:
     """Rebuild the report unless it was built from exactly the rows files there are now and every file
     it wrote is still as it was (checksums kept in the stamp)."""
-    from bench.io import checksums, files_under, record_damage
+    from bench.io import files_under, manifest_problems, read_manifest, write_manifest
     from bench.report import build_report
 
     folder = results / "report"
@@ -303,17 +304,17 @@ def report_stage(results: Path, cfg: DictConfig) -> Path:
     rows = hashlib.sha256(json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()
     html = folder / "report.html"
     try:
-        stamp = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
-    except ValueError:
+        stamp = read_manifest(stamp_file) if stamp_file.is_file() else {}
+    except (OSError, ValueError):
         stamp = {}
-    if isinstance(stamp, dict) and stamp.get("rows") == rows and html.is_file():
-        problems = record_damage(stamp_file, folder, "files")
+    if stamp.get("rows") == rows and html.is_file():
+        problems = manifest_problems(stamp_file, folder)
         if not problems:
             log.info("reusing %s", html)
             return html
         log.warning("%s: %s; building the report again", folder, problems[0])
     html = build_report([results], fidelity=str(cfg.stats.fidelity), settings=stats.Settings.from_config(cfg.stats))
-    atomic_write_text(stamp_file, json.dumps({"rows": rows, "files": checksums(files_under(folder), folder)}))
+    write_manifest(stamp_file, files_under(folder), folder, fresh=True, rows=rows)
     return html
 
 

@@ -7,11 +7,11 @@ reuses the loaded pipeline, scorer and concept data. Two kinds of job:
   and the inputs a method generates before training (DreamBooth's class images, timed on their own);
 - `run`: one training run's stages (train -> images -> scores), each skipped when its output exists.
 
-A stage writes its outputs atomically, then their checksums, then its rows file, so a killed job leaves
-no half stage and a damaged output is found before it is reused (`records.stage_done`). A stage that
-fails writes a `failed_` rows file with its error and the job goes on to the next run. Each stage runs
-under a lock file of its own in the results directory, so two runs sharing that directory wait for each
-other's stage and then reuse it instead of computing it twice.
+Every stage goes through `reuse_or_make`, the rule `bench.records` states: under a lock file of its own
+in the results directory (two runs sharing that directory wait for each other's stage, then reuse it),
+an intact stage is reused and a damaged one discarded and made again; a stage writes its outputs
+atomically, then their manifest, then its rows file, so a killed job leaves no half stage. A run's stage
+that fails writes a `failed_` rows file with its error and the job goes on to the next run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from bench import records, stages
-from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, no_space, record_damage, trust_hashes
+from bench.io import atomic_dir, atomic_path, atomic_write_text, manifest_problems, no_space, read_manifest, trust_hashes, write_manifest
 
 log = logging.getLogger(__name__)
 _STATE: dict = {}
@@ -129,6 +128,31 @@ def stage_lock(stage: str):
         lock.release()
 
 
+def reuse_or_make(stage: str, make, on_error=None) -> str:
+    """The one way a stage is reused or made. Under the stage's lock: 'reused' when it is finished and
+    intact (verified here, by the worker that holds the lock); otherwise what is left of it is discarded
+    (said in one line when it was damage) and `make()` -> (rows, outputs) runs, its outputs' manifest and
+    rows are written, and 'ok' returned. An exception of `make` goes to `on_error` (its return value is the
+    status) or, without one, up."""
+    results = _results()
+    with stage_lock(stage):
+        if records.stage_file(results, stage).exists():
+            problems = records.stage_problems(results, stage)
+            if not problems:
+                return "reused"
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            log.warning("%s: stage %s: %s%s; redoing the stage", results, stage, problems[0], more)
+            records.discard_stage(results, stage)
+        try:
+            rows, outputs = make()
+        except Exception as e:
+            if on_error is None:
+                raise
+            return on_error(e)
+        records.write_stage(results, stage, rows, outputs=outputs)
+        return "ok"
+
+
 # ------------------------------------------------------------------------------------------- concepts
 
 
@@ -161,18 +185,20 @@ def prepare_concept(concept_name: str) -> dict:
     results = _results()
     stage, texts = base_stage(cfg, concept, methods)
     files = {(t, int(s)): stages.base_image_file(results, cfg.model, cfg.sweep, t, s) for t in texts for s in cfg.sweep.seeds}
-    generated, written = 0, []
-    with stage_lock(stage):
-        if not records.stage_done(results, stage):
-            start = time.perf_counter()
-            for (text, seed), im in base_images(_pipe(), texts, cfg.sweep).items():
-                with atomic_path(files[(text, int(seed))]) as tmp:
-                    im.save(tmp, format="PNG")
-            generated = len(texts)
-            ident = {"model": str(cfg.model.name), "concept": concept.name, "kind": concept.kind}
-            records.write_stage(results, stage, [{**ident, "metric": "base_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}],
-                                outputs=list(files.values()))
-            written.append(stage)
+    written = []
+
+    def make_base_images():
+        start = time.perf_counter()
+        for (text, seed), im in base_images(_pipe(), texts, cfg.sweep).items():
+            with atomic_path(files[(text, int(seed))]) as tmp:
+                im.save(tmp, format="PNG")
+        ident = {"model": str(cfg.model.name), "concept": concept.name, "kind": concept.kind}
+        return [{**ident, "metric": "base_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}], list(files.values())
+
+    generated = 0
+    if reuse_or_make(stage, make_base_images) == "ok":
+        generated = len(texts)
+        written.append(stage)
     # The instance images as the report shows them: rewritten whenever the folder is not exactly them.
     folder, pngs = stages.instance_dir(results, concept), instance_pngs(concept)
     if not instance_images_current(results, concept, pngs):
@@ -187,13 +213,14 @@ def prepare_concept(concept_name: str) -> dict:
             continue
         key = stages.digest({"model": stages.model_identity(cfg.model), "data": concept.fingerprint(), "method": stages.plain(cfg.method[name])})
         stage = f"inputs_{key}"
-        with stage_lock(stage):
-            if records.stage_done(results, stage):
-                continue
+
+        def make_inputs(name=name, method=method):
             start = time.perf_counter()
             made = method.generate_inputs(_pipe(), concept, settings)
             ident = {"model": str(cfg.model.name), "method": name, "config": stages.config_hash(cfg, name), "concept": concept.name, "kind": concept.kind}
-            records.write_stage(results, stage, [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}], outputs=made)
+            return [{**ident, "metric": "input_gen_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock", "status": "ok"}], made
+
+        if reuse_or_make(stage, make_inputs) == "ok":
             written.append(stage)
     # `written`: the stages this call made (not reused), whose time rows are this invocation's.
     return {"concept": concept_name, "base_texts": generated, "load_s": load_seconds(), "written": written}
@@ -213,10 +240,9 @@ def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
         return {**status, "load_s": load_seconds(), "written": []}  # a failed stage's rows are not a stage time
     if status["train"] == "ok":
         # A new artifact: images and scores made from an earlier one (a redone, damaged stage) are not its.
+        folders = [stages.images_dir(_results(), spec.run_id, spec.sweep), stages.curve_dir(_results(), spec.run_id, spec.sweep)]
         for stage in spec.stages[1:]:
-            records.stage_file(_results(), stage).unlink(missing_ok=True)
-        shutil.rmtree(stages.images_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
-        shutil.rmtree(stages.curve_dir(_results(), spec.run_id, spec.sweep), ignore_errors=True)
+            records.discard_stage(_results(), stage, folders)
     status["scores"] = _stage(spec, f"scores_{spec.scores_key}", lambda: sweep_and_score(spec))
     if status["scores"].startswith(("ok", "reused")) and spec.curves:
         status["curve"] = _stage(spec, spec.stages[2], lambda: curve_stage(spec))
@@ -225,18 +251,16 @@ def run(spec: stages.RunSpec, hashes: dict | None = None) -> dict:
 
 
 def _stage(spec: stages.RunSpec, stage: str, work) -> str:
-    with stage_lock(stage):
-        return _unlocked_stage(spec, stage, work)
-
-
-def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
+    """One stage of a run through `reuse_or_make`: its rows carry the run's identity; a failure is
+    recorded as a `failed_` stage with its error (the other runs carry on) and cleared once it succeeds."""
     results = _results()
-    if records.stage_done(results, stage):
-        return "reused"
     failed = f"failed_{stage}"
-    try:
+
+    def make():
         rows, outputs = work()
-    except Exception as e:  # recorded as a failed stage; the other runs carry on
+        return [{**_ident(spec), **r, "status": "ok"} for r in rows], outputs
+
+    def record_failure(e: Exception) -> str:
         from methods import qualified
         from methods.errors import MethodConfigError, TrainingDiverged
 
@@ -252,9 +276,11 @@ def _unlocked_stage(spec: stages.RunSpec, stage: str, work) -> str:
         log.error("%s %s/%s seed %s: %s failed: %s", stage.split("_")[0], spec.method, spec.concept, spec.train_seed, stage, message, exc_info=not said)
         records.write_stage(results, failed, [{**_ident(spec), "metric": f"{stage.split('_')[0]}_failed", "value": 1.0, "unit": "flag", "scorer": "runner", "status": f"failed: {message}"}])
         return f"failed: {message}"
-    records.write_stage(results, stage, [{**_ident(spec), **r, "status": "ok"} for r in rows], outputs=outputs)
-    records.stage_file(results, failed).unlink(missing_ok=True)
-    return "ok"
+
+    status = reuse_or_make(stage, make, on_error=record_failure)
+    if status == "ok":
+        records.stage_file(results, failed).unlink(missing_ok=True)
+    return status
 
 
 def train_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
@@ -343,9 +369,9 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
     folder = stages.images_dir(results, spec.run_id, spec.sweep)
     manifest = folder / "images.json"
     if manifest.is_file():
-        problems = record_damage(manifest, folder, "checksums")
+        problems = manifest_problems(manifest, folder)
         if not problems:
-            done = json.loads(manifest.read_text())
+            done = read_manifest(manifest)
             images = {(pid, int(s), float(w)): _read(folder / name) for name, (pid, s, w) in done["images"].items()}
             return images, {(pid, int(s)): int(d) for pid, s, d in done["weight_zero_diffs"]}
         log.warning("%s: %s; generating the run's images again", folder, problems[0])
@@ -363,9 +389,8 @@ def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, 
         with atomic_path(path) as tmp:
             im.save(tmp, format="PNG")
         names[path.name] = [pid, seed, weight]
-    atomic_write_text(manifest, json.dumps({"images": names, "weight_zero_diffs": [[p, s, d] for (p, s), d in diffs.items()],
-                                            "prompts": {p.prompt_id: p.written or p.text for p in prompts},
-                                            "checksums": checksums([folder / n for n in names], folder)}))
+    write_manifest(manifest, [folder / n for n in names], folder, fresh=True, images=names, weight_zero_diffs=[[p, s, d] for (p, s), d in diffs.items()],
+                   prompts={p.prompt_id: p.written or p.text for p in prompts})
     return images, diffs
 
 

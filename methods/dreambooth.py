@@ -19,14 +19,14 @@ from safetensors.torch import save_file
 
 from bench.data import ConceptData
 from bench.images import generate
-from bench.io import atomic_dir, checksums, record_damage
+from bench.io import atomic_dir, manifest_problems, write_manifest
 from bench.single_file import save_single_file
 from methods.base import Artifact, Method
 from methods.conditioning import TrainingSet, cast_parameters, encode_set, named_text_encoders
 from methods.errors import MethodConfigError, check_positive
 from methods.settings import TrainSettings
 
-CHECKSUMS = "checksums.json"  # beside cached class images
+CHECKSUMS = "checksums.json"  # the cached class images' manifest (bench.io.write_manifest)
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
 SINGLE_FILE = "dreambooth.safetensors"
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class DreamBooth(Method):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder.parent / f".{folder.name}.lock")):
             if (folder / CHECKSUMS).is_file():
-                problems = record_damage(folder / CHECKSUMS, folder)
+                problems = manifest_problems(folder / CHECKSUMS, folder)
                 if not problems:
                     return [_read_rgb(f) for f in sorted(folder.glob("*.png"))]
                 log.warning("%s: %s; generating the class images again", folder, problems[0])
@@ -115,7 +115,7 @@ class DreamBooth(Method):
             with atomic_dir(folder) as tmp:
                 for i, im in enumerate(images):
                     im.save(tmp / f"{i:04d}.png")
-                (tmp / CHECKSUMS).write_text(json.dumps(checksums(sorted(tmp.glob("*.png")), tmp)))
+                write_manifest(tmp / CHECKSUMS, sorted(tmp.glob("*.png")), tmp)
         return images
 
     def class_image_dir(self, pipe, data: ConceptData, settings: TrainSettings) -> Path | None:

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 from bench import records
-from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under, record_damage, remove_debris
+from bench.io import atomic_dir, atomic_path, atomic_write_text, checksums, damage, files_under, manifest_problems, read_manifest, remove_debris, write_manifest
 
 
 @pytest.fixture
@@ -57,10 +57,25 @@ def test_checksums_are_sha256_relative_to_the_root_and_find_every_kind_of_damage
     weights.write_bytes(b"weightz" + weights.read_bytes()[7:])  # same size, one byte changed
     (moved / "run" / "cost.json").unlink()
     assert damage(record, moved) == ["run/artifact/a.safetensors is corrupt (its checksum changed)", "run/cost.json is missing"]
-    (moved / "manifest.json").write_text('{"checksums": ' + json.dumps(record) + "}")
-    assert record_damage(moved / "manifest.json", moved, "checksums") == damage(record, moved)
-    (moved / "manifest.json").write_text('{"checksums": [1, 2')
-    assert record_damage(moved / "manifest.json", moved, "checksums") == ["manifest.json is unreadable"]
+    (moved / "manifest.json").write_text('{"files": ' + json.dumps(record) + "}")
+    assert manifest_problems(moved / "manifest.json", moved) == damage(record, moved)
+    (moved / "manifest.json").write_text('{"files": [1, 2')
+    assert manifest_problems(moved / "manifest.json", moved) == ["manifest.json is unreadable"]
+
+
+def test_one_manifest_format_with_extras_and_the_older_records_read_as_manifests(tmp_path):
+    """Every stored output is verified through one format ({"format", "files", extras}); the records older
+    results dirs kept (checksums flat, or under "checksums" beside a sweep's extras) read as the same."""
+    (tmp_path / "a.png").write_bytes(b"png")
+    doc = write_manifest(tmp_path / "m.json", [tmp_path / "a.png"], tmp_path, images={"a.png": ["p", 0, 1.0]})
+    assert doc["format"] == "adapterbench-manifest/1" and list(doc["files"]) == ["a.png"] and doc["images"] == {"a.png": ["p", 0, 1.0]}
+    assert read_manifest(tmp_path / "m.json") == doc and manifest_problems(tmp_path / "m.json", tmp_path) == []
+    record = checksums([tmp_path / "a.png"], tmp_path)
+    (tmp_path / "flat.json").write_text(json.dumps(record))
+    (tmp_path / "sweep.json").write_text(json.dumps({"images": {}, "checksums": record}))
+    assert read_manifest(tmp_path / "flat.json")["files"] == record == read_manifest(tmp_path / "sweep.json")["files"]
+    (tmp_path / "a.png").write_bytes(b"PNG")
+    assert manifest_problems(tmp_path / "flat.json", tmp_path) == ["a.png is corrupt (its checksum changed)"]
 
 
 def test_an_unchanged_file_is_hashed_once_per_process_and_a_changed_one_again(tmp_path, monkeypatch):
@@ -86,25 +101,48 @@ def test_an_unchanged_file_is_hashed_once_per_process_and_a_changed_one_again(tm
     assert damage(record, tmp_path) == ["old.bin is corrupt (its checksum changed)"] and len(calls) == 6
 
 
-def test_a_stage_with_damaged_outputs_or_rows_is_not_done_and_is_cleared(tmp_path, caplog):
+def test_files_a_stage_has_just_written_are_hashed_once(tmp_path, monkeypatch):
+    """A sweep's manifest hashes its fresh images; the stage record that lists them then reads none again."""
+    from bench import io
+
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(io, "_HASHED", {})
+    images = [tmp_path / "images" / f"{i}.png" for i in range(3)]
+    images[0].parent.mkdir()
+    for f in images:
+        atomic_path_write(f, b"png" + bytes([len(calls)]))
+    write_manifest(images[0].parent / "images.json", images, images[0].parent, fresh=True)
+    monkeypatch.setattr(io.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    records.write_stage(tmp_path, "scores_r", [{"run_id": "r", "metric": "m", "value": 1.0}], outputs=images)
+    assert len(calls) == 1  # the rows file's bytes only; images.json itself is not among the outputs here
+
+
+def atomic_path_write(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def test_a_stage_with_damaged_outputs_or_rows_is_not_intact_and_the_check_changes_nothing(tmp_path):
     out = tmp_path / "images" / "x.png"
     out.parent.mkdir(parents=True)
     out.write_bytes(b"png")
     rows = [{"run_id": "r", "metric": "m", "value": 1.0, "status": "ok"}]
     records.write_stage(tmp_path, "scores_r", rows, outputs=[out.parent])
-    assert records.stage_done(tmp_path, "scores_r")
+    assert records.stage_intact(tmp_path, "scores_r") and records.stage_problems(tmp_path, "scores_r") == []
     out.write_bytes(b"PNG")
-    with caplog.at_level("WARNING"):
-        assert not records.stage_done(tmp_path, "scores_r")
-    assert "stage scores_r: images/x.png is corrupt" in caplog.text and len(caplog.records) == 1
-    assert not records.stage_file(tmp_path, "scores_r").exists() and not records.outputs_file(tmp_path, "scores_r").exists()
+    assert not records.stage_intact(tmp_path, "scores_r")
+    assert records.stage_problems(tmp_path, "scores_r") == ["images/x.png is corrupt (its checksum changed)"]
+    assert records.stage_file(tmp_path, "scores_r").exists() and records.outputs_file(tmp_path, "scores_r").exists()  # a pure check
+    records.discard_stage(tmp_path, "scores_r", [out.parent])  # the explicit discard
+    assert not records.stage_file(tmp_path, "scores_r").exists() and not records.outputs_file(tmp_path, "scores_r").exists() and not out.parent.exists()
     records.write_stage(tmp_path, "train_r", rows)
     records.stage_file(tmp_path, "train_r").write_bytes(b"PAR1 truncated")
-    assert not records.stage_done(tmp_path, "train_r") and "rows/train_r.parquet is unreadable" in caplog.text
+    assert [p.split(" (")[0] for p in records.stage_problems(tmp_path, "train_r")] == ["rows/train_r.parquet is unreadable"]
     # A rows file swapped for another valid one (here: the same columns, no rows) is damage as well.
     records.write_stage(tmp_path, "train_r", rows)
     records.frame([]).to_parquet(records.stage_file(tmp_path, "train_r"), index=False)
-    assert not records.stage_done(tmp_path, "train_r") and "rows/train_r.parquet is corrupt (its checksum changed)" in caplog.text
+    assert records.stage_problems(tmp_path, "train_r") == ["rows/train_r.parquet is corrupt (its checksum changed)"]
 
 
 def test_debris_of_killed_writers_is_removed_and_live_writes_are_not(tmp_path):
