@@ -34,7 +34,9 @@ def numbers(results: Path) -> pd.DataFrame:
 
 
 def images(results: Path, table: pd.DataFrame) -> dict[tuple, str]:
-    """sha256 of every published image, by (method, concept, training seed or 'base', file name)."""
+    """sha256 of every published image of the table's runs (and the base and instance images), by (method,
+    concept, training seed, file name); folders of runs the table does not hold (an older config's, left
+    in a shared results dir) are not its results."""
     runs = table.dropna(subset=["run_id"]).drop_duplicates("run_id").set_index("run_id")[RUN]
     out = {}
     for p in sorted((results / "images").rglob("*.png")):
@@ -42,8 +44,13 @@ def images(results: Path, table: pd.DataFrame) -> dict[tuple, str]:
         if any(part.startswith(".") for part in rel.parts):
             continue  # a killed writer's temporary
         folder = rel.parts[0]
-        run_id = folder.rsplit("-", 1)[0]
-        who = tuple(runs.loc[run_id]) if run_id in runs.index else (folder,)
+        run_id, _, which = folder.partition("-")  # <run_id>-<sweep hash>[-curve]
+        if run_id in runs.index:
+            who = (*runs.loc[run_id], which)
+        elif folder in ("base", "instance"):
+            who = (folder,)
+        else:
+            continue
         out[(*who, *rel.parts[1:])] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 

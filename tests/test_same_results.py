@@ -42,5 +42,5 @@ def test_a_changed_number_or_image_is_named(tmp_path):
     found = same_results.differences(a, number)
     assert len(found) == 1 and "clip_i" in found[0] and "0.51" in found[0]
     found = same_results.differences(a, image)
-    assert found == ["image differs: lora/sks_heart/0/instance_0_seed0_w1.png"]
+    assert found == ["image differs: lora/sks_heart/0/s1/instance_0_seed0_w1.png"]
     assert same_results.main([str(a), str(image)]) == 1
