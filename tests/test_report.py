@@ -98,8 +98,25 @@ def test_report_files_exist_and_html_is_self_contained(tmp_path):
         for ext in ("md", "csv", "tex"):
             assert (tmp_path / "report" / "tables" / f"{name}.{ext}").stat().st_size > 0
     for fig in ("cost", "curves", "tradeoff", "infographic", "frontier"):
-        for ext in ("png", "svg"):
+        for ext in ("png", "svg", "pdf"):
             assert (tmp_path / "report" / "figures" / f"{fig}.{ext}").stat().st_size > 0
+    assert_print_size(tmp_path / "report" / "figures")
+
+
+def assert_print_size(figures) -> None:
+    """Charts go into a two-column paper unscaled: each PDF is at most a column or the page's two columns
+    wide (bbox_inches='tight' moves the edge by a few percent), its fonts are embedded TrueType (pdf.fonttype 42: no
+    Type 3 bitmaps), and no date makes two builds of the same figure differ."""
+    from bench.plots import DOUBLE_COLUMN, SINGLE_COLUMN
+
+    widths = {"tradeoff": SINGLE_COLUMN, "cost": DOUBLE_COLUMN, "curves": DOUBLE_COLUMN, "frontier": DOUBLE_COLUMN, "infographic": DOUBLE_COLUMN}
+    for name, column in widths.items():
+        data = (figures / f"{name}.pdf").read_bytes()
+        box = re.search(rb"/MediaBox \[\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*\]", data)
+        width_in = (float(box.group(3)) - float(box.group(1))) / 72
+        assert 0.6 * column <= width_in <= 1.05 * column, (name, width_in, column)  # within 5 %: LaTeX scales it to the column unnoticed
+        assert b"/FontFile2" in data and b"/Type3" not in data, f"{name}.pdf does not embed TrueType fonts"
+        assert b"CreationDate" not in data
 
 
 def test_report_merges_several_results_dirs(tmp_path):

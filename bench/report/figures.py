@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from bench import stages, stats
-from bench.plots import colours, human_bytes, matplotlib, method_rank, plt, resolved_front, save_figure
+from bench.plots import DOUBLE_COLUMN, SINGLE_COLUMN, colours, human_bytes, matplotlib, method_rank, plt, resolved_front, save_figure, wrapped
 from metrics import higher_is_better
 from metrics import title as metric_name
 from bench.report.labels import ReportContext, label_of
@@ -34,13 +34,13 @@ def cost_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportContext(
     if cost_rows(df).empty:
         return None
     panels = [("artifact_bytes", "file size (bytes, log)", True), ("peak_mem", "training memory (MiB, tensors)", False), ("train_time", "train time (s)", False), ("trainable_params", "trainable parameters (log)", True)]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")  # the title clear of the panels' titles
+    fig, axes = plt.subplots(1, 4, figsize=(DOUBLE_COLUMN, 2.4), layout="constrained")  # the title clear of the panels' titles
     for ax, (metric, title, log_scale) in zip(axes, panels):
         means = arm_means(df, metric, ctx)
         col = colours(list(means))
         ax.bar(range(len(means)), list(means.values()), color=[col[m] for m in means])
-        ax.set_xticks(range(len(means)), [m.replace("_", "\n") for m in means], fontsize=8)
-        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(means)), [m.replace("_", " ") for m in means], fontsize=6, rotation=30, ha="right", rotation_mode="anchor")
+        ax.set_title(title)
         if log_scale:
             ax.set_yscale("log")
     fig.suptitle("Training cost per method: mean over training runs (same data, steps, batch and seeds)")
@@ -59,7 +59,7 @@ def curves_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportContex
     # At most four panels a row: one row of seven shrinks every label to unreadable in a report's width.
     cols = min(4, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows + 0.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(DOUBLE_COLUMN, 1.75 * rows + 0.3), squeeze=False, layout="constrained")
     for ax, metric in zip(axes.flat, metrics):
         curves: dict[str, list] = {}
         for w in weights:
@@ -72,16 +72,16 @@ def curves_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportContex
             if np.isfinite(lo).all():
                 ax.fill_between(w, lo, hi, color=col[label], alpha=0.2)
         ax.axvline(0, color="grey", lw=0.8, ls=":")
-        ax.set_title(metric_title(metric), fontsize=10)
+        ax.set_title(metric_title(metric))
         ax.set_xlabel("adapter weight")
     spare = list(axes.flat[len(metrics):])
     for ax in spare[1:]:
         ax.remove()
     if spare:  # the legend in an empty cell, off the data
         spare[0].axis("off")
-        spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center", fontsize=9)
+        spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center")
     else:
-        axes.flat[0].legend(fontsize=8)
+        axes.flat[0].legend()
     fig.suptitle("Metrics against adapter weight: mean over training runs, bands 95 % hierarchical bootstrap")
     return save_figure(fig, out, "curves")
 
@@ -93,21 +93,21 @@ def tradeoff_figure(df: pd.DataFrame, out: Path, ctx: ReportContext = ReportCont
         return None
     labels = ctx.labels(df)
     col = colours(sorted(set(labels.values()), key=method_rank))
-    fig, ax = plt.subplots(figsize=(6, 4.6))
-    for arm, g in q.groupby(stats.ARM, dropna=False):
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.9), layout="constrained")
+    for arm, g in sorted(q.groupby(stats.ARM, dropna=False), key=lambda kv: method_rank(label_of(labels, *kv[0]))):
         label = label_of(labels, *arm)
         per = {m: g[g.metric == m].groupby(["weight", "concept", "train_seed"]).value.mean().groupby(["weight", "concept"]).mean().groupby("weight").mean() for m in ("clip_t", "clip_i")}
         w = per["clip_t"].index.intersection(per["clip_i"].index)
         tm, im = per["clip_t"][w], per["clip_i"][w]
         ax.plot(tm, im, "-", color=col[label], alpha=0.7, label=label)
-        ax.scatter(tm, im, color=col[label], s=14 + 30 * np.clip(np.abs(w.to_numpy()), 0, 1.5))
+        ax.scatter(tm, im, color=col[label], s=6 + 14 * np.clip(np.abs(w.to_numpy()), 0, 1.5))
         for weight in (w.min(), 1.0, w.max()):
             if weight in w:
-                ax.annotate(f"{weight:g}", (tm[weight], im[weight]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(f"{weight:g}", (tm[weight], im[weight]), fontsize=6, xytext=(2, 2), textcoords="offset points")
     ax.set_xlabel("CLIP-T: text alignment (higher is better)")
     ax.set_ylabel("CLIP-I: subject fidelity (higher is better)")
-    ax.set_title("Fidelity vs text alignment along each method's weight path\n(numbers: weight; mean over training runs)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Fidelity vs text alignment along each method's\nweight path (numbers: weight; mean over runs)")
+    ax.legend()
     return save_figure(fig, out, "tradeoff")
 
 
@@ -132,7 +132,7 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportConte
             better.add((a, b) if (r.diff > 0) == higher_is_better(fidelity) else (b, a))
     labels = ctx.labels(df.assign(sweep=None))
     higher = higher_is_better(fidelity)
-    fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(4.6 * len(FRONTIER_COSTS), 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(FRONTIER_COSTS), figsize=(DOUBLE_COLUMN, 2.7), squeeze=False, layout="constrained")
     arms = sorted({(r.model, r.method, r.config) for r in summary.itertuples()}, key=lambda a: method_rank(label_of(labels, *a)))
     col = colours([label_of(labels, *a) for a in arms])
     for ax, (metric, title, log_scale) in zip(axes[0], FRONTIER_COSTS):
@@ -150,9 +150,9 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportConte
             best = [False] * len(points)
         for (arm, cost, mean, lo, hi), on_front in zip(points, best):
             label = label_of(labels, *arm)
-            ax.errorbar([cost], [mean], yerr=[[mean - lo], [hi - mean]] if np.isfinite([lo, hi]).all() else None, fmt="o", color=col[label], capsize=3, label=label)
+            ax.errorbar([cost], [mean], yerr=[[mean - lo], [hi - mean]] if np.isfinite([lo, hi]).all() else None, fmt="o", ms=4, color=col[label], capsize=2, label=label)
             if on_front:
-                ax.scatter([cost], [mean], s=220, facecolors="none", edgecolors="black", linewidths=1.2)
+                ax.scatter([cost], [mean], s=90, facecolors="none", edgecolors="black", linewidths=0.9)
         # A family (one method at several configs, e.g. a rank sweep) is joined by a thin line of its colour.
         for method in {arm[1] for arm, *_ in points}:
             family = sorted((cost, mean, arm) for arm, cost, mean, _, _ in points if arm[1] == method)
@@ -171,11 +171,11 @@ def frontier_figure(df: pd.DataFrame, fidelity: str, out: Path, ctx: ReportConte
             ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0][0].set_ylabel(f"{metric_name(fidelity)} at weight 1 ({'higher' if higher else 'lower'} is better)", fontsize=9)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].set_ylabel(f"{metric_name(fidelity)} at weight 1\n({'higher' if higher else 'lower'} is better)")
+    axes[0][0].legend()
     rule = (f"ringed: no method as cheap is better by a resolved paired difference (≥ {stats.MIN_CONCEPTS} concepts, interval excludes 0)" if better else
             f"no difference in quality is resolved (needs ≥ {stats.MIN_CONCEPTS} concepts and an interval that excludes 0): no method is shown beaten")
-    fig.suptitle(f"Cost against quality: mean over training runs, bars 95 % interval; {rule}", fontsize=10)
+    fig.suptitle(wrapped(f"Cost against quality: mean over training runs, bars 95 % interval; {rule}"))
     return save_figure(fig, out, "frontier")
 
 
@@ -268,7 +268,7 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, c
             panels.append((f"{metric_name(metric)} at weight 1 ({better} is better), mean [95 % interval]", values, False))
     for metric, title, log_scale in (("artifact_bytes", "file size (log)", True), ("peak_mem", "training memory (MiB)", False), ("train_time", "train time (s)", False)):
         panels.append((title, {m: (v, np.nan, np.nan) for m, v in cost[metric].items()}, log_scale))
-    fig = plt.figure(figsize=(12, 0.9 + 1.25 * len(panels)), layout="constrained")
+    fig = plt.figure(figsize=(DOUBLE_COLUMN, 0.5 + 0.85 * len(panels)), layout="constrained")
     gs = fig.add_gridspec(len(panels), 2, width_ratios=[1, 1.05] if grid is not None else [1, 0.001])
     y = np.arange(len(methods))
     for i, (title, values, log_scale) in enumerate(panels):
@@ -276,18 +276,18 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, c
         mean = np.array([values.get(m, (np.nan,) * 3)[0] for m in methods], dtype=float)
         lo = np.array([values.get(m, (np.nan,) * 3)[1] for m in methods], dtype=float)
         hi = np.array([values.get(m, (np.nan,) * 3)[2] for m in methods], dtype=float)
-        ax.barh(y, np.nan_to_num(mean), color=[col[m] for m in methods], height=0.65)
+        ax.barh(y, np.nan_to_num(mean), color=[col[m] for m in methods], height=0.7)
         has_ci = np.isfinite(lo) & np.isfinite(hi)
         if has_ci.any():
-            ax.errorbar(mean[has_ci], y[has_ci], xerr=[mean[has_ci] - lo[has_ci], hi[has_ci] - mean[has_ci]], fmt="none", ecolor="black", capsize=2, lw=0.8)
+            ax.errorbar(mean[has_ci], y[has_ci], xerr=[mean[has_ci] - lo[has_ci], hi[has_ci] - mean[has_ci]], fmt="none", ecolor="black", capsize=1.5, lw=0.6)
         for yy, v, h in zip(y, mean, hi):
             if np.isfinite(v):
                 text = human_bytes(v) if log_scale else (f"{v:.2f}" if abs(v) < 10 else f"{v:,.0f}")
-                ax.annotate(text, (max(v, h) if np.isfinite(h) else v, yy), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-        ax.set_yticks(y, [m.replace("_", " ") for m in methods], fontsize=8)
+                ax.annotate(text, (max(v, h) if np.isfinite(h) else v, yy), xytext=(2, 0), textcoords="offset points", va="center", fontsize=5.5)
+        ax.set_yticks(y, [m.replace("_", " ") for m in methods], fontsize=6)
         ax.invert_yaxis()
-        ax.set_title(title, fontsize=8.5, loc="left")
-        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(title, fontsize=6.5, loc="left")
+        ax.tick_params(axis="x", labelsize=5.5)
         ax.spines[["top", "right"]].set_visible(False)
         if log_scale:
             ax.set_xscale("log")
@@ -299,7 +299,7 @@ def infographic(df: pd.DataFrame, fidelity: str, grid: Path | None, out: Path, c
         axg = fig.add_subplot(gs[:, 1])
         axg.imshow(Image.open(grid), interpolation="antialiased")  # a downscaled grid: nearest would drop its labels' strokes
         axg.axis("off")
-    fig.suptitle("Quality and cost per method at weight 1 (mean over training runs), and one concept's images", fontsize=11, weight="bold")
+    fig.suptitle("Quality and cost per method at weight 1 (mean over training runs), and one concept's images", weight="bold")
     return save_figure(fig, out, "infographic")
 
 
@@ -325,7 +325,7 @@ def instance_figure(df: pd.DataFrame, results_dirs: list[Path], out: Path, per_c
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(concept, fontsize=8, rotation=0, ha="right", va="center")
-    fig.suptitle("Instance images: what every method trained on (the same images for all of them)", fontsize=10)
+    fig.suptitle("Instance images: what every method trained on (the same images for all of them)")
     return save_figure(fig, out, "instance_images")
 
 
@@ -337,8 +337,8 @@ def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10, ctx: ReportContex
         return None
     labels = ctx.labels(loss.assign(sweep=None))
     col = colours(sorted(set(labels.values()), key=method_rank))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (model, method, config), g in loss.groupby(["model", "method", "config"], dropna=False):
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.6), layout="constrained")
+    for (model, method, config), g in sorted(loss.groupby(["model", "method", "config"], dropna=False), key=lambda kv: method_rank(label_of(labels, *kv[0]))):
         label = label_of(labels, model, method, config)
         per_run = g.pivot_table(index="step", columns="run_id", values="value").sort_index()
         smoothed = per_run.rolling(smooth, min_periods=1).mean()
@@ -348,8 +348,8 @@ def loss_figure(df: pd.DataFrame, out: Path, smooth: int = 10, ctx: ReportContex
     ax.set_xlabel("training step")
     ax.set_ylabel(f"denoising loss (running mean of {smooth} steps)")
     ax.set_yscale("log")
-    ax.set_title("Training loss: mean over training runs, band from lowest to highest run", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Training loss: mean over training runs,\nband from lowest to highest run")
+    ax.legend()
     return save_figure(fig, out, "loss")
 
 
@@ -361,10 +361,10 @@ def learning_curve_figure(full: pd.DataFrame, out: Path, ctx: ReportContext = Re
     labels = ctx.labels(full)
     col = colours(sorted(set(labels.values()), key=method_rank))
     metrics = [m for m in CURVE_METRICS if (curves.metric == m).any()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(DOUBLE_COLUMN, 2.4), squeeze=False, layout="constrained")
     for ax, metric in zip(axes[0], metrics):
         c = curves[curves.metric == metric]
-        for (model, method, config, sweep), g in c.groupby(stats.ARM, dropna=False, sort=False):
+        for (model, method, config, sweep), g in sorted(c.groupby(stats.ARM, dropna=False, sort=False), key=lambda kv: method_rank(label_of(labels, *kv[0]))):
             label = label_of(labels, model, method, config, sweep)
             g = g.sort_values("step")
             ax.plot(g.step, g["mean"], "o-", ms=3, color=col[label], label=label)
@@ -372,12 +372,12 @@ def learning_curve_figure(full: pd.DataFrame, out: Path, ctx: ReportContext = Re
                 ax.fill_between(g.step, g.low, g.high, color=col[label], alpha=0.15)
         ax.set_xscale("log", base=2)
         ticks = sorted(c.step.unique())
-        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("training step")
-        ax.set_title(f"{metric_title(metric)} at weight 1", fontsize=10)
+        ax.set_title(f"{metric_title(metric)} at weight 1")
         if metric == "presence":
             ax.set_ylim(-0.03, 1.03)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Learning curves: each run's checkpoints and final artifact, mean over training runs, bands 95 % hierarchical bootstrap", fontsize=9)
+    axes[0][0].legend()
+    fig.suptitle(wrapped("Learning curves: each run's checkpoints and final artifact, mean over training runs, bands 95 % hierarchical bootstrap"))
     return save_figure(fig, out, "learning_curves")
