@@ -74,10 +74,15 @@ def agreement(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> 
             boot_within.append(float(np.nanmean(drawn)) if np.isfinite(drawn).any() else math.nan)
         alpha = (1 - settings.confidence) / 2
 
+        # As for a paired difference (stats.DECISION_RULE): k concepts have only C(2k-1, k) distinct
+        # resamples (2 concepts: 3), too few to place an interval's ends (the estimate lands on one), so
+        # below MIN_CONCEPTS there is no interval and no verdict, only "needs >= 4 concepts".
+        enough = len(names) >= stats.MIN_CONCEPTS
+
         def interval(values: list[float]) -> tuple[float, float]:
             v = np.asarray(values, float)
             v = v[np.isfinite(v)]
-            return (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if len(v) and len(names) > 1 else (math.nan, math.nan)
+            return (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if len(v) and enough else (math.nan, math.nan)
 
         lo, hi = interval(boot_pooled)
         wlo, whi = interval(boot_within)
@@ -85,14 +90,15 @@ def agreement(df: pd.DataFrame, settings: stats.Settings = stats.Settings()) -> 
             "metric": metric, "higher_is_better": bool(higher_is_better(metric)), "cells": len(both), "concepts": len(names),
             "rho": pooled, "low": lo, "high": hi, "rho_within": float(np.nanmean(within)) if np.isfinite(within).any() else math.nan,
             "within_low": wlo, "within_high": whi,
-            "agrees": bool(np.isfinite(pooled) and pooled >= AGREES and (not np.isfinite(lo) or lo > 0)),
+            # True / False, or None where too few concepts stand behind the interval for a verdict.
+            "agrees": bool(np.isfinite(pooled) and pooled >= AGREES and lo > 0) if enough else None,
         })
     return pd.DataFrame(rows)
 
 
 def best_proxy(table: pd.DataFrame) -> str | None:
     """The proxy that agrees best with the oracle (highest pooled rho among those that agree)."""
-    ok = table[table.agrees] if len(table) else table
+    ok = table[table.agrees.eq(True)] if len(table) else table
     return None if ok.empty else str(ok.loc[ok.rho.idxmax(), "metric"])
 
 

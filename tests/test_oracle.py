@@ -81,7 +81,7 @@ def test_blank_counts_flat_and_near_flat_images_only():
 # ------------------------------------------------------------------------------------------ validity
 
 
-def cells_table(tmp_path, proxy_of_truth, concepts=("c1", "c2", "c3")):
+def cells_table(tmp_path, proxy_of_truth, concepts=("c1", "c2", "c3", "c4")):
     """Two methods x 3 weights x concepts, 2 training seeds; clip_i = proxy_of_truth(presence)."""
     rng = np.random.default_rng(0)
     rows = []
@@ -110,14 +110,26 @@ def test_a_proxy_that_follows_ground_truth_agrees(tmp_path):
     row = t.set_index("metric").loc["clip_i"]
     truth, proxy = validity.cells(df, "presence"), validity.cells(df, "clip_i")
     assert row.rho == pytest.approx(numpy_spearman(proxy.loc[truth.index], truth))
-    assert row.rho > 0.95 and row.agrees and row.cells == 18 and row.concepts == 3
+    assert row.rho > 0.95 and bool(row.agrees) and row.cells == 24 and row.concepts == 4
     assert validity.best_proxy(t) == "clip_i"
+
+
+def test_too_few_concepts_give_no_interval_and_no_verdict(tmp_path):
+    """Two concepts have three distinct concept resamples: the estimate would sit on an end of its interval.
+    So below stats.MIN_CONCEPTS there is neither, and the report says what it needs."""
+    from bench.report.tables import validity_table
+
+    df = cells_table(tmp_path, lambda t: 0.1 + 0.5 * t, concepts=("c1", "c2"))
+    row = validity.agreement(df, stats.Settings(n_boot=200)).set_index("metric").loc["clip_i"]
+    assert row.rho > 0.95 and pd.isna(row.agrees) and np.isnan(row.low) and np.isnan(row.high)
+    caption, table = validity_table(df)
+    assert table.loc["CLIP-I ↑", "agrees with ground truth"] == f"needs ≥ {stats.MIN_CONCEPTS} concepts" and "Too few concepts here" in caption
 
 
 def test_a_proxy_that_runs_against_ground_truth_does_not(tmp_path):
     df = cells_table(tmp_path, lambda t: 0.6 - 0.5 * t)
     row = validity.agreement(df, stats.Settings(n_boot=200)).set_index("metric").loc["clip_i"]
-    assert row.rho < -0.9 and not row.agrees
+    assert row.rho < -0.9 and not pd.isna(row.agrees) and not row.agrees
 
 
 def test_lower_is_better_metrics_are_negated(tmp_path):

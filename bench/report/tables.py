@@ -149,13 +149,16 @@ def validity_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> tu
         "Spearman rho with presence": [format_ci(r.rho, r.low, r.high) for r in t.itertuples()],
         "rho within concept (mean)": [format_ci(r.rho_within, r.within_low, r.within_high) for r in t.itertuples()],
         "cells": t.cells, "concepts": t.concepts,
-        "agrees with ground truth": ["yes" if a else "no" for a in t.agrees],
+        "agrees with ground truth": [f"needs ≥ {stats.MIN_CONCEPTS} concepts" if pd.isna(a) else ("yes" if a else "no") for a in t.agrees],
     }).set_index("metric")
-    bad = [metric_title(m) for m, a in zip(t.metric, t.agrees) if not a]
+    bad = [metric_title(m) for m, a in zip(t.metric, t.agrees) if not pd.isna(a) and not a]
+    undecided = t.agrees.isna().all()
     caption = (f"Rank agreement of each proxy metric with the oracle's presence rate (ground truth: is the concept's shape or fill drawn?) over "
                f"every (method, concept, weight) cell; FD and CMMD are negated so that agreement is positive. Interval: concepts resampled. "
-               f"A metric agrees when rho >= {validity.AGREES} and its interval excludes 0. "
-               + (f"Not agreeing here: {', '.join(bad)}; read them as similarity, not as evidence the concept is drawn." if bad else "Every proxy agrees here."))
+               f"A metric agrees when rho >= {validity.AGREES} and its interval excludes 0, judged from {stats.MIN_CONCEPTS} concepts on "
+               "(fewer have too few distinct resamples to place an interval's ends: no interval, no verdict). "
+               + ("Too few concepts here for a verdict; results/benchmarks/metric_validity.md has the suite's." if undecided else
+                  f"Not agreeing here: {', '.join(bad)}; read them as similarity, not as evidence the concept is drawn." if bad else "Every proxy agrees here."))
     return caption, table
 
 
