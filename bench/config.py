@@ -112,7 +112,7 @@ class CheckConfig:
     # metric -> {abs: ..., rel: ...}; the larger allowance wins. 'fd' covers every Fréchet distance,
     # 'default' any metric not named.
     tolerances: dict[str, Any] = field(default_factory=dict)
-    alpha: float = 0.05  # family-wise false-alarm rate of one check (Holm over every method and metric)
+    alpha: float = 0.05  # family-wise false-alarm rate of one check (every method and metric: bench/regression.py)
     junit: Optional[str] = None  # default: RESULTS_DIR/regression_junit.xml
 
 

@@ -52,35 +52,96 @@ def test_baseline_holds_each_run_the_spread_and_direction(tmp_path):
     assert lora["metrics"]["artifact_bytes"]["value"] == 1000.0 and doc["weight"] == 1.0
 
 
+def brute_force_maxt(statistics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: raw and Westfall-Young step-down adjusted p from every resample's statistics [resamples x
+    tests] (row 0 observed), by the textbook loop over hypotheses sorted by their observed statistic."""
+    obs = statistics[0]
+    raw = (statistics >= obs).mean(axis=0)
+    order = list(np.argsort(-obs, kind="stable"))
+    adjusted, running = np.zeros(len(obs)), 0.0
+    for k, j in enumerate(order):
+        running = max(running, float((statistics[:, order[k:]].max(axis=1) >= obs[j]).mean()))
+        adjusted[j] = running
+    return raw, adjusted
+
+
+def worse_t(d: np.ndarray) -> float:
+    """Student's t of 'the mean difference is below 0' (positive: worse)."""
+    return float(-d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+
+
 def test_other_training_seeds_pass_a_real_degradation_fails_naming_method_and_metric(tmp_path):
     doc = write_baseline(table(tmp_path / "base"), tmp_path / "b.json")
     same = compare(doc, table(tmp_path / "same"), CHECK)
-    assert not any(c.regressed for c in same) and {c.test for c in same if c.metric == "clip_i"} == {"paired, 6 runs, no spread"}
+    assert not any(c.regressed for c in same) and all(c.p == 1.0 for c in same if c.metric == "clip_i")
     other = compare(doc, table(tmp_path / "other", seeds=(3, 4, 5)), CHECK)  # other seeds: other noise, unpaired
     assert not any(c.regressed for c in other), [c for c in other if c.regressed]
     worse = compare(doc, table(tmp_path / "worse", seeds=(3, 4, 5), lora_shift=-0.1), CHECK)
     assert [(c.method, c.metric) for c in worse if c.regressed] == [("lora", "clip_i")]
     assert method_decisions(worse) == {"hypernetwork": "ok", "lora": "REGRESSED (clip_i)"}
     clip = next(c for c in worse if c.method == "lora" and c.metric == "clip_i")
-    # Unpaired: the shortfall beyond the margin over its standard error from the pooled within-concept
-    # spread of both sides (4 groups of 3 runs: 8 degrees of freedom), one-sided t. table()'s noise for
-    # seeds 0, 1, 2 is -0.02, +0.02, +0.01 and for seeds 3, 4, 5 it is 0, -0.01, -0.02 (both concepts alike).
-    base, now = np.array([-0.02, 0.02, 0.01]), np.array([0.0, -0.01, -0.02])
-    pooled = np.sqrt(2 * (((base - base.mean()) ** 2).sum() + ((now - now.mean()) ** 2).sum()) / 8)
-    shortfall = (now.mean() - 0.1) - base.mean() + 0.01
-    p = t_dist.cdf(shortfall / (pooled * np.sqrt(1 / 6 + 1 / 6)), 8)
-    assert clip.test == "unpaired t, 6 vs 6 runs" and clip.p == pytest.approx(p) and clip.direction == "worse"
+    # Unpaired: the t of the two means from the pooled within-concept spread, its p over all 400
+    # relabellings of which 3 of each concept's 6 runs are the baseline's (C(6, 3) squared). table()'s
+    # noise for seeds 0, 1, 2 is -0.02, +0.02, +0.01 and for 3, 4, 5 it is 0, -0.01, -0.02, both concepts alike.
+    runs = np.array([-0.02, 0.02, 0.01, 0.0 - 0.1, -0.01 - 0.1, -0.02 - 0.1])  # one concept: baseline's, then the check's
+
+    def t_of(now_idx: tuple, other_idx: tuple) -> float:
+        groups = [runs[list(now_idx)], runs[list(other_idx)]] * 2  # two concepts, the same values
+        pooled = np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / 8)
+        now = np.concatenate([runs[list(now_idx)]] * 2)
+        base = np.concatenate([runs[list(other_idx)]] * 2)
+        return float(-(now.mean() - base.mean()) / (pooled * np.sqrt(1 / 6 + 1 / 6)))
+
+    import itertools
+
+    per_concept = [(c, tuple(i for i in range(6) if i not in c)) for c in itertools.combinations(range(6), 3)]
+    observed = t_of((3, 4, 5), (0, 1, 2))
+    assert observed > 0
+    # Both concepts relabelled independently: the t of a pair of relabellings, pooled over both concepts.
+    stats_all = []
+    for (now1, base1), (now2, base2) in itertools.product(per_concept, per_concept):
+        groups = [runs[list(now1)], runs[list(base1)], runs[list(now2)], runs[list(base2)]]
+        pooled = np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / 8)
+        now = np.concatenate([runs[list(now1)], runs[list(now2)]])
+        base = np.concatenate([runs[list(base1)], runs[list(base2)]])
+        stats_all.append(-(now.mean() - base.mean()) / (pooled * np.sqrt(1 / 6 + 1 / 6)))
+    assert clip.test == "unpaired t, 6 vs 6 runs; maxT over 400 permutations"
+    assert clip.p == pytest.approx(np.mean(np.array(stats_all) >= observed - 1e-12)) and clip.direction == "worse"
 
 
-def test_a_paired_check_is_students_t_on_the_run_differences(tmp_path):
+def test_a_paired_check_is_students_t_with_its_p_from_sign_flips_of_the_runs(tmp_path):
     doc = write_baseline(table(tmp_path / "base"), tmp_path / "b.json")
     df = table(tmp_path / "worse", lora_shift=-0.03)
     # Make the per-run differences uneven, so the paired test has a spread to work with.
     df.loc[(df.method == "lora") & (df.train_seed == 1) & (df.metric == "clip_i") & (df.weight == 1.0), "value"] += 0.02
     clip = next(c for c in compare(doc, df, CHECK) if c.method == "lora" and c.metric == "clip_i")
     d = np.array([-0.03, -0.01, -0.03] * 2)
-    expected = t_dist.cdf((d.mean() + 0.01) / (d.std(ddof=1) / np.sqrt(6)), 5)
-    assert clip.test == "paired t, 6 runs" and clip.p == pytest.approx(expected)
+    flips = [np.array(s) for s in itertools_product([1, -1], 6)]
+    reference = np.mean([worse_t(s * d) >= worse_t(d) - 1e-12 for s in flips])
+    assert clip.test == "paired t, 6 runs; maxT over 64 sign flips" and clip.p == pytest.approx(reference) and clip.regressed
+
+
+def itertools_product(values, n):
+    import itertools
+
+    return itertools.product(values, repeat=n)
+
+
+def test_step_down_maxt_matches_the_textbook_loop_and_uses_correlated_metrics():
+    """The family adjustment against a reference written out by hand; and on three metrics that fell
+    together in every one of six runs, each is significant for the family (p = 1/64), where Holm's
+    procedure over the t-tests' p of five degrees of freedom would need each below 0.05 / 3."""
+    from bench.regression import _sign_flips, _step_down_maxt, _t_worse
+
+    rng = np.random.default_rng(3)
+    statistics = rng.normal(size=(50, 5))
+    raw, adjusted = _step_down_maxt(statistics[0], statistics)
+    ref_raw, ref_adjusted = brute_force_maxt(statistics)
+    assert raw == pytest.approx(ref_raw) and adjusted == pytest.approx(ref_adjusted)
+    d = -np.abs(rng.normal(0.1, 0.08, size=(6, 1))) * np.array([[1.0, 0.8, 1.2]])  # three metrics, one cause
+    flips = _sign_flips(6, rng)
+    raw, adjusted = _step_down_maxt(_t_worse(d), _t_worse(flips[:, :, None] * d[None]))
+    assert adjusted == pytest.approx([1 / 64] * 3)
 
 
 def test_holm_matches_a_hand_computation_and_controls_the_family():
