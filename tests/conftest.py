@@ -6,6 +6,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Under pytest-xdist each worker gets its share of the cores, and so does every run.py it starts (they
+# read OMP_NUM_THREADS): torch's threads spin while they wait, so two workers at two threads each on two
+# cores would be many times slower than one thread each.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS))
 
 import random  # noqa: E402
 import signal  # noqa: E402
@@ -14,7 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]) if _XDIST_WORKERS > 1 else min(2, os.cpu_count() or 1))
 torch.manual_seed(0)
 
 
