@@ -39,6 +39,9 @@ COLUMNS = [
     "run_id", "model", "method", "config", "concept", "kind", "train_seed", "sweep",
     "prompt_id", "seed", "weight", "step", "metric", "value", "unit", "scorer", "status",
 ]
+# Scorers of the instruments' own readings (wall clock, process RSS, the machine's other load), which differ
+# between any two runs of one config: every comparison of two runs' results leaves these rows out.
+INSTRUMENT_SCORERS = frozenset({"wall_clock", "process_vmhwm", "proc_stat"})
 STRINGS = ("run_id", "model", "method", "config", "concept", "kind", "sweep", "prompt_id", "metric", "unit", "scorer", "status")
 
 

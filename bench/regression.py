@@ -323,13 +323,12 @@ def _step_down_maxt(observed: np.ndarray, resampled: np.ndarray) -> tuple[np.nda
         return raw, adjusted
     null = np.nan_to_num(resampled[:, tests], nan=-np.inf, posinf=np.inf, neginf=-np.inf)  # a test a resample cannot form counts as no evidence
     raw[tests] = np.mean(null >= observed[tests], axis=0)
-    order = tests[np.argsort(-observed[tests], kind="stable")]
-    running = 0.0
-    for k, test in enumerate(order):
-        rest = [np.flatnonzero(tests == j)[0] for j in order[k:]]
-        p = float(np.mean(null[:, rest].max(axis=1) >= observed[test]))
-        running = max(running, p)
-        adjusted[test] = running
+    # Hypotheses from the largest observed statistic down; the k-th is judged against the maximum, per
+    # resample, over itself and every hypothesis after it: a running maximum from the last one back.
+    order = np.argsort(-observed[tests], kind="stable")
+    successive = np.maximum.accumulate(null[:, order[::-1]], axis=1)[:, ::-1]
+    p = np.mean(successive >= observed[tests][order], axis=0)
+    adjusted[tests[order]] = np.maximum.accumulate(p)  # adjusted p never falls down the list
     return raw, adjusted
 
 

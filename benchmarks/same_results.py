@@ -3,7 +3,7 @@
     python benchmarks/same_results.py results/before results/after
 
 Every number of `results.parquet` but the instruments' own readings (wall clock, RSS, the machine's other
-load: `INSTRUMENTS`) and every image, byte for byte. Runs are matched by what they are (method, concept,
+load: `records.INSTRUMENT_SCORERS`) and every image, byte for byte. Runs are matched by what they are (method, concept,
 training seed), not by run id, so a change that renames stage keys without changing a result still
 compares equal. Exit 0 when both are the same, 1 with the first differences listed. This is the proof a
 behaviour-preserving restructuring keeps (issue 29): the default run before and after it.
@@ -21,14 +21,14 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Readings of the instruments themselves, which differ between any two runs (tests/test_runner.py keeps the same list).
-INSTRUMENT_SCORERS = {"wall_clock", "proc_stat", "process_vmhwm"}
 RUN = ["method", "concept", "train_seed"]
 KEY = [*RUN, "model", "kind", "sweep", "prompt_id", "seed", "weight", "step", "metric", "unit", "scorer", "status"]
 
 
 def numbers(results: Path) -> pd.DataFrame:
     t = pd.read_parquet(results / "results.parquet")
+    from bench.records import INSTRUMENT_SCORERS
+
     t = t[~t.scorer.isin(INSTRUMENT_SCORERS)]
     return t[[*KEY, "value"]].astype({k: "string" for k in KEY if k not in ("train_seed", "seed", "weight", "step")}).sort_values(KEY, na_position="first").reset_index(drop=True)
 

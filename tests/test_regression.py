@@ -8,7 +8,6 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
-from scipy.stats import t as t_dist
 
 from bench import records
 from bench.regression import BaselineError, compare, holm, method_decisions, read_baseline, write_baseline, write_junit

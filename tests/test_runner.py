@@ -34,14 +34,12 @@ def command(results: Path, *overrides) -> list[str]:
     return [sys.executable, str(ROOT / "run.py"), *SMOKE, f"results_dir={results}", *overrides]
 
 
-# The instruments' own readings (wall clock, RSS, the machine's other load) differ between any two runs.
-INSTRUMENTS = {"train_time", "steps_per_s", "process_rss_peak", "sweep_time", "score_time", "input_gen_time", "base_gen_time", "other_load", "checkpoint_time", "curve_time"}
 KEY = ["run_id", "metric", "prompt_id", "seed", "weight", "step"]
 
 
 def numbers(results: Path):
     t = records.read_table(results)
-    return t[~t.metric.isin(INSTRUMENTS)].sort_values(KEY).reset_index(drop=True)
+    return t[~t.scorer.isin(records.INSTRUMENT_SCORERS)].sort_values(KEY).reset_index(drop=True)
 
 
 def published_images(results: Path) -> list[Path]:
