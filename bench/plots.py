@@ -25,6 +25,7 @@ matplotlib.rcParams.update({
     "legend.fontsize": 6.5, "figure.titlesize": 8.5, "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "path",
 })
 PNG_DPI = 220  # a double-column figure is about 1,500 px wide on screen
+NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}  # the same figure gives the same vector file
 
 # Okabe-Ito: distinguishable with the common forms of colour blindness.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -74,8 +75,7 @@ def save_figure(fig, out: Path, name: str) -> Path:
     png = out / f"{name}.png"
     for ext in ("png", "svg", "pdf"):
         with atomic_path(out / f"{name}.{ext}") as tmp:
-            # No creation date in the vector files: the same figure gives the same bytes.
-            fig.savefig(tmp, format=ext, dpi=PNG_DPI, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else ({"CreationDate": None} if ext == "pdf" else None))
+            fig.savefig(tmp, format=ext, dpi=PNG_DPI, bbox_inches="tight", metadata=NO_DATE.get(ext))
     plt.close(fig)
     return png
 
