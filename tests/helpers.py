@@ -12,10 +12,18 @@ ROUNDING_MAX_LEVELS = 3
 ROUNDING_MAX_SHARE_OFF_BY_MORE_THAN_ONE = 0.01
 
 
-def assert_same_image_up_to_rounding(a, b, what) -> None:
-    """`a` and `b` (PIL images or arrays of 8-bit levels) are one image made in two batch layouts."""
+def levels_apart(a, b) -> tuple[int, float]:
+    """(largest difference in 8-bit levels, share of values more than one level apart) of two images."""
     diff = np.abs(np.asarray(a).astype(np.int16) - np.asarray(b).astype(np.int16))
-    share = float((diff > 1).mean())
-    assert diff.max() <= ROUNDING_MAX_LEVELS and share <= ROUNDING_MAX_SHARE_OFF_BY_MORE_THAN_ONE, (
-        f"{what}: {diff.max()} levels apart at most, {share:.2%} of values more than one level apart "
-        f"(rounding allows {ROUNDING_MAX_LEVELS} and {ROUNDING_MAX_SHARE_OFF_BY_MORE_THAN_ONE:.0%})")
+    return int(diff.max()), float((diff > 1).mean())
+
+
+def assert_same_image_up_to_rounding(a, b, what, *, also_allowed: tuple[int, float] = (0, 0.0)) -> None:
+    """`a` and `b` (PIL images or arrays of 8-bit levels) are one image made in two batch layouts.
+    `also_allowed`: a difference the reference itself shows between two of its own batch layouts (an
+    extrapolated weight can make generation chaotic, so that rounding alone moves many pixels)."""
+    most, share = levels_apart(a, b)
+    allowed = (ROUNDING_MAX_LEVELS + also_allowed[0], ROUNDING_MAX_SHARE_OFF_BY_MORE_THAN_ONE + also_allowed[1])
+    assert most <= allowed[0] and share <= allowed[1], (
+        f"{what}: {most} levels apart at most, {share:.2%} of values more than one level apart "
+        f"(allowed: {allowed[0]} and {allowed[1]:.2%}, rounding plus the reference's own spread across batch layouts {also_allowed})")

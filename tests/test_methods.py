@@ -15,7 +15,7 @@ from methods.errors import MethodConfigError, TrainingDiverged
 from methods.settings import TrainSettings
 from methods.textual_inversion import unload
 
-from helpers import assert_same_image_up_to_rounding
+from helpers import assert_same_image_up_to_rounding, levels_apart
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 METHODS = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -210,10 +210,13 @@ def batched_sweep_as_one_weight_at_a_time(pipe, method, artifact, concept, promp
     from bench.sweep import sweep_method
 
     one_by_one = sweep_method(pipe, method, artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False}), progress=False)
+    # The reference in another batch layout too: at an extrapolated weight (-1 after a few violent steps)
+    # generation is chaotic, and one thread's rounding alone moved a quarter of the pixels by up to 118 levels.
+    singly = sweep_method(pipe, method, artifact, concept, prompts, OmegaConf.create({**cfg, "batched": False, "batch": 1}), progress=False)
     batched = sweep_method(pipe, method, artifact, concept, prompts, OmegaConf.create({**cfg, "batched": True}), progress=False)
-    assert one_by_one.keys() == batched.keys()
+    assert one_by_one.keys() == batched.keys() == singly.keys()
     for key in one_by_one:
-        assert_same_image_up_to_rounding(one_by_one[key], batched[key], key)
+        assert_same_image_up_to_rounding(one_by_one[key], batched[key], key, also_allowed=levels_apart(one_by_one[key], singly[key]))
     return batched
 
 
