@@ -9,11 +9,12 @@ more than the metric's margin (`check.tolerances`: a change too small to matter)
 
 - **paired** where the check has the baseline's runs (same concept and training seed, hence the same
   instance images, noise and generation seeds): each test's statistic is Student's t of the per-run
-  differences, and the family is controlled by **Westfall and Young's step-down maxT** over sign flips of
-  the runs (each run's differences, every method and metric at once, flipped together: under "nothing
-  changed" a run is as likely to come out either way). The metrics of a method move together (CLIP-I, CMMD
+  differences, and the family is controlled by **Romano and Wolf's step-down maxT** over sign flips of
+  the runs' centred differences (each run's differences, every method and metric at once, flipped
+  together; centred on their means, so every resample holds the null whatever truly changed, and a
+  metric that improved cannot hide one that fell). The metrics of a method move together (CLIP-I, CMMD
   and FD read the same images), which maxT uses and Holm's procedure ignores: at the default's six runs
-  a method whose CLIP-I fell in every run is caught (p = 1/64 for the family), where Holm over 28 tests
+  a method whose CLIP-I fell in every run is caught (p = 1/65 for the family), where Holm over 28 tests
   needed p < 0.0018 from a t-test on five degrees of freedom.
 - **unpaired** otherwise (e.g. other training seeds): the difference of the two means over its standard
   error from the pooled within-concept spread, and maxT over permutations of which runs are the
@@ -313,21 +314,28 @@ def _t_worse(x: np.ndarray) -> np.ndarray:
     return np.where(n >= 2, out, np.nan)
 
 
-def _step_down_maxt(observed: np.ndarray, resampled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Westfall and Young's step-down maxT: (raw p, adjusted p) per test from `observed` statistics [tests]
-    and the same statistics on every resample [resamples x tests] (the observed data among them). NaN
-    statistics are left out of the family."""
+def _step_down_maxt(observed: np.ndarray, resampled: np.ndarray, observed_among_resamples: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Step-down maxT: (raw p, adjusted p) per test from `observed` statistics [tests] and the statistics of
+    every resample [resamples x tests]. `observed_among_resamples`: the observed data is one of the
+    resamples (Westfall and Young's permutations: p = share of resamples at least as large); otherwise the
+    resamples are of data with the null imposed (Romano and Wolf's centring) and p = (1 + count) / (1 +
+    resamples). NaN statistics are left out of the family."""
     tests = np.flatnonzero(~np.isnan(observed))  # +-inf: a change with no spread, decided like any other
     raw, adjusted = np.full(observed.shape, np.nan), np.full(observed.shape, np.nan)
     if not len(tests):
         return raw, adjusted
     null = np.nan_to_num(resampled[:, tests], nan=-np.inf, posinf=np.inf, neginf=-np.inf)  # a test a resample cannot form counts as no evidence
-    raw[tests] = np.mean(null >= observed[tests], axis=0)
+    extra = 0 if observed_among_resamples else 1
+
+    def share(at_least: np.ndarray) -> np.ndarray:
+        return (np.sum(at_least, axis=0) + extra) / (len(null) + extra)
+
+    raw[tests] = share(null >= observed[tests])
     # Hypotheses from the largest observed statistic down; the k-th is judged against the maximum, per
     # resample, over itself and every hypothesis after it: a running maximum from the last one back.
     order = np.argsort(-observed[tests], kind="stable")
     successive = np.maximum.accumulate(null[:, order[::-1]], axis=1)[:, ::-1]
-    p = np.mean(successive >= observed[tests][order], axis=0)
+    p = share(successive >= observed[tests][order])
     adjusted[tests[order]] = np.maximum.accumulate(p)  # adjusted p never falls down the list
     return raw, adjusted
 
@@ -350,8 +358,16 @@ def _paired_maxt(pairs: list[tuple[pd.DataFrame, bool]]) -> tuple[np.ndarray, np
         for r in both.itertuples():
             d[index[(r.concept, int(r.train_seed))], j] = sign * (r.value_c - r.value_b)
     flips = _sign_flips(len(keys), np.random.default_rng(0))
-    resampled = _t_worse(flips[:, :, None] * d[None, :, :])
-    raw, adjusted = _step_down_maxt(_t_worse(d), resampled)
+    # Romano and Wolf: the sign flips act on each test's differences centred on their mean, so the null
+    # holds in every resample whatever the true changes are. Flipping the raw differences (Westfall and
+    # Young) turns a metric that clearly improved into a clearly "worse" one in the flipped resamples,
+    # and that maximum hid a real fall: DreamBooth at a tenth of its learning rate lost presence and
+    # CLIP-I in all six runs while its drift and CLIP-T improved in all six, family p 0.0625.
+    centred = d - np.nanmean(d, axis=0)
+    scale = np.nanmax(np.abs(d), axis=0, initial=0.0)
+    centred = np.where(np.abs(centred) <= 1e-9 * np.maximum(scale, 1e-12), 0.0, centred)  # equal runs: no spread left, not 1e-17
+    resampled = _t_worse(flips[:, :, None] * centred[None, :, :])
+    raw, adjusted = _step_down_maxt(_t_worse(d), resampled, observed_among_resamples=False)
     return raw, adjusted, len(flips)
 
 
@@ -454,7 +470,7 @@ def compare(doc: dict, df: pd.DataFrame, check: dict) -> list[Comparison]:
     done = False
     if tested and all(len(both) >= 2 for *_, both in tested):
         raw, adjusted, n = _paired_maxt([(both, c.higher_is_better) for c, _, _, both in tested])
-        if n * alpha >= 1:  # enough sign flips for a p of alpha to exist (2 runs give 4: p >= 0.25)
+        if alpha * (n + 1) >= 1:  # enough sign flips for a p of alpha to exist (p >= 1 / (flips + 1); 2 runs give 4)
             for (c, _, _, both), p, q in zip(tested, raw, adjusted):
                 c.p, c.p_adjusted, c.test = float(p), float(q), f"paired t, {len(both)} runs; maxT over {n} sign flips"
             done = True
@@ -481,7 +497,7 @@ def family_procedure(comparisons: list[Comparison]) -> str:
     """How the check's family was controlled, for the console's last line."""
     tests = " ".join(c.test for c in comparisons)
     if "sign flips" in tests:
-        return "Westfall-Young step-down maxT over sign flips of the paired runs"
+        return "Romano-Wolf step-down maxT over sign flips of the paired runs' centred differences"
     if "permutations" in tests:
         return "Westfall-Young step-down maxT over permutations of the runs within concepts"
     return "Holm's step-down procedure"

@@ -110,6 +110,43 @@ def split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple
     return out
 
 
+def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple[str, float] | None = None):
+    """The paired check under the null: per replicate and concept, two of its training runs drawn at random,
+    one the baseline's and the other relabelled with the baseline's training seed, so that the check
+    pairs them as a CI check pairs a rerun of the baseline's runs (two independent trainings of one
+    concept: their difference is symmetric about 0 when nothing changed). `drop` as in split_alarms."""
+    import pandas as pd
+
+    from bench import regression
+
+    rng = np.random.default_rng(seed)
+    units = table[["concept", "train_seed"]].dropna().drop_duplicates()
+    by_concept = {c: sorted(g.train_seed.astype(int)) for c, g in units.groupby("concept") if len(g) >= 2}
+    unit = pd.Series(list(zip(table.concept, table.train_seed.fillna(-1).astype(int))), index=table.index)
+    out = []
+    for _ in range(replicates):
+        base_keys, relabel = [], {}
+        for concept, seeds in by_concept.items():
+            a, b = rng.choice(seeds, size=2, replace=False)
+            base_keys.append((concept, int(a)))
+            relabel[(concept, int(b))] = int(a)
+        doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(table[unit.isin(set(base_keys)).to_numpy()])}
+        mask = unit.isin(set(relabel)).to_numpy()
+        checked = table[mask].assign(train_seed=[relabel[k] for k in unit[mask]])
+        if drop is not None:
+            hit = (checked.method == drop[0]) & (checked.metric == "presence")
+            checked = checked.assign(value=checked.value.where(~hit, checked.value - drop[1]))
+        comparisons = regression.compare(doc, checked, check)
+        out.append({c.method for c in comparisons if c.regressed})
+    return out
+
+
+def by_concept_count(table) -> int:
+    """Concepts with at least two training runs: the pairs of one paired split."""
+    units = table[["concept", "train_seed"]].dropna().drop_duplicates()
+    return int((units.groupby("concept").size() >= 2).sum())
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -158,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     check = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "check" / "default.yaml"), resolve=True).items() if k != "defaults"}
     parts = ["# Regression check: power and false alarms\n",
-             f"`mode=check` with the shipped `check` config (family-wise alpha {check['alpha']} over every method x metric test: Westfall-Young "
-             "step-down maxT over sign flips of paired runs, or permutations of runs within concepts when unpaired; a metric regresses when "
+             f"`mode=check` with the shipped `check` config (family-wise alpha {check['alpha']} over every method x metric test: Romano-Wolf "
+             "step-down maxT over sign flips of the paired runs' centred differences, or Westfall-Young over permutations of runs within "
+             "concepts when unpaired; a metric regresses when "
              "significant for the family and worse than its margin; "
              f"presence margin {check['tolerances']['presence']['abs']}). Made by `python benchmarks/regression_power.py`.\n"]
     if not args.skip_scenarios:
@@ -190,7 +228,26 @@ def main(argv: list[str] | None = None) -> None:
                      f"{n_runs} (concept, training seed) units per method, per concept, into a baseline half and a check half of the same config: "
                      f"any method flagged is a false alarm. **{k} of {len(alarms)} checks raised one: {k / len(alarms):.1%} "
                      f"[95 % Wilson {lo:.1%}, {hi:.1%}]** (target <= 5 %). Per method: {per_method}.\n")
+        paired = paired_split_alarms(df, check, args.replicates)
+        kp = sum(bool(a) for a in paired)
+        plo, phi = wilson(kp, len(paired))
+        paired_per_method = ", ".join(f"{m} {sum(m in a for a in paired) / len(paired):.1%}" for m in methods)
+        parts.append(f"**Paired** (CI's usual case: the baseline's concepts and seeds): {args.replicates} random draws, per concept, of two "
+                     "of its training runs, one the baseline's and the other relabelled with the baseline's seed, so the check pairs two "
+                     f"independent trainings of each concept (one pair per concept, {by_concept_count(df)} pairs). "
+                     f"**{kp} of {len(paired)} checks raised an alarm: {kp / len(paired):.1%} [95 % Wilson {plo:.1%}, {phi:.1%}]**. "
+                     f"Per method: {paired_per_method}.\n")
         import pandas as pd
+
+        paired_power = []
+        for method in methods:
+            row = {"method": method}
+            for d in (0.25, 0.5):
+                hits = paired_split_alarms(df, check, args.power_replicates, seed=1, drop=(method, d))
+                row[f"drop {d:g}: caught"] = f"{sum(method in h for h in hits) / len(hits):.0%}"
+                row[f"drop {d:g}: another method flagged"] = f"{sum(bool(h - {method}) for h in hits) / len(hits):.0%}"
+            paired_power.append(row)
+            print(row, flush=True)
 
         parts.append(f"## The drop in presence a check can see\n\nSimulated on the suite: the same random splits (about 12 runs a side over "
                      f"8 concepts, unpaired), with one method's presence lowered by a fixed drop in every run of the check half; "
@@ -201,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"within-concept spread across training seeds, plus the {margin} margin. A paired check (the baseline's concepts "
                      "and seeds, CI's usual case) removes the spread between training seeds and needs fewer runs still.\n\n"
                      + drops.to_markdown(index=False, floatfmt=".3f") + "\n")
+        parts.append("The same drops, **paired** (one pair of independent trainings per concept, as in the paired false-alarm rate "
+                     f"above; {args.power_replicates} draws per method and drop):\n\n" + pd.DataFrame(paired_power).to_markdown(index=False) + "\n")
     publish("\n".join(parts), ROOT / "results" / "benchmarks" / "regression_power.md", args.write)
 
 
