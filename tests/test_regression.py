@@ -276,27 +276,26 @@ def test_command_line_modes_and_exit_codes(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_has_power_other_seeds_pass_a_tenth_of_the_learning_rate_fails(tmp_path):
+def test_check_has_power_a_tenth_of_the_learning_rate_fails_naming_the_method(tmp_path):
     """Real training (the hypernetwork, one concept x 6 training seeds, a third of the shipped budget and no
-    learning-curve checkpoints, so the suite stays short): a rerun with six other training seeds passes
-    (unpaired, maxT over permutations); the baseline's seeds with a tenth of the learning rate fail, naming
-    the method (paired, maxT over the 64 sign flips of six runs). The same at the shipped budget, for LoRA
-    and DreamBooth too, with false-alarm rates: results/benchmarks/regression_power.md."""
+    learning-curve checkpoints, so the suite stays short): the baseline's seeds with a tenth of the learning
+    rate fail, naming the method (paired, Romano-Wolf maxT over the 64 sign flips of six runs). The harmless
+    changes that must pass (other training seeds, a rerun, another thread layout) and LoRA and DreamBooth
+    broken the same way, at the shipped budget, with the false-alarm rate: regression_power.md; the
+    unpaired path on other seeds: test_other_training_seeds_pass_a_real_degradation_fails_naming_method_and_metric."""
     common = ["method=[hypernetwork]", "data=sks_crescent", "sweep.weights=[0.0,1.0]", "sweep.seeds=[0,1]", "progress=false",
-              "train.steps=100", "train.checkpoints=[]"]
-    r = run_cli("mode=baseline", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'base'}", "seeds=[0,1,2,3,4,5]", *common)
+              "train.steps=100", "train.checkpoints=[]", "seeds=[0,1,2,3,4,5]"]
+    r = run_cli("mode=baseline", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'base'}", *common)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'other'}", "seeds=[6,7,8,9,10,11]", *common)
-    assert r.returncode == 0, r.stdout
-    # The change under test on the baseline's own seeds, as a CI check runs it: paired run for run.
     from omegaconf import OmegaConf
 
     tenth = float(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "method" / "hypernetwork.yaml").lr) / 10
-    r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'slow'}", "seeds=[0,1,2,3,4,5]", f"method.hypernetwork.lr={tenth:g}", *common)
+    r = run_cli("mode=check", f"baseline={tmp_path / 'b.json'}", f"results_dir={tmp_path / 'slow'}", f"method.hypernetwork.lr={tenth:g}", *common)
     assert r.returncode == 1, r.stdout
     regressed = [line.split()[:2] for line in r.stdout.splitlines() if "REGRESSED" in line and not line.startswith("adapterbench:")]
     assert regressed and all(method == "hypernetwork" for method, _ in regressed), r.stdout
     assert "hypernetwork: REGRESSED" in r.stdout and (tmp_path / "slow" / "regression_junit.xml").is_file()
+    assert "Romano-Wolf" in r.stdout
 
 
 def test_config_differences_name_each_changed_key_with_both_values():

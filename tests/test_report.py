@@ -225,7 +225,7 @@ def test_latex_tables_escape_their_caption_and_carry_no_unicode(tmp_path):
     assert r"[95 \% interval]; a\_b \& c, $\geq$ 2 runs" in tex and r"presence $\uparrow$" in tex
     if shutil.which("pdflatex"):
         doc = tmp_path / "doc.tex"
-        doc.write_text("\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{multirow}\n"
+        doc.write_text("\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
                        f"\\begin{{document}}\n\\input{{{paths['tex']}}}\n\\end{{document}}\n")
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:]

@@ -20,7 +20,7 @@ from bench.report.labels import ReportContext, arm_labels, config_descriptions, 
 from bench.report.page import render_page, resolved_config_html
 from bench.report.tables import learning_curves
 from bench.report.tables import curve_steps, format_ci, latex_text, metric_title
-from bench.report.tables import best_weight_table, blank_table, cost_table, definitions_table, failures, learning_curve_table, learning_rates_table, paired_table, per_concept_table, prompts_table, provenance_table, quality_table, ranking_table, validity_table, write_table
+from bench.report.tables import best_weight_table, blank_table, cost_table, definitions_table, failures, learning_curve_table, learning_rates_table, measured_and_proxy_columns, paired_table, per_concept_table, prompts_table, provenance_table, quality_table, ranking_table, validity_table, write_table
 from metrics import title as metric_name
 
 # What other modules and the tests use from the report (the rest is internal to its modules).
@@ -77,8 +77,19 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
         table(results, "Ranking", "ranking", f"Methods ordered by {title} at weight 1; 'vs. next rank' says whether the paired difference "
               "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference; equal means (as printed) "
               "share a rank.", ranking_table(df, fidelity, ctx))
-        table(results, "Quality at weight 1", "quality", "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind.",
-              quality_table(df, ctx))
+        quality = quality_table(df, ctx)
+        measured, proxies = measured_and_proxy_columns(quality, df) if len(quality) else ([], [])
+        caption = "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind"
+        if len(measured) > 2 and len(proxies) > 2:  # shown in two parts, exported whole (tables/quality.*)
+            write_table(quality, out / "tables", "quality", caption + ".")
+            results.append({"id": "quality", "heading": "Quality at weight 1", "table": quality[measured],
+                            "caption": caption + "; first what is measured directly (the oracle's ground truth, pixel checks), then the proxies "
+                            "read in a feature space (below). The exported table (tables/quality.*) holds both."})
+            results.append({"id": "quality-proxies", "heading": "Quality at weight 1: proxies", "table": quality[proxies],
+                            "caption": "The same runs' proxies at weight 1 (CLIP, Inception feature spaces), mean over training runs [95 % interval]: "
+                            "how far each agrees with the oracle is in 'Metric validity'."})
+        else:
+            table(results, "Quality at weight 1", "quality", caption + ".", quality)
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, ctx)
     figure(results, "Summary", "summary", f"Cost and quality at weight 1 per method, with the image grid {grids[0].stem.removeprefix('grid_')} "
            f"(shown only here; its file is in figures/ with the others): {grid_note}" if grids else "Cost and quality at weight 1 per method.", info)

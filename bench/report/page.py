@@ -30,8 +30,12 @@ def embed_png(path: Path) -> str:
 
 
 # After load, the page records how many of its images decoded (read by the headless-browser test).
+# Read by the browser test: how many embedded images decoded, and the widest table against the page's
+# text width (each table's own width, not its scrolling wrapper's), with that table's section id.
 DECODE_PROBE = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-                "document.body.dataset.decoded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+                "document.body.dataset.decoded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;"
+                "const t=[...document.querySelectorAll('table')].map(x=>[x.scrollWidth,(x.closest('section')||{}).id||'?']).sort((a,b)=>b[0]-a[0])[0]||[0,''];"
+                "document.body.dataset.widestTable=t[0]+'/'+document.body.clientWidth+'/'+t[1];});</script>")
 
 
 
@@ -41,7 +45,13 @@ TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html.j2"
 def table_html(table: pd.DataFrame) -> str:
     """A table as clean HTML: its index as ordinary columns (no second header row of index names)."""
     flat = table.reset_index() if not isinstance(table.index, pd.RangeIndex) else table
-    return flat.to_html(index=False, escape=True, border=0, na_rep="")
+    html = flat.to_html(index=False, escape=True, border=0, na_rep="")
+    # Numbers and intervals stay on one line; a table of sentences (definitions, provenance) wraps them.
+    prose = any(flat[c].astype(str).str.len().max() > PROSE_CELL_CHARS for c in flat.columns if not pd.api.types.is_numeric_dtype(flat[c])) if len(flat) else False
+    return f'<div class="prose">{html}</div>' if prose else html
+
+
+PROSE_CELL_CHARS = 60  # a cell longer than this is text to wrap, not a number with its interval
 
 
 def render_page(title: str, intro: str, parts: list[dict], out_file: Path) -> Path:

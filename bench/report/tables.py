@@ -125,6 +125,19 @@ def quality_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.
 
 
 
+def measured_and_proxy_columns(table: pd.DataFrame, df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The quality table's columns in two groups, each with the counts: metrics measured directly (the
+    oracle's ground truth, pixel checks) and proxies read in a feature space (CLIP, Inception). One
+    table of both was wider than a 1,400 px page; a reader wants the ground truth first anyway."""
+    from metrics import info
+
+    counts = [c for c in ("concepts", "runs") if c in table.columns]
+    direct = {metric_title(m) for m in quality_metrics(df) if (i := info(m)) is not None and i.measured_by in ("oracle", "pixels")}
+    measured = [c for c in table.columns if c in direct]
+    proxies = [c for c in table.columns if c not in direct and c not in counts]
+    return counts + measured, counts + proxies
+
+
 def blank_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
     """Arm x weight: blank (degenerate) images as 'count / images', over every prompt, seed and run."""
     b = df[(df.metric == "blank") & (df.status == "ok")]
@@ -286,11 +299,21 @@ def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict
     atomic_write_text(paths["csv"], numeric(flat).to_csv(index=False))
     # pandas escapes the cells but not the caption ('95 %' would comment out the rest of the line and
     # leave \caption{ open); Unicode arrows and minus signs do not compile under pdflatex.
-    latex = table.to_latex(escape=True, caption=latex_text(caption), label=f"tab:{name}")
+    # The flat table (index as columns): a MultiIndex gave \cline between booktabs rules and an empty
+    # header row. Wide tables span both columns of a two-column paper (table*), and every tabular shrinks
+    # to the line width when wider (never grows).
+    latex = flat.to_latex(index=False, escape=True, caption=latex_text(caption), label=f"tab:{name}")
     for symbol, tex in LATEX_SYMBOLS.items():
         latex = latex.replace(symbol, tex)
-    atomic_write_text(paths["tex"], latex)
+    latex = latex.replace("\\begin{tabular}", "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n\\begin{tabular}", 1)
+    latex = latex.replace("\\end{tabular}\n", "\\end{tabular}}\n", 1)
+    if len(flat.columns) > LATEX_ONE_COLUMN_MAX:
+        latex = latex.replace("\\begin{table}", "\\begin{table*}", 1).replace("\\end{table}", "\\end{table*}", 1)
+    atomic_write_text(paths["tex"], "% \\usepackage{booktabs,graphicx}\n" + latex)
     return paths
+
+
+LATEX_ONE_COLUMN_MAX = 5  # columns that fit one column of a two-column paper; wider tables span both
 
 
 
@@ -439,29 +462,33 @@ def learning_curve_table(full: pd.DataFrame, ctx: ReportContext = ReportContext(
         return "", pd.DataFrame()
     labels = ctx.labels(full)
     q = curve_steps(full)
+    # One row per arm and step (the metrics as columns): steps as columns made a table twice a page wide.
     rows = []
-    for (model, method, config, sweep), g in curves.groupby(stats.ARM, dropna=False, sort=False):
+    for (model, method, config, sweep), g in sorted(curves.groupby(stats.ARM, dropna=False, sort=False),
+                                                    key=lambda kv: method_rank(label_of(labels, *kv[0]))):
         label = label_of(labels, model, method, config, sweep)
         steps = sorted(g.step.unique())
-        row = {"method": label}
+        arm_rows = []
         for step in steps:
+            row = {"method": label, "step": int(step)}
             for metric in CURVE_METRICS:
                 r = g[(g.step == step) & (g.metric == metric)]
                 if len(r):
-                    row[f"{metric_title(metric)} @ step {step}"] = format_ci(r["mean"].iloc[0], r.low.iloc[0], r.high.iloc[0])
+                    row[metric_title(metric)] = format_ci(r["mean"].iloc[0], r.low.iloc[0], r.high.iloc[0])
+            arm_rows.append(row)
         if len(steps) >= 2 and "presence" in set(g.metric):
             arm = q[(q.model == model) & (q.method == method) & (q.config == config) & (q.metric == "presence")]
             per_run = arm.groupby(["run_id", "step"]).value.mean().unstack()
             if steps[-2] in per_run.columns and steps[-1] in per_run.columns:
                 gains = (per_run[steps[-1]] - per_run[steps[-2]]).dropna().to_numpy()
                 mean, lo, hi = stats.t_interval(gains)
-                row[f"presence gain, step {steps[-2]} -> {steps[-1]}"] = format_ci(mean, lo, hi)
-                row["last stretch"] = ("still rising" if lo > 0 else "falling" if hi < 0 else "no resolved change" if np.isfinite(lo) else "one run")
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values("method", key=lambda m: m.map(method_rank), kind="stable")
+                arm_rows[-1]["presence change from the step before"] = format_ci(mean, lo, hi)
+                arm_rows[-1]["last stretch"] = ("still rising" if lo > 0 else "falling" if hi < 0 else "no resolved change" if np.isfinite(lo) else "one run")
+        rows += arm_rows
+    table = pd.DataFrame(rows).set_index(["method", "step"]).fillna("")
     caption = ("Learning curves: presence, CLIP-I and drift at weight 1 of the artifact each training run saved part-way through its budget "
                "(train.checkpoints) and at its end, mean over training runs [95 % hierarchical bootstrap]. The same training, not retrained. "
-               "Last stretch: the paired change in presence, run by run, from the last checkpoint to the final artifact [95 % t-interval]: "
+               "Last stretch (on each method's last row): the paired change in presence, run by run, from the last checkpoint to the final artifact [95 % t-interval]: "
                "'still rising' when the interval is above 0 (the compared budget stops a method that was still learning), "
                "'no resolved change' when it includes 0 (not evidence of a plateau: with few runs a real rise can hide in it), 'falling' when below.")
     return caption, table
