@@ -111,10 +111,11 @@ def split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple
 
 
 def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple[str, float] | None = None):
-    """The paired check under the null: per replicate and concept, two of its training runs drawn at random,
-    one the baseline's and the other relabelled with the baseline's training seed, so that the check
-    pairs them as a CI check pairs a rerun of the baseline's runs (two independent trainings of one
-    concept: their difference is symmetric about 0 when nothing changed). `drop` as in split_alarms."""
+    """The paired check under the null: per replicate and concept, its training runs shuffled and paired
+    off (as many disjoint pairs as it has runs, halved), one of each pair the baseline's and the other
+    relabelled with the baseline's training seed, so that the check pairs them as a CI check pairs a
+    rerun of the baseline's runs (two independent trainings of one concept: their difference is
+    symmetric about 0 when nothing changed). `drop` as in split_alarms."""
     import pandas as pd
 
     from bench import regression
@@ -127,9 +128,10 @@ def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop
     for _ in range(replicates):
         base_keys, relabel = [], {}
         for concept, seeds in by_concept.items():
-            a, b = rng.choice(seeds, size=2, replace=False)
-            base_keys.append((concept, int(a)))
-            relabel[(concept, int(b))] = int(a)
+            shuffled = [int(x) for x in rng.permutation(seeds)]
+            for a, b in zip(shuffled[0::2], shuffled[1::2]):
+                base_keys.append((concept, a))
+                relabel[(concept, b)] = a
         doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(table[unit.isin(set(base_keys)).to_numpy()])}
         mask = unit.isin(set(relabel)).to_numpy()
         checked = table[mask].assign(train_seed=[relabel[k] for k in unit[mask]])
@@ -141,10 +143,36 @@ def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop
     return out
 
 
-def by_concept_count(table) -> int:
-    """Concepts with at least two training runs: the pairs of one paired split."""
+def pair_count(table) -> int:
+    """The pairs of one paired split: per concept, its training runs halved."""
     units = table[["concept", "train_seed"]].dropna().drop_duplicates()
-    return int((units.groupby("concept").size() >= 2).sum())
+    return int((units.groupby("concept").size() // 2).sum())
+
+
+def paired_section(table, check: dict, replicates: int, power_replicates: int, where: str) -> str:
+    """The paired false-alarm rate and the presence drops a paired check catches, on `table`'s runs."""
+    import pandas as pd
+
+    methods = sorted(table.method.dropna().unique())
+    paired = paired_split_alarms(table, check, replicates)
+    k = sum(bool(a) for a in paired)
+    lo, hi = wilson(k, len(paired))
+    per_method = ", ".join(f"{m} {sum(m in a for a in paired) / len(paired):.1%}" for m in methods)
+    rows = []
+    for method in methods:
+        row = {"method": method}
+        for d in (0.25, 0.5):
+            hits = paired_split_alarms(table, check, power_replicates, seed=1, drop=(method, d))
+            row[f"drop {d:g}: caught"] = f"{sum(method in h for h in hits) / len(hits):.0%}"
+            row[f"drop {d:g}: another method flagged"] = f"{sum(bool(h - {method}) for h in hits) / len(hits):.0%}"
+        rows.append(row)
+        print(row, flush=True)
+    return (f"## Paired checks: false alarms and power ({where})\n\nCI's usual case is paired: the check reruns the baseline's concepts "
+            f"and seeds. {replicates} random pairings of each concept's training runs into disjoint pairs ({pair_count(table)} pairs a check), "
+            "one run of a pair the baseline's and the other relabelled with the baseline's seed, so the check pairs two independent trainings "
+            f"of one concept (nothing changed: every alarm is false). **{k} of {len(paired)} checks raised an alarm: {k / len(paired):.1%} "
+            f"[95 % Wilson {lo:.1%}, {hi:.1%}]** (target <= 5 %). Per method: {per_method}.\n\nThe same pairings ({power_replicates} per method "
+            "and drop) with one method's presence lowered by a fixed drop in every check run:\n\n" + pd.DataFrame(rows).to_markdown(index=False) + "\n")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -188,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline-results", type=Path, default=None, help="the baseline's results dir (default WORK/baseline); "
                    "the default run's dir reuses its runs")
     p.add_argument("--suite", type=Path, default=None, help="a suite comparison's results dir, for the false-alarm rate and detectable drops")
+    p.add_argument("--paired-from", type=Path, default=None, help="a results dir with several training seeds per concept, for the paired "
+                   "false-alarm rate and power (e.g. the baseline's dir after the scenarios: the default's seeds and the other seeds)")
+    p.add_argument("--paired-label", default="the default concepts, 6 training seeds each", help="how the paired section names --paired-from's runs")
     p.add_argument("--replicates", type=int, default=200)
     p.add_argument("--power-replicates", type=int, default=40, help="replicates per method and drop for the simulated power")
     p.add_argument("--skip-scenarios", action="store_true", help="only the suite part (2)")
@@ -228,26 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{n_runs} (concept, training seed) units per method, per concept, into a baseline half and a check half of the same config: "
                      f"any method flagged is a false alarm. **{k} of {len(alarms)} checks raised one: {k / len(alarms):.1%} "
                      f"[95 % Wilson {lo:.1%}, {hi:.1%}]** (target <= 5 %). Per method: {per_method}.\n")
-        paired = paired_split_alarms(df, check, args.replicates)
-        kp = sum(bool(a) for a in paired)
-        plo, phi = wilson(kp, len(paired))
-        paired_per_method = ", ".join(f"{m} {sum(m in a for a in paired) / len(paired):.1%}" for m in methods)
-        parts.append(f"**Paired** (CI's usual case: the baseline's concepts and seeds): {args.replicates} random draws, per concept, of two "
-                     "of its training runs, one the baseline's and the other relabelled with the baseline's seed, so the check pairs two "
-                     f"independent trainings of each concept (one pair per concept, {by_concept_count(df)} pairs). "
-                     f"**{kp} of {len(paired)} checks raised an alarm: {kp / len(paired):.1%} [95 % Wilson {plo:.1%}, {phi:.1%}]**. "
-                     f"Per method: {paired_per_method}.\n")
         import pandas as pd
-
-        paired_power = []
-        for method in methods:
-            row = {"method": method}
-            for d in (0.25, 0.5):
-                hits = paired_split_alarms(df, check, args.power_replicates, seed=1, drop=(method, d))
-                row[f"drop {d:g}: caught"] = f"{sum(method in h for h in hits) / len(hits):.0%}"
-                row[f"drop {d:g}: another method flagged"] = f"{sum(bool(h - {method}) for h in hits) / len(hits):.0%}"
-            paired_power.append(row)
-            print(row, flush=True)
 
         parts.append(f"## The drop in presence a check can see\n\nSimulated on the suite: the same random splits (about 12 runs a side over "
                      f"8 concepts, unpaired), with one method's presence lowered by a fixed drop in every run of the check half; "
@@ -258,8 +270,13 @@ def main(argv: list[str] | None = None) -> None:
                      f"within-concept spread across training seeds, plus the {margin} margin. A paired check (the baseline's concepts "
                      "and seeds, CI's usual case) removes the spread between training seeds and needs fewer runs still.\n\n"
                      + drops.to_markdown(index=False, floatfmt=".3f") + "\n")
-        parts.append("The same drops, **paired** (one pair of independent trainings per concept, as in the paired false-alarm rate "
-                     f"above; {args.power_replicates} draws per method and drop):\n\n" + pd.DataFrame(paired_power).to_markdown(index=False) + "\n")
+        parts.append(paired_section(df, check, args.replicates, args.power_replicates, "the suite's runs, one pair per concept"))
+    if args.paired_from:
+        # The shipped configs only (the baseline's): the broken-method scenarios write other arms into the same dir.
+        shipped = {m: e["config"] for m, e in regression.read_baseline(args.work / "baseline.json")["methods"].items()}
+        runs = records.read_table(args.paired_from)
+        runs = runs[[shipped.get(m) == c for m, c in zip(runs.method, runs.config)]]
+        parts.append(paired_section(runs, check, args.replicates, args.power_replicates, args.paired_label))
     publish("\n".join(parts), ROOT / "results" / "benchmarks" / "regression_power.md", args.write)
 
 
