@@ -97,6 +97,26 @@ def latex_text(text: str) -> str:
 
 
 
+NUMBER = r"[-−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?"
+NUMERIC_CELL = re.compile(rf"^({NUMBER})(?: \[({NUMBER}), ({NUMBER})\])?$")
+
+
+def latex_cell(value) -> str:
+    """One table cell as LaTeX: a number or 'estimate [low, high]' in math mode (a true minus sign,
+    thousands separators without math's comma space), anything else as escaped text."""
+    if not isinstance(value, str):
+        return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else str(value)
+    m = NUMERIC_CELL.match(value.strip())
+    if not m:
+        return latex_text(value)
+
+    def number(text: str) -> str:
+        return re.sub(r"(?<=\d),(?=\d)", "{,}", text.replace("−", "-"))
+
+    estimate, low, high = m.groups()
+    return f"${number(estimate)}$" if low is None else f"${number(estimate)}$ $[{number(low)}, {number(high)}]$"
+
+
 def _unsigned_zero(text: str) -> str:
     """'-0.000' (a float error's tiny negative, e.g. 1 - cos of identical images) reads as a real sign: '0.000'."""
     return text[1:] if text.startswith("-") and float(text) == 0 else text
@@ -302,9 +322,8 @@ def write_table(table: pd.DataFrame, out: Path, name: str, caption: str) -> dict
     # The flat table (index as columns): a MultiIndex gave \cline between booktabs rules and an empty
     # header row. Wide tables span both columns of a two-column paper (table*), and every tabular shrinks
     # to the line width when wider (never grows).
-    latex = flat.to_latex(index=False, escape=True, caption=latex_text(caption), label=f"tab:{name}")
-    for symbol, tex in LATEX_SYMBOLS.items():
-        latex = latex.replace(symbol, tex)
+    cells = flat.rename(columns=lambda c: latex_text(str(c))).map(latex_cell)
+    latex = cells.to_latex(index=False, escape=False, caption=latex_text(caption), label=f"tab:{name}")
     latex = latex.replace("\\begin{tabular}", "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n\\begin{tabular}", 1)
     latex = latex.replace("\\end{tabular}\n", "\\end{tabular}}\n", 1)
     if len(flat.columns) > LATEX_ONE_COLUMN_MAX:
