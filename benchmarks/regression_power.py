@@ -78,6 +78,18 @@ def scenario_table(work: Path, shared: Path):
     return pd.DataFrame(rows)
 
 
+def regressed_methods(base, checked, check: dict, drop: tuple[str, float] | None = None) -> set[str]:
+    """The methods one check flags: a baseline made from `base`'s rows, the check run on `checked`'s, with
+    `drop` (method, d) lowering that method's presence by d in every checked run (a broken method of known size)."""
+    from bench import regression
+
+    if drop is not None:
+        hit = (checked.method == drop[0]) & (checked.metric == "presence")
+        checked = checked.assign(value=checked.value.where(~hit, checked.value - drop[1]))
+    doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(base)}
+    return {c.method for c in regression.compare(doc, checked, check) if c.regressed}
+
+
 def split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple[str, float] | None = None):
     """False alarms of one check under the null: per replicate, each concept's training runs split at
     random into a baseline half and a check half (sizes as even as the count allows), the baseline made
@@ -85,8 +97,6 @@ def split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple
     `drop` (method, d): the check half's presence of that method lowered by d in every run, a broken
     method of known size, to measure power the same way."""
     import pandas as pd
-
-    from bench import regression
 
     rng = np.random.default_rng(seed)
     units = table[["concept", "train_seed"]].dropna().drop_duplicates()
@@ -100,13 +110,7 @@ def split_alarms(table, check: dict, replicates: int, seed: int = 0, drop: tuple
             k = len(seeds) // 2 if rng.random() < 0.5 else len(seeds) - len(seeds) // 2
             base_keys += [(concept, s) for s in seeds[:k]]
             check_keys += [(concept, s) for s in seeds[k:]]
-        doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(table[unit.isin(set(base_keys)).to_numpy()])}
-        checked = table[unit.isin(set(check_keys)).to_numpy()]
-        if drop is not None:
-            hit = (checked.method == drop[0]) & (checked.metric == "presence")
-            checked = checked.assign(value=checked.value.where(~hit, checked.value - drop[1]))
-        comparisons = regression.compare(doc, checked, check)
-        out.append({c.method for c in comparisons if c.regressed})
+        out.append(regressed_methods(table[unit.isin(set(base_keys)).to_numpy()], table[unit.isin(set(check_keys)).to_numpy()], check, drop))
     return out
 
 
@@ -117,8 +121,6 @@ def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop
     rerun of the baseline's runs (two independent trainings of one concept: their difference is
     symmetric about 0 when nothing changed). `drop` as in split_alarms."""
     import pandas as pd
-
-    from bench import regression
 
     rng = np.random.default_rng(seed)
     units = table[["concept", "train_seed"]].dropna().drop_duplicates()
@@ -132,14 +134,8 @@ def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop
             for a, b in zip(shuffled[0::2], shuffled[1::2]):
                 base_keys.append((concept, a))
                 relabel[(concept, b)] = a
-        doc = {"format": regression.FORMAT, "weight": 1.0, "methods": regression.summarize(table[unit.isin(set(base_keys)).to_numpy()])}
         mask = unit.isin(set(relabel)).to_numpy()
-        checked = table[mask].assign(train_seed=[relabel[k] for k in unit[mask]])
-        if drop is not None:
-            hit = (checked.method == drop[0]) & (checked.metric == "presence")
-            checked = checked.assign(value=checked.value.where(~hit, checked.value - drop[1]))
-        comparisons = regression.compare(doc, checked, check)
-        out.append({c.method for c in comparisons if c.regressed})
+        out.append(regressed_methods(table[unit.isin(set(base_keys)).to_numpy()], table[mask].assign(train_seed=[relabel[k] for k in unit[mask]]), check, drop))
     return out
 
 
