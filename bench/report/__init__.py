@@ -58,9 +58,10 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
     # The page in reading order: the answer first, then what it cost and how it moved, then where it came from.
     results, detail, about = [], [], []
 
-    def table(where: list, heading: str, name: str, caption: str, frame: pd.DataFrame, **extra) -> None:
+    def table(where: list, heading: str, name: str, caption: str, frame: pd.DataFrame, export: bool = True, **extra) -> None:
         if len(frame):
-            write_table(frame, out / "tables", name, caption)
+            if export:
+                write_table(frame, out / "tables", name, caption)
             where.append({"id": name, "heading": heading, "caption": caption, "table": frame, **extra})
 
     def figure(where: list, heading: str, name: str, caption: str, path) -> None:
@@ -82,12 +83,12 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
         caption = "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind"
         if len(measured) > 2 and len(proxies) > 2:  # shown in two parts, exported whole (tables/quality.*)
             write_table(quality, out / "tables", "quality", caption + ".")
-            results.append({"id": "quality", "heading": "Quality at weight 1", "table": quality[measured],
-                            "caption": caption + "; first what is measured directly (the oracle's ground truth, pixel checks), then the proxies "
-                            "read in a feature space (below). The exported table (tables/quality.*) holds both."})
-            results.append({"id": "quality-proxies", "heading": "Quality at weight 1: proxies", "table": quality[proxies],
-                            "caption": "The same runs' proxies at weight 1 (CLIP, Inception feature spaces), mean over training runs [95 % interval]: "
-                            "how far each agrees with the oracle is in 'Metric validity'."})
+            table(results, "Quality at weight 1", "quality", caption + "; first what is measured directly (the oracle's ground truth, pixel "
+                  "checks), then the proxies read in a feature space (below). The exported table (tables/quality.*) holds both.",
+                  quality[measured], export=False)
+            table(results, "Quality at weight 1: proxies", "quality-proxies", "The same runs' proxies at weight 1 (CLIP, Inception feature "
+                  "spaces), mean over training runs [95 % interval]: how far each agrees with the oracle is in 'Metric validity'.",
+                  quality[proxies], export=False)
         else:
             table(results, "Quality at weight 1", "quality", caption + ".", quality)
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, ctx)

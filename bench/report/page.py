@@ -29,7 +29,6 @@ def embed_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-# After load, the page records how many of its images decoded (read by the headless-browser test).
 # Read by the browser test: how many embedded images decoded, and the widest table against the page's
 # text width (each table's own width, not its scrolling wrapper's), with that table's section id.
 DECODE_PROBE = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
