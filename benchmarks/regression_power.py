@@ -139,6 +139,21 @@ def paired_split_alarms(table, check: dict, replicates: int, seed: int = 0, drop
     return out
 
 
+def drop_power(table, check: dict, replicates: int, splits) -> list[dict]:
+    """Per method and drop (0.25, 0.5 of presence in every check run): how often `splits` (split_alarms or
+    paired_split_alarms) flags that method, and how often another method beside it."""
+    rows = []
+    for method in sorted(table.method.dropna().unique()):
+        row = {"method": method}
+        for d in (0.25, 0.5):
+            hits = splits(table, check, replicates, seed=1, drop=(method, d))
+            row[f"drop {d:g}: caught"] = f"{sum(method in h for h in hits) / len(hits):.0%}"
+            row[f"drop {d:g}: another method flagged"] = f"{sum(bool(h - {method}) for h in hits) / len(hits):.0%}"
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def pair_count(table) -> int:
     """The pairs of one paired split: per concept, its training runs halved."""
     units = table[["concept", "train_seed"]].dropna().drop_duplicates()
@@ -154,15 +169,7 @@ def paired_section(table, check: dict, replicates: int, power_replicates: int, w
     k = sum(bool(a) for a in paired)
     lo, hi = wilson(k, len(paired))
     per_method = ", ".join(f"{m} {sum(m in a for a in paired) / len(paired):.1%}" for m in methods)
-    rows = []
-    for method in methods:
-        row = {"method": method}
-        for d in (0.25, 0.5):
-            hits = paired_split_alarms(table, check, power_replicates, seed=1, drop=(method, d))
-            row[f"drop {d:g}: caught"] = f"{sum(method in h for h in hits) / len(hits):.0%}"
-            row[f"drop {d:g}: another method flagged"] = f"{sum(bool(h - {method}) for h in hits) / len(hits):.0%}"
-        rows.append(row)
-        print(row, flush=True)
+    rows = drop_power(table, check, power_replicates, paired_split_alarms)
     return (f"## Paired checks: false alarms and power ({where})\n\nCI's usual case is paired: the check reruns the baseline's concepts "
             f"and seeds. {replicates} random pairings of each concept's training runs into disjoint pairs ({pair_count(table)} pairs a check), "
             "one run of a pair the baseline's and the other relabelled with the baseline's seed, so the check pairs two independent trainings "
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--paired-label", default="the default concepts, 6 training seeds each", help="how the paired section names --paired-from's runs")
     p.add_argument("--replicates", type=int, default=200)
     p.add_argument("--power-replicates", type=int, default=40, help="replicates per method and drop for the simulated power")
-    p.add_argument("--skip-scenarios", action="store_true", help="only the suite part (2)")
+    p.add_argument("--skip-scenarios", action="store_true", help="only the resampling parts (--suite, --paired-from)")
     p.add_argument("--write", action="store_true", help="write results/benchmarks/regression_power.md")
     args = p.parse_args(argv)
     check = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "check" / "default.yaml"), resolve=True).items() if k != "defaults"}
@@ -242,15 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         per_method = ", ".join(f"{m} {sum(m in a for a in alarms) / len(alarms):.1%}" for m in methods)
         tests = sum(1 for m in regression.summarize(df).values() for metric in m["metrics"] if metric not in regression.COST_METRICS)
         drops, alpha, margin = detectable_drops(df, check, tests)
-        power_rows = []
-        for method in methods:
-            row = {"method": method}
-            for d in (0.25, 0.5):
-                hits = split_alarms(df, check, args.power_replicates, seed=1, drop=(method, d))
-                row[f"drop {d:g}: caught"] = f"{sum(method in h for h in hits) / len(hits):.0%}"
-                row[f"drop {d:g}: another method flagged"] = f"{sum(bool(h - {method}) for h in hits) / len(hits):.0%}"
-            power_rows.append(row)
-            print(row, flush=True)
+        power_rows = drop_power(df, check, args.power_replicates, split_alarms)
         parts.append(f"## False-alarm rate (the suite's runs split at random)\n\n{args.replicates} random splits of the suite's "
                      f"{n_runs} (concept, training seed) units per method, per concept, into a baseline half and a check half of the same config: "
                      f"any method flagged is a false alarm. **{k} of {len(alarms)} checks raised one: {k / len(alarms):.1%} "
