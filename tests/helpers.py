@@ -27,3 +27,20 @@ def assert_same_image_up_to_rounding(a, b, what, *, also_allowed: tuple[int, flo
     assert most <= allowed[0] and share <= allowed[1], (
         f"{what}: {most} levels apart at most, {share:.2%} of values more than one level apart "
         f"(allowed: {allowed[0]} and {allowed[1]:.2%}, rounding plus the reference's own spread across batch layouts {also_allowed})")
+
+
+# A paper's preamble as the exported tables' first line names it: two columns, booktabs rules, graphicx.
+LATEX_PAPER = "\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n%s\n\\end{document}\n"
+
+
+def latex_errors_in_a_paper(tex, folder) -> list[str]:
+    """pdflatex's error lines for `tex` (a table file) \\input into a minimal two-column paper; [] when it
+    compiles. The caller skips where pdflatex is missing."""
+    import subprocess
+    from pathlib import Path
+
+    doc = Path(folder) / f"{Path(tex).stem}_paper.tex"
+    doc.write_text(LATEX_PAPER % f"\\input{{{tex}}}")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=folder,
+                          capture_output=True, text=True, timeout=120)
+    return [] if done.returncode == 0 else [line for line in done.stdout.splitlines() if line.startswith("!")][:3] or [done.stdout[-2000:]]

@@ -213,7 +213,6 @@ def test_latex_tables_escape_their_caption_and_carry_no_unicode(tmp_path):
     tables' arrows and minus signs stopped pdflatex. Compiled in a minimal booktabs document where
     pdflatex is installed; otherwise the escaping alone is checked."""
     import shutil
-    import subprocess
 
     from bench.report import write_table
 
@@ -224,11 +223,9 @@ def test_latex_tables_escape_their_caption_and_carry_no_unicode(tmp_path):
     assert tex.isascii(), [c for c in tex if not c.isascii()]
     assert r"[95 \% interval]; a\_b \& c, $\geq$ 2 runs" in tex and r"presence $\uparrow$" in tex
     if shutil.which("pdflatex"):
-        doc = tmp_path / "doc.tex"
-        doc.write_text("\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
-                       f"\\begin{{document}}\n\\input{{{paths['tex']}}}\n\\end{{document}}\n")
-        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-2000:]
+        from helpers import latex_errors_in_a_paper
+
+        assert latex_errors_in_a_paper(paths["tex"], tmp_path) == []
 
 
 def test_best_weight_table_reports_each_arms_peak_on_the_seeds_it_was_not_chosen_on(tmp_path):

@@ -316,10 +316,6 @@ def test_report_renders_in_a_real_browser(smoke_run, tmp_path):
     assert "About these numbers" in proc.stdout and "Metric validity" in proc.stdout
 
 
-LATEX_PAPER = ("\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
-               "\\begin{document}\n%s\n\\end{document}\n")
-
-
 @pytest.mark.slow
 def test_every_report_table_compiles_in_a_two_column_paper(smoke_run, tmp_path):
     """Each `.tex` table the report wrote goes into a minimal two-column pdflatex document with booktabs
@@ -333,14 +329,9 @@ def test_every_report_table_compiles_in_a_two_column_paper(smoke_run, tmp_path):
     _, results = smoke_run
     tables = sorted((results / "report" / "tables").glob("*.tex"))
     assert len(tables) >= 10, tables
-    failed = {}
-    for tex in tables:
-        doc = tmp_path / f"{tex.stem}_paper.tex"
-        doc.write_text(LATEX_PAPER % f"\\input{{{tex}}}")
-        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            failed[tex.name] = [line for line in done.stdout.splitlines() if line.startswith("!")][:3]
+    from helpers import latex_errors_in_a_paper
+
+    failed = {tex.name: errors for tex in tables if (errors := latex_errors_in_a_paper(tex, tmp_path))}
     assert not failed, failed
 
 
