@@ -340,6 +340,13 @@ def _step_down_maxt(observed: np.ndarray, resampled: np.ndarray, observed_among_
     return raw, adjusted
 
 
+def _rounding_floor(values: np.ndarray, relative: float) -> np.ndarray:
+    """Per test (column of `values`: runs x tests), the size below which a difference or spread computed
+    from those values is float rounding, not data: `relative` times their largest magnitude."""
+    scale = np.nanmax(np.abs(values), axis=0, initial=0.0) if values.size else np.ones(values.shape[1:])
+    return relative * np.maximum(scale, 1e-12)
+
+
 def _sign_flips(n: int, rng: np.random.Generator) -> np.ndarray:
     """Every pattern of n signs (the identity first), or MAX_RESAMPLES of them drawn at random."""
     if 2 ** n <= MAX_RESAMPLES:
@@ -364,8 +371,7 @@ def _paired_maxt(pairs: list[tuple[pd.DataFrame, bool]]) -> tuple[np.ndarray, np
     # and that maximum hid a real fall: DreamBooth at a tenth of its learning rate lost presence and
     # CLIP-I in all six runs while its drift and CLIP-T improved in all six, family p 0.0625.
     centred = d - np.nanmean(d, axis=0)
-    scale = np.nanmax(np.abs(d), axis=0, initial=0.0)
-    centred = np.where(np.abs(centred) <= 1e-9 * np.maximum(scale, 1e-12), 0.0, centred)  # equal runs: no spread left, not 1e-17
+    centred = np.where(np.abs(centred) <= _rounding_floor(d, 1e-9), 0.0, centred)  # equal runs: no spread left, not 1e-17
     resampled = _t_worse(flips[:, :, None] * centred[None, :, :])
     raw, adjusted = _step_down_maxt(_t_worse(d), resampled, observed_among_resamples=False)
     return raw, adjusted, len(flips)
@@ -394,9 +400,8 @@ def _within_concept_t(values: np.ndarray, is_now: np.ndarray, concept: np.ndarra
         diff = s_now / n_now - s_base / n_base
         t_now = -diff / (sd * np.sqrt(1 / n_now + 1 / n_base))
     # Float sums leave ~1e-17 where a group's runs are equal: spread below that of the values' scale is none.
-    scale = np.nanmax(np.abs(values), axis=0, initial=0.0)[None, :] if values.size else 1.0
-    flat = ~(sd > 1e-9 * np.maximum(scale, 1e-12))
-    diff = np.where(np.abs(diff) <= 1e-12 * np.maximum(scale, 1e-12), 0.0, diff)
+    flat = ~(sd > _rounding_floor(values, 1e-9))
+    diff = np.where(np.abs(diff) <= _rounding_floor(values, 1e-12), 0.0, diff)
     t_now = np.where(flat, np.where(diff == 0, 0.0, np.where(diff < 0, np.inf, -np.inf)), t_now)
     return np.where((dof >= 1) & (n_now >= 1) & (n_base >= 1), t_now, np.nan)
 
