@@ -31,6 +31,9 @@ class DataConfig:
     class_word: Optional[str] = None
     initializer: Optional[str] = None
     kind: str = "object"  # folders: "object" or "style"
+    # Held-out images for the validation loss, never trained on: null gives world concepts 4 fresh renders
+    # and sets nothing aside from a folder; N renders N (world) or sets aside a folder's last N images.
+    holdout: Optional[int] = None
 
 
 @dataclass
@@ -70,6 +73,8 @@ class MetricsConfig:
     clip: str = "micro"  # the CLIP feature space: 'micro' or an open_clip spec such as 'local-dir:/models/clip'
     inception: bool = False  # also classic Inception FID (needs torch-fidelity's weights available locally)
     oracle: bool = True  # judge concept presence with the micro world's oracle (world concepts only)
+    # The validation loss's fixed timesteps (of the scheduler's training timesteps); [] turns it off.
+    val_loss_timesteps: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
 
 
 @dataclass

@@ -48,6 +48,10 @@ class ConceptData:
     kind: str = "object"  # "object" or "style": the statistics report each kind apart as well as overall
     repeats: int = 1
     source: str = field(default="")
+    # Held-out images of the concept, never trained on, with their captions: the validation loss's images
+    # (fresh renders for a world concept; `data.holdout` images set aside from a user's folder).
+    holdout: list[Image.Image] = field(default_factory=list)
+    holdout_captions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -58,6 +62,8 @@ class ConceptData:
             raise ConceptDataError(
                 f"concept {self.name!r}: instance prompt {self.instance_prompt!r} does not contain its token {self.token!r}"
             )
+        if len(self.holdout_captions) != len(self.holdout):
+            raise ConceptDataError(f"concept {self.name!r}: {len(self.holdout_captions)} captions for {len(self.holdout)} held-out images")
         if self.kind not in KINDS:
             raise ConceptDataError(f"data.kind: concept {self.name!r} has kind {self.kind!r}; use one of {', '.join(KINDS)}")
 
@@ -74,6 +80,13 @@ class ConceptData:
             h.update(part.encode() + b"\0")
         for im in self.images:
             h.update(f"{im.size}{im.mode}".encode() + im.tobytes())
+        return h.hexdigest()[:16]
+
+    def holdout_fingerprint(self) -> str:
+        """A hash of the held-out images and captions: what the validation loss reads besides the run."""
+        h = hashlib.sha256()
+        for caption, im in zip(self.holdout_captions, self.holdout):
+            h.update(caption.encode() + b"\0" + f"{im.size}{im.mode}".encode() + im.tobytes())
         return h.hexdigest()[:16]
 
 
@@ -131,6 +144,7 @@ def load_folder(
     initializer: str | None = None,
     kind: str = "object",
     key: str = "data.path",
+    holdout: int = 0,
 ) -> ConceptData:
     """A user's concept folder: images, `.txt` captions beside them, kohya `N_token class` naming. `key` is
     the config key that named the folder, for messages."""
@@ -167,14 +181,21 @@ def load_folder(
         where = f"{key}: the folder name {folder.name!r}" if named_by_folder else "data.instance_prompt"
         raise ConceptDataError(f"{where}: {instance_prompt!r} would bind the concept to the common word {token!r}; put a rare token "
                                f"just before the class word (e.g. 'a photo of sks {class_word}')")
+    if not 0 <= holdout < len(files):
+        raise ConceptDataError(f"data.holdout: {holdout} held-out images of the {len(files)} in {folder} would leave "
+                               f"{'none' if holdout >= len(files) else 'a negative number'} to train on; set aside fewer (0 turns the validation loss off)")
     images = [read_image(p, resolution) for p in files]
     captions = [read_caption(p.with_suffix(".txt")) or instance_prompt for p in files]
+    # The last `holdout` images in name order are set aside, never trained on (the validation loss's images).
+    cut = len(files) - holdout
     class_prompt = " ".join(w for w in words if w != token)
-    log.info("concept %s: %d images from %s (repeats %d)", folder.name, len(images), folder, repeats)
+    log.info("concept %s: %d images from %s (repeats %d, %d held out)", folder.name, cut, folder, repeats, holdout)
     return ConceptData(
         name=re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.name),
-        images=images,
-        captions=captions,
+        images=images[:cut],
+        captions=captions[:cut],
+        holdout=images[cut:],
+        holdout_captions=captions[cut:],
         instance_prompt=instance_prompt,
         class_prompt=class_prompt,
         token=token,
@@ -203,18 +224,27 @@ def _rare_token(words: list[str], folder: Path) -> str:
     return words[-2]
 
 
-def load_world_concept(name: str, n_images: int, resolution: int, seed: int = 0) -> ConceptData:
-    """A held-out concept of the micro world, generated on the fly."""
+WORLD_HOLDOUT = 4  # fresh renders of a world concept for the validation loss, unless data.holdout says otherwise
+
+
+def load_world_concept(name: str, n_images: int, resolution: int, seed: int = 0, holdout: int = WORLD_HOLDOUT) -> ConceptData:
+    """A held-out concept of the micro world, generated on the fly, with `holdout` fresh renders of it
+    (other draws of the same concept, never trained on)."""
     if name not in world.CONCEPTS:
         raise ConceptDataError(f"data.concept: unknown world concept {name!r}; known: {', '.join(world.CONCEPTS)}")
     if not 1 <= n_images <= 64:
         raise ConceptDataError(f"data.n_images: {n_images} is outside 1..64")
     c = world.CONCEPTS[name]
+    if not 0 <= holdout <= 64:
+        raise ConceptDataError(f"data.holdout: {holdout} is outside 0..64")
     images = world.concept_images(name, n_images, seed, resolution)
+    holdout_images = world.holdout_images(name, holdout, seed, resolution)
     return ConceptData(
         name=name,
         images=images,
         captions=[c.instance_prompt] * len(images),
+        holdout=holdout_images,
+        holdout_captions=[c.instance_prompt] * len(holdout_images),
         instance_prompt=c.instance_prompt,
         class_prompt=c.class_prompt,
         token=c.token,
@@ -229,16 +259,22 @@ def load_concepts(cfg, resolution: int) -> list[ConceptData]:
     """Every concept a `data` config selects: `data.concepts` (micro-world concept names or kohya-named
     folders) and `data.path` (one folder, with optional prompt overrides), in that order."""
     concepts = []
+    holdout = cfg.get("holdout")  # None: fresh renders for world concepts, nothing set aside from a folder
+    if holdout is not None and (isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0):
+        raise ConceptDataError(f"data.holdout: {holdout!r} is not a whole number >= 0")
+    world_holdout = WORLD_HOLDOUT if holdout is None else int(holdout)
+    folder_holdout = 0 if holdout is None else int(holdout)
     for i, entry in enumerate(cfg.get("concepts") or []):
         entry = str(entry)
         if entry in world.CONCEPTS:
-            concepts.append(load_world_concept(entry, int(cfg.get("n_images", 8)), resolution, int(cfg.get("seed", 0))))
+            concepts.append(load_world_concept(entry, int(cfg.get("n_images", 8)), resolution, int(cfg.get("seed", 0)), world_holdout))
         elif "/" in entry or Path(entry).is_dir():
-            concepts.append(load_folder(Path(entry), resolution, kind=str(cfg.get("kind") or "object"), key=f"data.concepts[{i}]"))
+            concepts.append(load_folder(Path(entry), resolution, kind=str(cfg.get("kind") or "object"), key=f"data.concepts[{i}]", holdout=folder_holdout))
         else:
             raise ConceptDataError(f"data.concepts[{i}]: {entry!r} is neither a micro-world concept ({', '.join(world.CONCEPTS)}) nor a folder")
     if cfg.get("path"):
-        concepts.append(load_folder(Path(cfg["path"]), resolution, cfg.get("instance_prompt"), cfg.get("class_word"), cfg.get("initializer"), str(cfg.get("kind") or "object")))
+        concepts.append(load_folder(Path(cfg["path"]), resolution, cfg.get("instance_prompt"), cfg.get("class_word"), cfg.get("initializer"), str(cfg.get("kind") or "object"),
+                                    holdout=folder_holdout))
     if not concepts:
         raise ConceptDataError("data.concepts: no concept selected; name micro-world concepts (e.g. data=suite) or set data.path to a folder")
     names = [c.name for c in concepts]

@@ -109,6 +109,7 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec], dict]:
     if resolution <= 0 or resolution % 8:  # what the diffusers pipelines accept (their VAEs downsample by 4 or 8)
         raise ModelConfigError(f"model.resolution: {resolution} is not a positive multiple of 8 (the micro model draws at 64, SD 1.5 at 512)")
     concepts = load_concepts(cfg.data, resolution)
+    check_val_loss_timesteps(cfg.metrics.get("val_loss_timesteps") or [], cfg.model)
     for concept in concepts:
         prompts = sweep_prompts(cfg.sweep, concept)
         for name in methods:
@@ -121,6 +122,20 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec], dict]:
         inception_metric()
     runs = [stages.run_spec(cfg, m, c, s) for c in concepts for s in seeds for m in methods]
     return concepts, runs, methods
+
+
+def check_val_loss_timesteps(timesteps, model_cfg) -> None:
+    """metrics.val_loss_timesteps: distinct whole timesteps the model's scheduler trains on."""
+    import json
+
+    config = model_path(model_cfg) / "scheduler" / "scheduler_config.json"  # a diffusers folder; a single file: SD's 1000
+    try:
+        total = int(json.loads(config.read_text()).get("num_train_timesteps", 1000)) if config.is_file() else 1000
+    except (OSError, ValueError, AttributeError):
+        total = 1000  # an unreadable scheduler config is the model loader's to name
+    values = list(timesteps)
+    if any(isinstance(t, bool) or not isinstance(t, int) for t in values) or len(set(values)) != len(values) or not all(0 <= t < total for t in values):
+        raise ModelConfigError(f"metrics.val_loss_timesteps: {values} must be distinct whole timesteps in 0..{total - 1} (the scheduler's training timesteps); [] turns the validation loss off")
 
 
 def check_fidelity(name: str) -> None:

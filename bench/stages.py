@@ -6,7 +6,7 @@ and nothing else:
 
     training  model, concept data (its pixels and words), train, training seed, method  -> run_id
     images    + sweep                                                                   -> images_key
-    scores    + metrics, and the bytes of the embedded scorers it names                 -> scores_key
+    scores    + metrics, the bytes of the embedded scorers it names, the held-out images -> scores_key
     curve     the checkpoints' weight-1 sweeps, scored (with train.checkpoints)         -> scores_key
 
 The embedded scorers (micro CLIP, the oracle) are part of the scores key by content: retraining one
@@ -127,7 +127,9 @@ def run_spec(cfg: DictConfig, method: str, concept, train_seed: int) -> RunSpec:
         run_id=run_id,
         config=config_hash(cfg, method),
         sweep=digest(plain(cfg.sweep), 8),
-        metrics=digest({"metrics": plain(cfg.metrics), "scorers": scorers(cfg.metrics)}, 8),
+        metrics=digest({"metrics": plain(cfg.metrics), "scorers": scorers(cfg.metrics),
+                        # the validation loss reads the held-out images, which the training key does not hold
+                        **({"holdout": concept.holdout_fingerprint()} if cfg.metrics.get("val_loss_timesteps") else {})}, 8),
         curves=bool(cfg.train.get("checkpoints")),
     )
 

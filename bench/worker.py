@@ -324,6 +324,7 @@ def sweep_and_score(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     generated = time.perf_counter()
     base = _base_images(p.text for p in prompts)
     rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception), oracle=_oracle())
+    rows += validation_loss(spec, method, concept, [float(w) for w in cfg.sweep.weights])
     # Where the time goes: generating this run's images (near 0 when they were on disk) and scoring them.
     rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
              {"metric": "score_time", "value": time.perf_counter() - generated, "unit": "s", "scorer": "wall_clock"}]
@@ -355,9 +356,25 @@ def curve_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
             with atomic_path(folder / f"step{int(step):07d}" / stages.image_name(pid, seed, weight)) as tmp:
                 im.save(tmp, format="PNG")
         scored = sweep_rows(_encoder(), concept, prompts, images, base, {}, inception=bool(cfg.metrics.inception), oracle=_oracle())
+        scored += validation_loss(spec, method, concept, [1.0], file)
         rows += [{**r, "step": int(step), "sweep": spec.sweep} for r in scored]
     rows.append({"metric": "curve_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock"})
     return rows, [folder]
+
+
+def validation_loss(spec: stages.RunSpec, method, concept, weights: list[float], artifact_file: str | None = None) -> list[dict]:
+    """The run's validation loss on fixed noise (metrics.val_loss) at `weights`, of its final artifact or
+    of the checkpoint `artifact_file`; no rows when `metrics.val_loss_timesteps` is empty or the concept
+    has no held-out images."""
+    from bench.cost import TrainCost
+    from metrics import val_loss
+
+    timesteps = [int(t) for t in _cfg().metrics.get("val_loss_timesteps") or []]
+    if not timesteps or not concept.holdout:
+        return []
+    train = stages.train_dir(_results(), spec)
+    file = artifact_file or TrainCost.from_json((train / "cost.json").read_text()).artifact_file
+    return val_loss.rows(_pipe(), method, method.load(train / file), concept, weights, timesteps, spec.train_seed)
 
 
 def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, dict]:

@@ -432,6 +432,15 @@ def concept_images(name: str, n: int = 8, seed: int = 0, resolution: int = 64) -
     return [concept.draw(random.Random(f"concept:{name}:{seed}:{i}"), resolution) for i in range(n)]
 
 
+def holdout_images(name: str, n: int = 4, seed: int = 0, resolution: int = 64) -> list[Image.Image]:
+    """`n` further renders of a concept, drawn apart from its instance images (their own random stream):
+    never trained on, the images the validation loss is measured on."""
+    if name not in CONCEPTS:
+        raise KeyError(f"unknown world concept {name!r}; known: {', '.join(CONCEPTS)}")
+    concept = CONCEPTS[name]
+    return [concept.draw(random.Random(f"holdout:{name}:{seed}:{i}"), resolution) for i in range(n)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # A judge that uses no learned model: what colour is the shape, and what colour is the background?
 

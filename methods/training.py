@@ -57,8 +57,9 @@ class TrainStep:
             x0 = s.latents[idx].to(device, dtype)
             noise = torch.randn(x0.shape, generator=self.gen).to(device, dtype)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=self.gen).to(device)
-            xts.append(scheduler.add_noise(x0, noise, t))
-            targets.append(scheduler.get_velocity(x0, noise, t) if self.v_prediction else noise)
+            xt, target = noised_and_target(scheduler, x0, noise, t)
+            xts.append(xt)
+            targets.append(target)
             ts.append(t)
             if s.hidden_states is not None:
                 states.append(s.hidden_states[idx].to(device, dtype))
@@ -93,6 +94,17 @@ class TrainStep:
         self.scaler.step(self.opt)
         self.scaler.update()
 
+
+
+def noised_and_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the noised latents at timesteps `t`, what the model is trained to predict from them) in the
+    model's own objective, which its scheduler's `prediction_type` names: the noise (epsilon), the velocity
+    (v) or the clean latents (sample). Training and the validation loss share it."""
+    kind = scheduler.config.prediction_type
+    targets = {"epsilon": lambda: noise, "v_prediction": lambda: scheduler.get_velocity(x0, noise, t), "sample": lambda: x0}
+    if kind not in targets:
+        raise ValueError(f"model: the scheduler's prediction_type {kind!r} is not one of {', '.join(targets)}")
+    return scheduler.add_noise(x0, noise, t), targets[kind]()
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:

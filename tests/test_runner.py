@@ -239,6 +239,8 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tmp_path):
     ("data.concepts=[nope]", "data.concepts"), ("results_dir=/proc/version", "results_dir"),
     ("train.precision=fp8", "train.precision"), ("train.optimizer=sgd", "train.optimizer"), ("train.attention=flash3", "train.attention"),
     ("method.hypernetwork.enable_sizes=[999]", r"method\.hypernetwork\.enable_sizes"),  # the model has no such attention input
+    ("metrics.val_loss_timesteps=[1000]", r"metrics\.val_loss_timesteps: \[1000\] must be distinct whole timesteps in 0\.\.999"),
+    ("metrics.val_loss_timesteps=[5,5]", r"metrics\.val_loss_timesteps"), ("data.holdout=-2", r"data\.holdout: -2 is not a whole number"),
 ])
 def test_nonsense_config_fails_before_any_training(tmp_path, override, key):
     """Every config value is checked up front, with an error run.py turns into one line and exit 2."""

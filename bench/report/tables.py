@@ -187,7 +187,7 @@ def validity_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> tu
     bad = [metric_title(m) for m, a in zip(t.metric, t.agrees) if not pd.isna(a) and not a]
     undecided = t.agrees.isna().all()
     caption = (f"Rank agreement of each proxy metric with the oracle's presence rate (ground truth: is the concept's shape or fill drawn?) over "
-               f"every (method, concept, weight) cell; FD and CMMD are negated so that agreement is positive. Interval: concepts resampled. "
+               f"every (method, concept, weight) cell; lower-is-better metrics (FD, CMMD, the validation loss) are negated so that agreement is positive. Interval: concepts resampled. "
                f"A metric agrees when rho >= {validity.AGREES} and its interval excludes 0, judged from {stats.MIN_CONCEPTS} concepts on "
                "(fewer have too few distinct resamples to place an interval's ends: no interval, no verdict). "
                + ("Too few concepts here for a verdict; results/benchmarks/metric_validity.md has the suite's." if undecided else
@@ -442,7 +442,7 @@ def prompts_table(df: pd.DataFrame, results_dirs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame([{"concept": c, "prompt": pid, "text": t} for (c, pid), t in sorted(texts.items())]).set_index(["concept", "prompt"])
 
 
-CURVE_METRICS = ("presence", "clip_i", "drift")
+CURVE_METRICS = ("presence", "clip_i", "drift", "val_loss")
 
 
 
@@ -505,7 +505,7 @@ def learning_curve_table(full: pd.DataFrame, ctx: ReportContext = ReportContext(
                 arm_rows[-1]["last stretch"] = ("still rising" if lo > 0 else "falling" if hi < 0 else "no resolved change" if np.isfinite(lo) else "one run")
         rows += arm_rows
     table = pd.DataFrame(rows).set_index(["method", "step"]).fillna("")
-    caption = ("Learning curves: presence, CLIP-I and drift at weight 1 of the artifact each training run saved part-way through its budget "
+    caption = ("Learning curves: presence, CLIP-I, drift and the validation loss at weight 1 of the artifact each training run saved part-way through its budget "
                "(train.checkpoints) and at its end, mean over training runs [95 % hierarchical bootstrap]. The same training, not retrained. "
                "Last stretch (on each method's last row): the paired change in presence, run by run, from the last checkpoint to the final artifact [95 % t-interval]: "
                "'still rising' when the interval is above 0 (the compared budget stops a method that was still learning), "
