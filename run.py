@@ -46,9 +46,11 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from bench.stats import StatsConfigError
     from bench.sweep import SweepError
     from methods.errors import MethodConfigError
+    from metrics.dino import DinoConfigError
     from metrics.fd import InceptionUnavailable
 
-    return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, RowsFileError, StatsConfigError, SweepError, InceptionUnavailable)
+    return (BaselineError, ConceptDataError, EstimateConfigError, ModelConfigError, MethodConfigError, RowsFileError, StatsConfigError, SweepError, InceptionUnavailable,
+            DinoConfigError)
 
 
 class Terminated(BaseException):

@@ -73,6 +73,10 @@ class MetricsConfig:
     clip: str = "micro"  # the CLIP feature space: 'micro' or an open_clip spec such as 'local-dir:/models/clip'
     inception: bool = False  # also classic Inception FID (needs torch-fidelity's weights available locally)
     oracle: bool = True  # judge concept presence with the micro world's oracle (world concepts only)
+    # DINO features (DINO-I, DINO drift, FD in DINO space): 'local-dir:/models/dinov2-base' (a transformers
+    # Dinov2Model folder), 'micro' (micro DINO, once `python -m bench.build.dino` has built it), or null (none).
+    # Off by default: the micro world ships no DINO yet (docs/metrics.md says why).
+    dino: Optional[str] = None
     # The validation loss's fixed timesteps (of the scheduler's training timesteps); [] turns it off.
     val_loss_timesteps: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
 

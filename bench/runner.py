@@ -105,6 +105,10 @@ def plan(cfg: DictConfig) -> tuple[list, list[stages.RunSpec], dict]:
     stats.Settings.from_config(cfg.stats)
     check_fidelity(str(cfg.stats.fidelity))
     check_clip_spec(str(cfg.metrics.clip))
+    if cfg.metrics.get("dino"):
+        from metrics.dino import dino_folder
+
+        dino_folder(str(cfg.metrics.dino))
     resolution = int(cfg.model.resolution)
     if resolution <= 0 or resolution % 8:  # what the diffusers pipelines accept (their VAEs downsample by 4 or 8)
         raise ModelConfigError(f"model.resolution: {resolution} is not a positive multiple of 8 (the micro model draws at 64, SD 1.5 at 512)")

@@ -9,7 +9,7 @@ and nothing else:
     scores    + metrics, the bytes of the embedded scorers it names, the held-out images -> scores_key
     curve     the checkpoints' weight-1 sweeps, scored (with train.checkpoints)         -> scores_key
 
-The embedded scorers (micro CLIP, the oracle) are part of the scores key by content: retraining one
+The embedded scorers (micro CLIP, micro DINO, the oracle) are part of the scores key by content: retraining one
 re-scores every sweep, where a key of config alone would keep rows judged by the old one.
 """
 
@@ -65,6 +65,8 @@ def scorers(metrics_cfg) -> dict:
         out["clip"] = folder_digest(zoo.micro_clip_dir())
     if metrics_cfg.get("oracle", False) and zoo.oracle_dir().is_dir():
         out["oracle"] = folder_digest(zoo.oracle_dir())
+    if metrics_cfg.get("dino") == "micro":
+        out["dino"] = folder_digest(zoo.micro_dino_dir())
     return out
 
 

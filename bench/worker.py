@@ -87,6 +87,16 @@ def _oracle():
     return load_oracle()
 
 
+def _dino():
+    """The DINO encoder `metrics.dino` names (micro DINO by default), or None."""
+    spec = _cfg().metrics.get("dino")
+    if not spec:
+        return None
+    from metrics.dino import load_dino
+
+    return load_dino(str(spec))
+
+
 def _concept(name: str):
     if "concepts" not in _STATE:
         from bench.data import load_concepts
@@ -323,7 +333,7 @@ def sweep_and_score(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     images, diffs = images_stage(spec, method, concept, prompts)
     generated = time.perf_counter()
     base = _base_images(p.text for p in prompts)
-    rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception), oracle=_oracle())
+    rows = sweep_rows(_encoder(), concept, prompts, images, base, diffs, inception=bool(cfg.metrics.inception), oracle=_oracle(), dino=_dino())
     rows += validation_loss(spec, method, concept, [float(w) for w in cfg.sweep.weights])
     # Where the time goes: generating this run's images (near 0 when they were on disk) and scoring them.
     rows += [{"metric": "sweep_time", "value": generated - start, "unit": "s", "scorer": "wall_clock"},
@@ -355,7 +365,7 @@ def curve_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
         for (pid, seed, weight), im in images.items():
             with atomic_path(folder / f"step{int(step):07d}" / stages.image_name(pid, seed, weight)) as tmp:
                 im.save(tmp, format="PNG")
-        scored = sweep_rows(_encoder(), concept, prompts, images, base, {}, inception=bool(cfg.metrics.inception), oracle=_oracle())
+        scored = sweep_rows(_encoder(), concept, prompts, images, base, {}, inception=bool(cfg.metrics.inception), oracle=_oracle(), dino=_dino())
         scored += validation_loss(spec, method, concept, [1.0], file)
         rows += [{**r, "step": int(step), "sweep": spec.sweep} for r in scored]
     rows.append({"metric": "curve_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock"})

@@ -8,11 +8,12 @@ Adding a metric: a module with its `MetricInfo` (and `score` function), then one
 
 from __future__ import annotations
 
-from metrics import blank, clip_score, cmmd, diversity, drift, fd, presence, val_loss
+from metrics import blank, clip_score, cmmd, dino, diversity, drift, fd, presence, val_loss
 from metrics.base import MetricInfo
 
 # In the order tables and figures show them; fd.FAMILY stands for every Fréchet distance (fd_<space>).
-REGISTRY: tuple[MetricInfo, ...] = (presence.INFO, clip_score.CLIP_T, clip_score.CLIP_I, cmmd.INFO, drift.INFO, diversity.INFO, blank.INFO, val_loss.INFO, fd.FAMILY)
+REGISTRY: tuple[MetricInfo, ...] = (presence.INFO, clip_score.CLIP_T, clip_score.CLIP_I, dino.DINO_I, cmmd.INFO, drift.INFO, dino.DINO_DRIFT, diversity.INFO, blank.INFO,
+                                   val_loss.INFO, fd.FAMILY)
 QUALITY: dict[str, MetricInfo] = {i.name: i for i in REGISTRY if i is not fd.FAMILY}
 
 

@@ -25,10 +25,14 @@ class SweepScoring:
     base: dict[tuple[str, int], Any]  # the base model's images by (prompt text, seed)
     oracle: Any = None  # bench.oracle.Oracle where the concept is one of the micro world's
     inception: bool = False  # also the classic Inception FID
+    dino: Any = None  # metrics.dino.DinoEncoder: DINO-I, DINO drift and FD in its space, when metrics.dino names one
     keys: list[Key] = field(init=False)
     features: dict[Key, Any] = field(init=False)
     instance_features: Any = field(init=False)
     base_features: dict[tuple[str, int], Any] = field(init=False)
+    dino_features: dict[Key, Any] = field(init=False, default_factory=dict)
+    dino_instance: Any = field(init=False, default=None)
+    dino_base: dict[tuple[str, int], Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = sorted(self.images)
@@ -37,6 +41,11 @@ class SweepScoring:
         self.instance_features = self.encoder.images(self.data.images)
         unrelated = sorted({(self.prompts[pid].text, seed) for pid, seed, _ in self.keys if self.prompts[pid].kind == "unrelated"})
         self.base_features = dict(zip(unrelated, self.encoder.images([self.base[k] for k in unrelated])))
+        if self.dino is not None:  # the same images, in the same order, through DINO
+            self.dino.clear()
+            self.dino_features = dict(zip(self.keys, self.dino.images([self.images[k] for k in self.keys])))
+            self.dino_instance = self.dino.images(self.data.images)
+            self.dino_base = dict(zip(unrelated, self.dino.images([self.base[k] for k in unrelated])))
 
     def subject(self, weight: float | None = None) -> list[Key]:
         """Keys of images whose prompt shows the concept (instance, recontext), at `weight` if given."""
@@ -60,10 +69,10 @@ class MetricInfo:
     higher_is_better: bool
     description: str
     title: str = ""  # how tables and figures name it ("CLIP-I"); the name when empty
-    measured_by: str = "clip"  # what measures it: the run's CLIP space, the oracle, the pixels, Inception
+    measured_by: str = "clip"  # what measures it: the run's CLIP space, the oracle, the pixels, Inception, the model itself
     proxy: bool = False  # a fidelity proxy: its agreement with the oracle is measured (bench.validity)
     checked: bool = True  # held by regression baselines and tested by mode=check
-    score: Callable[[SweepScoring], list[dict]] | None = field(default=None, compare=False, repr=False)  # one run's rows
+    score: Callable[[SweepScoring], list[dict]] | None = field(default=None, compare=False, repr=False)  # one run's rows (None: the model scores it)
 
     @property
     def display(self) -> str:

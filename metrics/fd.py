@@ -18,20 +18,27 @@ from metrics.base import MetricInfo, SweepScoring
 
 
 def info(space: str) -> MetricInfo:
-    """The Fréchet distance in one feature space (`fd_<space>`, or the classic `fid_inception`)."""
+    """The Fréchet distance in one feature space (`fd_<space>`, or the classic `fid_inception`); a DINO
+    space's name says "dino" (metrics.dino.load_dino names it so)."""
     name = "fid_inception" if space == "inception" else f"fd_{space}"
+    measured_by = "inception" if space == "inception" else ("dino" if "dino" in space.lower() else "clip")
     return MetricInfo(name, "fd", False, f"Fréchet distance between generated and instance images in {space} features",
-                      measured_by="inception" if space == "inception" else "clip", proxy=True)
+                      measured_by=measured_by, proxy=True)
 
 
 def score(s: SweepScoring) -> list[dict]:
-    """One set-level row per weight in the run's CLIP space (and Inception's, when asked for)."""
+    """One set-level row per weight in the run's CLIP space, its DINO space (`metrics.dino`) and
+    Inception's (when asked for)."""
     rows = []
     space = info(s.encoder.name)
     for weight in s.weights():
         subject = [s.images[k] for k in s.subject(weight)]
         if len(subject) >= 2 and len(s.data.images) >= 2:
             rows.append({"weight": weight, "metric": space.name, "value": frechet_distance(s.encoder, subject, s.data.images), "unit": space.unit, "scorer": s.encoder.name})
+            if s.dino is not None:
+                dino = info(s.dino.name)
+                value = frechet_distance(s.dino, subject, s.data.images, num_features=s.dino.model.config.hidden_size)
+                rows.append({"weight": weight, "metric": dino.name, "value": value, "unit": dino.unit, "scorer": s.dino.name})
             if s.inception:
                 rows.append({"weight": weight, "metric": "fid_inception", "value": inception_fid(subject, s.data.images), "unit": "fd", "scorer": "inception"})
     return rows
@@ -42,12 +49,13 @@ FAMILY = MetricInfo("fd_<space>", "fd", False, "Fréchet distance between genera
 
 
 class ClipFeatures(torch.nn.Module):
-    """torchmetrics feature extractor: uint8 image batch [N, 3, H, W] -> CLIP image features [N, D]."""
+    """torchmetrics feature extractor: uint8 image batch [N, 3, H, W] -> image features [N, D] of an encoder
+    with `.images(list of PIL images)` (CLIP; DINO with `num_features` given)."""
 
-    def __init__(self, encoder: ClipEncoder) -> None:
+    def __init__(self, encoder: ClipEncoder, num_features: int | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.num_features = int(encoder.model.visual.output_dim)
+        self.num_features = int(num_features or encoder.model.visual.output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         images = [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in x]
@@ -58,11 +66,11 @@ def to_uint8(images: Sequence[Image.Image]) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
 
 
-def frechet_distance(encoder: ClipEncoder, generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:
+def frechet_distance(encoder: ClipEncoder, generated: Sequence[Image.Image], reference: Sequence[Image.Image], num_features: int | None = None) -> float:
     """FD between the two sets (each needs at least 2 images; few images give a noisy estimate)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    return _compute(FrechetInceptionDistance(feature=ClipFeatures(encoder), normalize=False), generated, reference)
+    return _compute(FrechetInceptionDistance(feature=ClipFeatures(encoder, num_features), normalize=False), generated, reference)
 
 
 def _compute(metric, generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:

@@ -79,16 +79,22 @@ def build_report(results_dirs: list[Path], out: Path | None = None, fidelity: st
               "to the method ranked below is resolved; 'resolved wins': how many methods it beats with a resolved difference; equal means (as printed) "
               "share a rank.", ranking_table(df, fidelity, ctx))
         quality = quality_table(df, ctx)
-        measured, proxies = measured_and_proxy_columns(quality, df) if len(quality) else ([], [])
+        measured, proxies, other = measured_and_proxy_columns(quality, df) if len(quality) else ([], [], [])
         caption = "The primary table: every metric at weight 1, mean over training runs [95 % interval], overall and per concept kind"
-        if len(measured) > 2 and len(proxies) > 2:  # shown in two parts, exported whole (tables/quality.*)
+        if len(measured) > 2 and len(proxies) > 2:  # shown in parts, exported whole (tables/quality.*)
             write_table(quality, out / "tables", "quality", caption + ".")
             table(results, "Quality at weight 1", "quality", caption + "; first what is measured directly (the oracle's ground truth, pixel "
-                  "checks), then the proxies read in a feature space (below). The exported table (tables/quality.*) holds both.",
+                  "checks), then the proxies read in a feature space or by the model (below). The exported table (tables/quality.*) holds them all.",
                   quality[measured], export=False)
             table(results, "Quality at weight 1: proxies", "quality-proxies", "The same runs' proxies at weight 1 (CLIP, Inception feature "
                   "spaces), mean over training runs [95 % interval]: how far each agrees with the oracle is in 'Metric validity'.",
                   quality[proxies], export=False)
+            if len(other) > 2:
+                dino = any("DINO" in c or "dino" in c for c in other)
+                table(results, "Quality at weight 1: " + ("DINO and the model's own loss" if dino else "the model's own loss"), "quality-model",
+                      "The same runs at weight 1" + (" in DINO's feature space (DINO-I, DINO drift, FD) and" if dino else ":")
+                      + " the validation loss on fixed noise (the model's own objective on held-out images, never trained on), mean over "
+                      "training runs [95 % interval]; docs/metrics.md in the repository says how each is computed.", quality[other], export=False)
         else:
             table(results, "Quality at weight 1", "quality", caption + ".", quality)
     info = infographic(df, fidelity, grids[0] if grids else None, fig_dir, ctx)

@@ -145,17 +145,19 @@ def quality_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.
 
 
 
-def measured_and_proxy_columns(table: pd.DataFrame, df: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The quality table's columns in two groups, each with the counts: metrics measured directly (the
-    oracle's ground truth, pixel checks) and proxies read in a feature space (CLIP, Inception). One
-    table of both was wider than a 1,400 px page; a reader wants the ground truth first anyway."""
+def measured_and_proxy_columns(table: pd.DataFrame, df: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """The quality table's columns in three groups, each with the counts: metrics measured directly (the
+    oracle's ground truth, pixel checks), proxies in CLIP's (or Inception's) feature space, and proxies in
+    DINO's space or the model's own loss. One table of all was wider than a 1,400 px page; a reader wants
+    the ground truth first anyway."""
     from metrics import info
 
     counts = [c for c in ("concepts", "runs") if c in table.columns]
-    direct = {metric_title(m) for m in quality_metrics(df) if (i := info(m)) is not None and i.measured_by in ("oracle", "pixels")}
-    measured = [c for c in table.columns if c in direct]
-    proxies = [c for c in table.columns if c not in direct and c not in counts]
-    return counts + measured, counts + proxies
+    by = {metric_title(m): i.measured_by for m in quality_metrics(df) if (i := info(m)) is not None}
+    measured = [c for c in table.columns if by.get(c) in ("oracle", "pixels")]
+    other = [c for c in table.columns if by.get(c) in ("dino", "model")]
+    clip = [c for c in table.columns if c not in measured and c not in other and c not in counts]
+    return counts + measured, counts + clip, (counts + other if other else [])
 
 
 def blank_table(df: pd.DataFrame, ctx: ReportContext = ReportContext()) -> pd.DataFrame:
@@ -414,14 +416,47 @@ def definitions_table(df: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
             meaning = get_class(configs[name]["_target_"]).weight_meaning_for(configs[name])
         except Exception:  # a method class that moved since the run: say so rather than fail the report
             meaning = "(definition unavailable: method class not importable)"
-        rows.append({"kind": "method", "name": name, "unit": "weight w", "direction": "", "definition": meaning})
+        rows.append({"kind": "method", "name": name, "unit": "weight w", "direction": "", "definition": meaning, "images per run and weight": ""})
+    per_image = images_per_run(df)
     for metric in quality_metrics(df):
         info = metric_info(metric)
         note = {"cmmd": "; an unbiased estimate, so slightly negative values mean 'indistinguishable'",
                 "drift": "; 0 by construction for a method that leaves the UNet untouched (Textual Inversion)"}.get(metric, "")
         rows.append({"kind": "metric", "name": metric_name(metric), "unit": info.unit,
-                     "direction": "higher is better" if higher_is_better(metric) else "lower is better", "definition": info.description + note})
+                     "direction": "higher is better" if higher_is_better(metric) else "lower is better", "definition": info.description + note,
+                     "images per run and weight": per_image.get(metric, "")})
     return pd.DataFrame(rows).set_index(["kind", "name"])
+
+
+def images_per_run(df: pd.DataFrame) -> dict[str, str]:
+    """Per metric, how many images stand behind one run's value at one weight (docs/metrics.md): the
+    rows a per-image metric has per run and weight, and for a set-level one (FD, CMMD: one row) the subject
+    images it compares as a set with the instance images. A range where runs differ."""
+    final = df[df.step.isna() & df.weight.notna() & (df.status.fillna("ok") == "ok")] if "step" in df else df
+    counts = final.groupby(["metric", "run_id", "weight"]).size()
+    subject = counts.get("clip_i") if "clip_i" in counts.index.get_level_values(0) else None
+
+    def span(values) -> str:
+        lo, hi = int(values.min()), int(values.max())
+        return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+    out = {}
+    for metric in counts.index.get_level_values(0).unique():
+        per_run = counts.loc[metric]
+        if metrics_is_set_level(metric) and subject is not None:
+            out[metric] = f"{span(subject)} generated vs the instance images, as sets"
+        elif metric == "diversity":
+            out[metric] = f"{span(per_run)} prompts, each over its generation seeds"
+        else:
+            out[metric] = span(per_run)
+    return out
+
+
+def metrics_is_set_level(metric: str) -> bool:
+    """Metrics with one value per run and weight computed from the whole set of subject images."""
+    from metrics import is_frechet
+
+    return metric == "cmmd" or is_frechet(metric)
 
 
 

@@ -35,6 +35,15 @@ def micro_clip():
     return model, preprocess, open_clip.get_tokenizer(spec)
 
 
+def micro_dino_dir() -> Path:
+    """Folder of micro DINO, the self-supervised image encoder (a transformers `Dinov2Model` folder;
+    `python -m bench.build.dino` trains it)."""
+    path = ZOO_DIR / "micro_dino"
+    if not path.is_dir():
+        raise FileNotFoundError(f"embedded model folder {path} is missing; regenerate it with `python -m bench.build.dino`")
+    return path
+
+
 def _existing(path: Path) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"embedded model folder {path} is missing; regenerate it with `python -m bench.build.pretrain`")
