@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         f"CLIP-I (micro CLIP image similarity to the instance images) at weights 1 and 0 and its gain, judged by the same rule "
         f"with a gain of {PROXY_MIN_GAIN}.\n\n"
         f"{learning.to_markdown(index=False, floatfmt='.3f')}\n\n"
-        + (f"## Learning curves\n\n{curve_caption}\n\n{curves.to_markdown(index=False)}\n\n" if len(curves) else "")
+        + (f"## Learning curves\n\n{curve_caption}\n\n{curves.reset_index().to_markdown(index=False)}\n\n" if len(curves) else "")
         + f"## Summary printed by run.py\n\n```\n{proc.stdout.strip()}\n```\n"
     )
     publish(text, ROOT / "results" / "benchmarks" / f"comparison_{args.data}{'_' + args.name if args.name else ''}.md", args.write)
