@@ -131,7 +131,8 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
-def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, batch: int = 64, seed: int = 0, lr: float = 5e-4) -> dict:
+def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, batch: int = 64, seed: int = 0, lr: float = 5e-4,
+          prototypes: int = 1024, teacher_temp: tuple[float, float] = (0.04, 0.07)) -> dict:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
@@ -141,7 +142,7 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
     images = torch.cat([images[:half], vae_round_trip(images[half:])])
     config = Dinov2Config(**BACKBONE)
     student, teacher = Dinov2Model(config), Dinov2Model(config)
-    s_head, t_head = Head(config.hidden_size), Head(config.hidden_size)
+    s_head, t_head = Head(config.hidden_size, prototypes), Head(config.hidden_size, prototypes)
     teacher.load_state_dict(student.state_dict())
     t_head.load_state_dict(s_head.state_dict())
     for p in [*teacher.parameters(), *t_head.parameters()]:
@@ -158,10 +159,10 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
         x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
         globals_ = crops(x, 2, 64, (0.4, 1.0), gen)
         locals_ = crops(x, 4, 32, (0.15, 0.4), gen)
-        teacher_temp = 0.04 + (0.07 - 0.04) * min(1.0, step / max(1, steps // 3))  # DINO's warm-up of the teacher temperature
+        t_temp = teacher_temp[0] + (teacher_temp[1] - teacher_temp[0]) * min(1.0, step / max(1, steps // 3))  # DINO's warm-up of the teacher temperature
         with torch.no_grad():
             t_out = [t_head(teacher(g).pooler_output) for g in globals_]
-            t_prob = [F.softmax((t - center) / teacher_temp, dim=-1) for t in t_out]
+            t_prob = [F.softmax((t - center) / t_temp, dim=-1) for t in t_out]
         s_out = [s_head(student(c).pooler_output) for c in globals_ + locals_]
         loss, terms = 0.0, 0
         for i, tp in enumerate(t_prob):
@@ -183,7 +184,8 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     teacher.eval()
-    trained = {"recipe": "DINO self-distillation (Caron et al. 2021)", "n_images": n_images, "steps": steps, "batch": batch, "seed": seed, "lr": lr}
+    trained = {"recipe": "DINO self-distillation (Caron et al. 2021)", "n_images": n_images, "steps": steps, "batch": batch, "seed": seed, "lr": lr,
+               "prototypes": prototypes, "teacher_temp": list(teacher_temp)}
     with atomic_dir(out) as tmp:
         teacher.save_pretrained(tmp, safe_serialization=True)  # the teacher is DINO's output network
         BitImageProcessor(**PREPROCESSOR).save_pretrained(tmp)
@@ -197,11 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-images", type=int, default=16000)
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--prototypes", type=int, default=1024, help="K, the projection head's output size")
+    p.add_argument("--teacher-temp", type=float, nargs=2, default=(0.04, 0.07), metavar=("START", "END"), help="warmed up over the first third of the steps")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    trained = train(args.out, args.n_images, args.steps, seed=args.seed)
+    trained = train(args.out, args.n_images, args.steps, seed=args.seed, lr=args.lr, prototypes=args.prototypes, teacher_temp=tuple(args.teacher_temp))
     log.info("micro DINO written to %s: %s", args.out, trained)
 
 
