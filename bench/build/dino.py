@@ -22,7 +22,6 @@ as in DINO.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -194,18 +193,14 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train micro DINO (self-supervised, on world renders) into bench/zoo/micro_dino/")
-    p.add_argument("--out", type=Path, default=MICRO_DINO_DIR)
-    p.add_argument("--n-images", type=int, default=16000)
-    p.add_argument("--steps", type=int, default=2500)
-    p.add_argument("--seed", type=int, default=0)
+    from bench.build import start, trainer_arguments
+
+    p = trainer_arguments("Train micro DINO (self-supervised, on world renders) into bench/zoo/micro_dino/", MICRO_DINO_DIR, 16000, 2500)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--prototypes", type=int, default=1024, help="K, the projection head's output size")
     p.add_argument("--teacher-temp", type=float, nargs=2, default=(0.04, 0.07), metavar=("START", "END"), help="warmed up over the first third of the steps")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start(args)
     trained = train(args.out, args.n_images, args.steps, seed=args.seed, lr=args.lr, prototypes=args.prototypes, teacher_temp=tuple(args.teacher_temp))
     log.info("micro DINO written to %s: %s", args.out, trained)
 

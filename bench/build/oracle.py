@@ -8,7 +8,6 @@ random: the judge reads decoded images the way it reads crisp ones. Never traine
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -150,15 +149,10 @@ def train(out: Path = ORACLE_DIR, n_images: int = 24000, steps: int = 3000, batc
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train the micro world's concept-presence oracle into bench/zoo/oracle/")
-    p.add_argument("--out", type=Path, default=ORACLE_DIR)
-    p.add_argument("--n-images", type=int, default=24000)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    from bench.build import start, trainer_arguments
+
+    args = trainer_arguments("Train the micro world's concept-presence oracle into bench/zoo/oracle/", ORACLE_DIR, 24000, 3000).parse_args(argv)
+    start(args)
     config = train(args.out, args.n_images, args.steps, seed=args.seed)
     log.info("oracle written to %s: %s", args.out, config)
 
