@@ -10,12 +10,23 @@ import torch
 from PIL import Image
 
 
-class ClipEncoder:
-    """Unit-norm image and text embeddings from one open_clip model."""
+class CachedImageEncoder:
+    """Unit-norm image features, each distinct image (by content hash) encoded once per encoder, so
+    reference sets such as the instance images cost nothing after their first use. A subclass says how a
+    batch of RGB images becomes features (`_encode`) and their size (`dim`): CLIP here, DINO in
+    metrics.dino."""
 
-    def __init__(self, model, preprocess, tokenizer, name: str, batch: int = 128) -> None:
-        self.model, self.preprocess, self.tokenizer, self.name, self.batch = model.eval(), preprocess, tokenizer, name, batch
+    def __init__(self, name: str, batch: int) -> None:
+        self.name, self.batch = name, batch
         self._cache: dict[str, torch.Tensor] = {}  # image content hash -> unit feature
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """Features [N, dim] of RGB images, not yet normalised."""
+        raise NotImplementedError
 
     def clear(self) -> None:
         """Forget cached features. A feature depends (in the last float bits) on the batch it was encoded
@@ -29,18 +40,31 @@ class ClipEncoder:
 
     @torch.no_grad()
     def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Unit features; each distinct image (by content hash) is encoded once per encoder, so reference
-        sets such as the instance images cost nothing after their first use."""
+        """Unit features of `images`, in their order."""
         keys = [self.content_hash(im) for im in images]
         todo = [(k, im) for k, im in dict(zip(keys, images)).items() if k not in self._cache]
         for i in range(0, len(todo), self.batch):
             chunk = todo[i : i + self.batch]
-            x = torch.stack([self.preprocess(im.convert("RGB")) for _, im in chunk])
-            feats = torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
+            feats = torch.nn.functional.normalize(self._encode([im.convert("RGB") for _, im in chunk]).float(), dim=-1)
             self._cache.update({k: f for (k, _), f in zip(chunk, feats)})
         if not keys:
-            return torch.empty(0, self.model.visual.output_dim)
+            return torch.empty(0, self.dim)
         return torch.stack([self._cache[k] for k in keys])
+
+
+class ClipEncoder(CachedImageEncoder):
+    """Unit-norm image and text embeddings from one open_clip model."""
+
+    def __init__(self, model, preprocess, tokenizer, name: str, batch: int = 128) -> None:
+        super().__init__(name, batch)
+        self.model, self.preprocess, self.tokenizer = model.eval(), preprocess, tokenizer
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.model.encode_image(torch.stack([self.preprocess(im) for im in images]))
 
     @torch.no_grad()
     def texts(self, texts: Sequence[str]) -> torch.Tensor:

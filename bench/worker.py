@@ -361,30 +361,32 @@ def curve_stage(spec: stages.RunSpec) -> tuple[list[dict], list[Path]]:
     folder = stages.curve_dir(results, spec.run_id, spec.sweep)
     rows, start = [], time.perf_counter()
     for step, file in sorted(cost.checkpoints.items(), key=lambda kv: int(kv[0])):
-        images = sweep_method(_pipe(), method, method.load(train / file), concept, prompts, at_one, bool(cfg.progress))
+        artifact = method.load(train / file)
+        images = sweep_method(_pipe(), method, artifact, concept, prompts, at_one, bool(cfg.progress))
         for (pid, seed, weight), im in images.items():
             with atomic_path(folder / f"step{int(step):07d}" / stages.image_name(pid, seed, weight)) as tmp:
                 im.save(tmp, format="PNG")
         scored = sweep_rows(_encoder(), concept, prompts, images, base, {}, inception=bool(cfg.metrics.inception), oracle=_oracle(), dino=_dino())
-        scored += validation_loss(spec, method, concept, [1.0], file)
+        scored += validation_loss(spec, method, concept, [1.0], artifact)
         rows += [{**r, "step": int(step), "sweep": spec.sweep} for r in scored]
     rows.append({"metric": "curve_time", "value": time.perf_counter() - start, "unit": "s", "scorer": "wall_clock"})
     return rows, [folder]
 
 
-def validation_loss(spec: stages.RunSpec, method, concept, weights: list[float], artifact_file: str | None = None) -> list[dict]:
-    """The run's validation loss on fixed noise (metrics.val_loss) at `weights`, of its final artifact or
-    of the checkpoint `artifact_file`; no rows when `metrics.val_loss_timesteps` is empty or the concept
-    has no held-out images."""
+def validation_loss(spec: stages.RunSpec, method, concept, weights: list[float], artifact=None) -> list[dict]:
+    """The run's validation loss on fixed noise (metrics.val_loss) at `weights`, of `artifact` (a loaded
+    checkpoint) or else of the run's final artifact, read from disk; no rows when
+    `metrics.val_loss_timesteps` is empty or the concept has no held-out images."""
     from bench.cost import TrainCost
     from metrics import val_loss
 
     timesteps = [int(t) for t in _cfg().metrics.get("val_loss_timesteps") or []]
     if not timesteps or not concept.holdout:
         return []
-    train = stages.train_dir(_results(), spec)
-    file = artifact_file or TrainCost.from_json((train / "cost.json").read_text()).artifact_file
-    return val_loss.rows(_pipe(), method, method.load(train / file), concept, weights, timesteps, spec.train_seed)
+    if artifact is None:
+        train = stages.train_dir(_results(), spec)
+        artifact = method.load(train / TrainCost.from_json((train / "cost.json").read_text()).artifact_file)
+    return val_loss.rows(_pipe(), method, artifact, concept, weights, timesteps, spec.train_seed)
 
 
 def images_stage(spec: stages.RunSpec, method, concept, prompts) -> tuple[dict, dict]:

@@ -21,15 +21,14 @@ in the literature that gives other numbers).
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from bench.clip import CachedImageEncoder
 from metrics.base import MetricInfo, SweepScoring
 
 
@@ -37,29 +36,20 @@ class DinoConfigError(ValueError):
     """metrics.dino names no loadable DINO model; the message names the key and the file."""
 
 
-class DinoEncoder:
+class DinoEncoder(CachedImageEncoder):
     """Unit-norm CLS features of one `Dinov2Model` and its image processor, cached by image content."""
 
     def __init__(self, model, processor, name: str, batch: int = 64) -> None:
-        self.model, self.processor, self.name, self.batch = model.eval(), processor, name, batch
-        self._cache: dict[str, torch.Tensor] = {}
+        super().__init__(name, batch)
+        self.model, self.processor = model.eval(), processor
 
-    def clear(self) -> None:
-        """Forget cached features (a feature depends in its last bits on the batch it was encoded in)."""
-        self._cache.clear()
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
 
-    @torch.no_grad()
-    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        keys = [hashlib.sha256(f"{im.size}".encode() + im.convert("RGB").tobytes()).hexdigest() for im in images]
-        todo = [(k, im) for k, im in dict(zip(keys, images)).items() if k not in self._cache]
-        for i in range(0, len(todo), self.batch):
-            chunk = todo[i : i + self.batch]
-            pixels = self.processor(images=[im.convert("RGB") for _, im in chunk], return_tensors="pt").pixel_values
-            feats = torch.nn.functional.normalize(self.model(pixel_values=pixels.to(self.model.dtype)).pooler_output.float(), dim=-1)
-            self._cache.update({k: f for (k, _), f in zip(chunk, feats)})
-        if not keys:
-            return torch.empty(0, self.model.config.hidden_size)
-        return torch.stack([self._cache[k] for k in keys])
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt").pixel_values
+        return self.model(pixel_values=pixels.to(self.model.dtype)).pooler_output
 
 
 def dino_folder(spec: str) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.clip import ClipEncoder
+from bench.clip import CachedImageEncoder
 from metrics.base import MetricInfo, SweepScoring
 
 
@@ -37,7 +37,7 @@ def score(s: SweepScoring) -> list[dict]:
             rows.append({"weight": weight, "metric": space.name, "value": frechet_distance(s.encoder, subject, s.data.images), "unit": space.unit, "scorer": s.encoder.name})
             if s.dino is not None:
                 dino = info(s.dino.name)
-                value = frechet_distance(s.dino, subject, s.data.images, num_features=s.dino.model.config.hidden_size)
+                value = frechet_distance(s.dino, subject, s.data.images)
                 rows.append({"weight": weight, "metric": dino.name, "value": value, "unit": dino.unit, "scorer": s.dino.name})
             if s.inception:
                 rows.append({"weight": weight, "metric": "fid_inception", "value": inception_fid(subject, s.data.images), "unit": "fd", "scorer": "inception"})
@@ -49,13 +49,13 @@ FAMILY = MetricInfo("fd_<space>", "fd", False, "Fréchet distance between genera
 
 
 class ClipFeatures(torch.nn.Module):
-    """torchmetrics feature extractor: uint8 image batch [N, 3, H, W] -> image features [N, D] of an encoder
-    with `.images(list of PIL images)` (CLIP; DINO with `num_features` given)."""
+    """torchmetrics feature extractor: uint8 image batch [N, 3, H, W] -> image features [N, D] of a
+    `bench.clip.CachedImageEncoder` (CLIP, DINO)."""
 
-    def __init__(self, encoder: ClipEncoder, num_features: int | None = None) -> None:
+    def __init__(self, encoder: CachedImageEncoder) -> None:
         super().__init__()
         self.encoder = encoder
-        self.num_features = int(num_features or encoder.model.visual.output_dim)
+        self.num_features = encoder.dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         images = [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in x]
@@ -66,11 +66,11 @@ def to_uint8(images: Sequence[Image.Image]) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
 
 
-def frechet_distance(encoder: ClipEncoder, generated: Sequence[Image.Image], reference: Sequence[Image.Image], num_features: int | None = None) -> float:
-    """FD between the two sets (each needs at least 2 images; few images give a noisy estimate)."""
+def frechet_distance(encoder: CachedImageEncoder, generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:
+    """FD between the two sets in `encoder`'s features (each needs at least 2 images; few images give a noisy estimate)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    return _compute(FrechetInceptionDistance(feature=ClipFeatures(encoder, num_features), normalize=False), generated, reference)
+    return _compute(FrechetInceptionDistance(feature=ClipFeatures(encoder), normalize=False), generated, reference)
 
 
 def _compute(metric, generated: Sequence[Image.Image], reference: Sequence[Image.Image]) -> float:

@@ -1,7 +1,6 @@
 """Adding a metric is one module and one registry entry: scoring, titles, validity's proxies and the
 regression check all read metrics.REGISTRY (shown with a metric registered in the test)."""
 
-from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -16,7 +15,7 @@ class FakeEncoder:
     """A CLIP space stand-in: an image's feature is its mean colour, normalised."""
 
     name = "fake"
-    model = SimpleNamespace(visual=SimpleNamespace(output_dim=3))  # what the Fréchet distance's feature module reads
+    dim = 3  # what the Fréchet distance's feature module reads (bench.clip.CachedImageEncoder.dim)
 
     def clear(self) -> None:
         pass
