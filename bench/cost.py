@@ -104,8 +104,9 @@ def size_on_disk(path: Path) -> int:
 def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[object, TrainCost]:
     """Train `method` on `data`, save its artifact under `out_dir`, and measure both."""
     from methods.conditioning import text_encoders
+    from methods.family import denoiser
 
-    device = pipe.unet.device
+    device = denoiser(pipe).device
     reset_process_peak_rss()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -113,7 +114,7 @@ def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[objec
         model_bytes = torch.cuda.memory_allocated(device)
         probe = None
     else:
-        weights = module_storages(pipe.unet, pipe.vae, *text_encoders(pipe))
+        weights = module_storages(denoiser(pipe), pipe.vae, *text_encoders(pipe))
         model_bytes = sum(s.nbytes() for s in weights)
         probe = TensorPeak(model_bytes, known=weights)
         del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so

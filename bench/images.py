@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from methods.family import denoiser, family
+
 
 @torch.no_grad()
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance: float = 5.0, batch: int = 16) -> list[Image.Image]:
@@ -15,11 +17,14 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     out: list[Image.Image] = []
     device = pipe.device
+    _, side, _ = family(pipe).latent_shape(pipe)
     for i in range(0, len(prompts), batch):
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
-        latents = initial_latents(pipe, gens, device)
+        latents = family(pipe).pipeline_latents(pipe, initial_latents(pipe, gens, device))
         result = pipe(
             list(prompts[i : i + batch]),
+            height=side * pipe.vae_scale_factor,  # FLUX unpacks its latents by these; the others read them off the latents
+            width=side * pipe.vae_scale_factor,
             num_inference_steps=steps,
             guidance_scale=guidance,
             latents=latents,
@@ -30,11 +35,10 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20
 
 
 def initial_latents(pipe, generators: Sequence[torch.Generator], device) -> torch.Tensor:
-    """Seeded noise drawn on the CPU, so a seed gives the same start on every device."""
-    unet = pipe.unet
-    side = unet.config.sample_size
-    noise = [torch.randn((1, unet.config.in_channels, side, side), generator=g) for g in generators]
-    return torch.cat(noise).to(device=device, dtype=unet.dtype)
+    """Seeded noise [B, C, h, w] drawn on the CPU, so a seed gives the same start on every device."""
+    shape = family(pipe).latent_shape(pipe)
+    noise = [torch.randn((1, *shape), generator=g) for g in generators]
+    return torch.cat(noise).to(device=device, dtype=denoiser(pipe).dtype)
 
 
 def to_unit(images_u8: torch.Tensor) -> torch.Tensor:

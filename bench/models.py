@@ -1,7 +1,9 @@
-"""Load the base model a `model` config names: the embedded micro SD, or SD 1.5 / 2.1 from disk.
+"""Load the base model a `model` config names: the embedded micro SD, or SD 1.5 / 2.1 / SDXL / SD 3.5 /
+FLUX.1 from disk.
 
-One code path for all of them: a diffusers `StableDiffusionPipeline` (SD 1.x/2.x, micro) or
-`StableDiffusionXLPipeline` (SDXL), whichever the model folder's `model_index.json` names, loaded offline.
+One code path for all of them: the diffusers pipeline the model folder's `model_index.json` names
+(`StableDiffusionPipeline` for SD 1.x/2.x and micro, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`,
+`FluxPipeline`), loaded offline; `methods.family` holds what differs in training them.
 """
 
 from __future__ import annotations
@@ -109,11 +111,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
 
 
 def pipeline_class(folder: Path, key: str = "model.path"):
-    """The diffusers pipeline class a model folder's `model_index.json` names (SD or SDXL)."""
+    """The diffusers pipeline class a model folder's `model_index.json` names."""
     import json
 
     import diffusers
@@ -127,7 +129,7 @@ def pipeline_class(folder: Path, key: str = "model.path"):
         raise ModelConfigError(f"{key}: {index} is not a diffusers model index (a JSON object with _class_name and components)")
     name = doc.get("_class_name")
     if name not in PIPELINES:
-        raise ModelConfigError(f"{key}: {folder} holds a {name} model; this harness trains {' and '.join(PIPELINES)} models")
+        raise ModelConfigError(f"{key}: {folder} holds a {name} model; this harness trains {', '.join(PIPELINES)} models")
     # Components are [library, class] pairs; [null, null] marks an optional one left out (safety checker).
     missing = [c for c, v in doc.items() if not c.startswith("_") and isinstance(v, list) and v and v[0] is not None and not (folder / c).is_dir()]
     if missing:
@@ -152,7 +154,7 @@ def long_lived() -> Iterator[None]:
 
 
 def load_pipeline(cfg, device: str = "auto"):
-    """The model's pipeline (SD or SDXL) on the configured device and dtype, with progress bars off."""
+    """The model's pipeline on the configured device and dtype, with progress bars off."""
     quiet_libraries()
     path = model_path(cfg)
     dev = resolve_device(device)
@@ -181,5 +183,9 @@ def load_pipeline(cfg, device: str = "auto"):
         pipe = cls.from_single_file(path, config=str(config), local_files_only=True, **common(cls))
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
+    if getattr(pipe, "transformer", None) is not None and cfg.get("resolution"):
+        # The DiT pipelines' default image size (their `default_sample_size`, in latent pixels): FLUX's is
+        # fixed at 1024 px whatever the model, so the configured resolution sets it, as SD's UNet config does.
+        pipe.default_sample_size = int(cfg["resolution"]) // pipe.vae_scale_factor
     log.info("loaded %s from %s on %s (%s)", cfg.get("name", "model"), path, dev, dtype)
     return pipe

@@ -1,12 +1,14 @@
-"""What SD and SDXL read besides the UNet's input: VAE latents of image sets, tokens, the text encoders'
-states (and SDXL's pooled embedding and added conditions). Shared by the training loop, the methods and
-mode=estimate, for one-text-encoder (SD 1.5/2.1) and two-text-encoder (SDXL) pipelines alike."""
+"""What the denoiser reads besides its noisy input: VAE latents of image sets, tokens, the text encoders'
+states (and SDXL's, SD 3.5's and FLUX's pooled embeddings and added conditions). Shared by the training
+loop, the methods and mode=estimate, for every family (`methods.family`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from methods.family import family
 
 
 @dataclass
@@ -56,16 +58,19 @@ def encode_images(pipe, images) -> torch.Tensor:
     finally:
         if upcast:
             cast_parameters(vae, torch.float16)
-    return torch.cat(chunks).float().cpu() * vae.config.scaling_factor
+    # SD 3.5's and FLUX's VAEs also shift their latents (`shift_factor`), as their pipelines undo before decoding.
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (torch.cat(chunks).float().cpu() - shift) * vae.config.scaling_factor
 
 
 
-TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))  # pipe attributes: SDXL has the second pair
+TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))  # pipe attributes
 
 
 
 def named_text_encoders(pipe) -> dict[str, torch.nn.Module]:
-    """The pipe's text encoders by attribute name: one for SD 1.x/2.x, two for SDXL (CLIP ViT-L and OpenCLIP ViT-bigG)."""
+    """The pipe's text encoders by attribute name: one for SD 1.x/2.x, two for SDXL (CLIP ViT-L and OpenCLIP
+    ViT-bigG) and FLUX.1 (CLIP-L, T5), three for SD 3.5 (CLIP-L, CLIP-G, T5)."""
     return {name: e for name, _ in TEXT_ENCODERS if (e := getattr(pipe, name, None)) is not None}
 
 
@@ -80,30 +85,63 @@ def tokenizers(pipe) -> list:
     return [getattr(pipe, tok) for name, tok in TEXT_ENCODERS if getattr(pipe, name, None) is not None]
 
 
+def text_lengths(pipe) -> list[int]:
+    """The length each tokenizer pads to, as the pipeline encodes a prompt: CLIP's 77; T5 the pipeline's
+    default `max_sequence_length` (SD 3.5: 256, FLUX.1: 512)."""
+    lengths = family(pipe).text_lengths
+    return [lengths.get(tok, getattr(pipe, tok).model_max_length) for name, tok in TEXT_ENCODERS if getattr(pipe, name, None) is not None]
+
+
 
 def tokenize(pipe, prompts: list[str]) -> torch.Tensor:
-    """Token ids [N, E, L], a row per text encoder, padded to the model's length; multi-vector placeholders
-    expanded by each tokenizer as the pipeline does."""
+    """Token ids [N, E, L], a row per text encoder, each padded to its model's length (`text_lengths`) and
+    then, where encoders read different lengths (T5 beside CLIP), with its pad id to the longest; multi-vector
+    placeholders expanded by each tokenizer as the pipeline does."""
     rows = []
-    for tok in tokenizers(pipe):
-        converted = [pipe.maybe_convert_prompt(p, tok) for p in prompts]
-        rows.append(tok(converted, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids)
-    if len({r.shape[-1] for r in rows}) > 1:
-        raise ValueError(f"the text encoders' tokenizers pad to different lengths {[r.shape[-1] for r in rows]}; SDXL's both pad to 77")
+    convert = getattr(pipe, "maybe_convert_prompt", lambda p, tok: p)  # pipelines without Textual Inversion (SD 3.5) have none
+    for tok, length in zip(tokenizers(pipe), text_lengths(pipe)):
+        converted = [convert(p, tok) for p in prompts]
+        rows.append(tok(converted, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids)
+    longest = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, longest - r.shape[-1]), value=tok.pad_token_id or 0) for r, tok in zip(rows, tokenizers(pipe))]
     return torch.stack(rows, dim=1)
 
 
 
 def text_condition(pipe, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states [N, L, D], pooled [N, P] or None) of token ids [N, E, L], as the pipeline conditions
-    its UNet: SD 1.x/2.x the encoder's last hidden states; SDXL each encoder's penultimate hidden states,
-    concatenated, and the second encoder's projected pooled output."""
-    encoders = text_encoders(pipe)
+    its denoiser: SD 1.x/2.x the encoder's last hidden states; SDXL each encoder's penultimate hidden states,
+    concatenated, and the second encoder's projected pooled output; SD 3.5 and FLUX.1 as `methods.family`
+    describes."""
+    encoders = named_text_encoders(pipe)
+    lengths = text_lengths(pipe)
+    ids = [input_ids[:, k, :n] for k, n in enumerate(lengths)]
+    kind = family(pipe).name
+    if kind == "flux1":
+        # FLUX.1: T5's last hidden states; CLIP-L's pooled output (its unprojected EOS state).
+        clip, t5 = encoders["text_encoder"], encoders["text_encoder_2"]
+        pooled = clip(ids[0].to(clip.device), output_hidden_states=False).pooler_output
+        return t5(ids[1].to(t5.device), output_hidden_states=False)[0], pooled
+    if kind == "sd3":
+        hidden, pooled = [], []
+        for k, name in enumerate(("text_encoder", "text_encoder_2")):
+            out = encoders[name](ids[k].to(encoders[name].device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled.append(out[0])  # CLIPTextModelWithProjection: text_embeds
+        clip = torch.cat(hidden, dim=-1)
+        width = pipe.transformer.config.joint_attention_dim
+        if "text_encoder_3" in encoders:
+            t5 = encoders["text_encoder_3"](ids[2].to(encoders["text_encoder_3"].device))[0]
+        else:  # SD 3.5 loaded without T5: the pipeline's zeros in its place
+            t5 = torch.zeros(clip.shape[0], family(pipe).text_lengths["tokenizer_3"], width, device=clip.device, dtype=clip.dtype)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat(pooled, dim=-1)
+    encoders = list(encoders.values())
     if len(encoders) == 1:
-        return encoders[0](input_ids[:, 0].to(encoders[0].device))[0], None
+        return encoders[0](ids[0].to(encoders[0].device))[0], None
     hidden, pooled = [], None
     for k, encoder in enumerate(encoders):
-        out = encoder(input_ids[:, k].to(encoder.device), output_hidden_states=True)
+        out = encoder(ids[k].to(encoder.device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds
             pooled = out[0]
@@ -136,13 +174,14 @@ def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -
 def encode_set(pipe, images, prompts: list[str]) -> TrainingSet:
     """The images' latents and their captions' token ids (the text states, when frozen, are added by `train`)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    for tok in tokenizers(pipe):
+    convert = getattr(pipe, "maybe_convert_prompt", lambda p, tok: p)
+    for tok, length in zip(tokenizers(pipe), text_lengths(pipe)):
         for p in distinct:
-            n = len(tok(pipe.maybe_convert_prompt(p, tok)).input_ids)
-            if n > tok.model_max_length:
+            n = len(tok(convert(p, tok)).input_ids)
+            if n > length:
                 from bench.data import ConceptDataError
 
-                raise ConceptDataError(f"data: a caption is {n} tokens and the text encoder reads {tok.model_max_length}, so training would see it cut: "
+                raise ConceptDataError(f"data: a caption is {n} tokens and the text encoder reads {length}, so training would see it cut: "
                                        f"shorten it ({p[:80]!r}{'...' if len(p) > 80 else ''})")
     return TrainingSet(encode_images(pipe, images), tokenize(pipe, list(distinct)), torch.tensor([distinct[p] for p in prompts]))
 

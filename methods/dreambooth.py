@@ -1,4 +1,4 @@
-"""DreamBooth: fine-tune the whole UNet (optionally the text encoder) on the instance images, with
+"""DreamBooth: fine-tune the whole UNet or DiT transformer (optionally the CLIP text encoders) on the instance images, with
 optional prior preservation on class images the base model generates (once, then cached).
 
 Weight `w` sets every tuned tensor to `base + w * (tuned - base)`.
@@ -22,12 +22,14 @@ from bench.images import generate
 from bench.io import atomic_dir, manifest_problems, write_manifest
 from bench.single_file import save_single_file
 from methods.base import Artifact, Method
-from methods.conditioning import TrainingSet, cast_parameters, encode_set, named_text_encoders
+from methods.conditioning import TrainingSet, cast_parameters, encode_set
+from methods.family import clip_encoders, denoiser, denoiser_name
 from methods.errors import MethodConfigError, check_positive
 from methods.settings import TrainSettings
 
 CHECKSUMS = "checksums.json"  # the cached class images' manifest (bench.io.write_manifest)
-WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
+WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "transformer": "diffusion_pytorch_model.safetensors",
+           "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
 SINGLE_FILE = "dreambooth.safetensors"
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,9 @@ class DreamBooth(Method):
         self._dtypes: dict[str, torch.dtype] = {}
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
-        """The UNet, and with `train_text_encoder` every text encoder (SDXL: both)."""
-        return {"unet": pipe.unet, **(named_text_encoders(pipe) if self.train_text_encoder else {})}
+        """The UNet (the DiT families' transformer), and with `train_text_encoder` every CLIP text encoder
+        (SDXL and SD 3.5: both; T5 never: `methods.family.clip_encoders`)."""
+        return {denoiser_name(pipe): denoiser(pipe), **(clip_encoders(pipe) if self.train_text_encoder else {})}
 
     # ---- prior preservation
 
@@ -217,6 +220,10 @@ class DreamBooth(Method):
         one original-layout checkpoint, `dreambooth.safetensors`: the file people share (its size is
         reported), loadable by AUTOMATIC1111, ComfyUI and `from_single_file`."""
         folder = self.save_folder(artifact, out_dir)
+        if "transformer" in artifact.meta["components"]:
+            # SD 3.5 / FLUX: the tuned transformer's diffusers file is what is shared (kohya's and ComfyUI's
+            # loaders read it); no original-layout single file is written for these families.
+            return folder / "transformer" / WEIGHTS["transformer"]
         if not (folder / "model_index.json").is_file():
             log.warning("base model %s is not a diffusers folder: wrote the tuned components only, no single file", artifact.meta.get("base_model"))
             return folder
@@ -231,6 +238,9 @@ class DreamBooth(Method):
         when `artifact` is None: `mode=estimate` sizes the file a full fine-tune writes)."""
         from bench.single_file import single_file_tensors
 
+        model = getattr(pipe, "transformer", None)
+        if model is not None:  # what `save` reports for the DiT families: the transformer's own file
+            return {k: v.contiguous() for k, v in _overlay(dict(model.state_dict()), artifact, "transformer").items()}, {"format": "pt"}
         parts = {}
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             module = getattr(pipe, name, None)
@@ -251,8 +261,8 @@ class DreamBooth(Method):
                 comp_dir = tmp / name
                 comp_dir.mkdir(parents=True, exist_ok=True)
                 full = self._full_state(artifact, name, comp_dir)
-                for stale in comp_dir.glob("*.safetensors"):
-                    stale.unlink()
+                for stale in [*comp_dir.glob("*.safetensors"), *comp_dir.glob("*.safetensors.index.json")]:
+                    stale.unlink()  # a sharded base component (FLUX's transformer) becomes one file
                 save_file({k: v.contiguous() for k, v in full.items()}, str(comp_dir / WEIGHTS[name]), metadata={"format": "pt"})
                 (comp_dir / "config.json").write_text(json.dumps(artifact.meta["configs"][name], indent=2))
             (tmp / "adapterbench.json").write_text(json.dumps({"method": self.name, "components": artifact.meta["components"], "base_model": str(base)}))
@@ -261,10 +271,9 @@ class DreamBooth(Method):
     def _full_state(self, artifact: Artifact, name: str, comp_dir: Path) -> dict[str, torch.Tensor]:
         """The component's complete weights: the copied base file overlaid with the tuned tensors."""
         full: dict[str, torch.Tensor] = {}
-        base_file = comp_dir / WEIGHTS[name]
-        if base_file.is_file():
+        for base_file in sorted(comp_dir.glob("*.safetensors")):  # every shard of a sharded component
             with safe_open(str(base_file), "pt") as f:
-                full = {k: f.get_tensor(k) for k in f.keys()}
+                full.update({k: f.get_tensor(k) for k in f.keys()})
         return _overlay(full, artifact, name)
 
     def load(self, path: Path) -> Artifact:

@@ -17,6 +17,7 @@ from bench.data import ConceptData
 from methods.base import Artifact, Method
 from methods.conditioning import per_sample_scale
 from methods.errors import MethodConfigError
+from methods.family import refuse_dit
 from methods.files import load_tensors, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
@@ -150,6 +151,7 @@ class Hypernetwork(Method):
     # ---- the Method interface
 
     def prepare(self, pipe, data: ConceptData) -> list[nn.Parameter]:
+        refuse_dit(pipe, self.name, "its analog on the text stream's key/value inputs is not defined here yet")
         available = sorted(set(self.attention_inputs(pipe).values()))
         sizes = self.enable_sizes or available
         missing = [s for s in sizes if s not in available]

@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 from bench.data import ConceptData
 from bench.io import atomic_path
 from methods.base import Artifact, Method
-from methods.conditioning import named_text_encoders, per_sample_scale, text_encoders
+from methods.conditioning import per_sample_scale, text_encoders
 from methods.errors import MethodConfigError, check_positive
+from methods.family import clip_encoders, denoiser, denoiser_name
 from methods.files import load_tensors, save_tensors
 
 ADAPTER = "adapterbench"
@@ -67,13 +68,14 @@ class LoRA(Method):
                                     f"(at most {max(sides)}), where an update is already full rank; choose a rank up to {max(sides)}")
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
-        self.check_rank(pipe.unet, self.target_modules, "UNet")
+        model, where = denoiser(pipe), denoiser_name(pipe)
+        self.check_rank(model, self.target_modules, where)
         for name, module in self._components(pipe).items():
-            if name != "unet":
+            if name != where:
                 self.check_rank(module, self.text_target_modules, name)
-        pipe.unet.add_adapter(self._config(self.target_modules, self.alpha), adapter_name=ADAPTER)
+        model.add_adapter(self._config(self.target_modules, self.alpha), adapter_name=ADAPTER)
         for name, module in self._components(pipe).items():
-            if name != "unet":
+            if name != where:
                 module.add_adapter(self._config(self.text_target_modules, self.alpha), adapter_name=ADAPTER)
         params = []
         for module in self._components(pipe).values():
@@ -83,12 +85,13 @@ class LoRA(Method):
                     p.requires_grad_(True)
                     params.append(p)
         if not params:
-            raise MethodConfigError(f"method.target_modules: {self.target_modules} matched no module of the UNet")
+            raise MethodConfigError(f"method.target_modules: {self.target_modules} matched no module of the {where}")
         return params
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
-        """The UNet, and with `text_encoder` every text encoder (SDXL: both)."""
-        return {"unet": pipe.unet, **(named_text_encoders(pipe) if self.text_encoder else {})}
+        """The UNet (or the DiT families' transformer), and with `text_encoder` every CLIP text encoder
+        (SDXL and SD 3.5: both; never T5: `methods.family.clip_encoders`)."""
+        return {denoiser_name(pipe): denoiser(pipe), **(clip_encoders(pipe) if self.text_encoder else {})}
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
         artifact = self.snapshot(pipe, data)
@@ -126,7 +129,7 @@ class LoRA(Method):
         self.apply(pipe, artifact, 1.0)
         self._sample_weights = torch.ones(1)
         self._hooks = []
-        modules = [m for component in [pipe.unet, *text_encoders(pipe)] for m in component.modules()]
+        modules = [m for component in [denoiser(pipe), *text_encoders(pipe)] for m in component.modules()]
         for module in modules:
             scaling = getattr(module, "scaling", None)
             if isinstance(scaling, dict) and ADAPTER in scaling and hasattr(module, "lora_A"):
@@ -147,9 +150,13 @@ class LoRA(Method):
         pipe.unload_lora_weights()
 
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
-        """diffusers/peft format (the reported file) plus the kohya format AUTOMATIC1111 and ComfyUI read."""
+        """diffusers/peft format (the reported file) plus, for the UNet families, the kohya format
+        AUTOMATIC1111 and ComfyUI read. A DiT family's diffusers file (`transformer.<module>.lora_A.weight`)
+        is also the layout ai-toolkit writes; kohya's FLUX/SD3 layouts (fused qkv, renamed blocks) are not written."""
         out_dir.mkdir(parents=True, exist_ok=True)
         main = save_tensors(out_dir / DIFFUSERS_FILE, self.name, artifact.tensors, artifact.meta)
+        if any(k.startswith("transformer.") for k in artifact.tensors):
+            return main
         with atomic_path(out_dir / KOHYA_FILE) as tmp:
             kohya_meta = {"ss_network_dim": str(self.rank), "ss_network_alpha": str(self.rank), "ss_network_module": "networks.lora"}
             save_file(to_kohya(artifact.tensors, self.rank), str(tmp), metadata=kohya_meta)

@@ -23,6 +23,7 @@ from methods.base import Artifact, Method
 from methods.errors import MethodConfigError
 from methods.files import load_tensors, save_tensors
 from methods.lora import ADAPTER, remove_peft
+from methods.family import denoiser, denoiser_name
 
 FILE = "adapter.safetensors"
 LYCORIS_FILE = "lycoris.safetensors"  # LoHa/LoKr in the LyCORIS/kohya layout AUTOMATIC1111 and ComfyUI read
@@ -85,14 +86,16 @@ class PeftAdapter(Method):
     # ---- training
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        model = denoiser(pipe)
         try:
-            pipe.unet.add_adapter(self._config(), adapter_name=ADAPTER)
-            params = [p for n, p in pipe.unet.named_parameters() if f".{ADAPTER}" in n]
+            model.add_adapter(self._config(), adapter_name=ADAPTER)
+            params = [p for n, p in model.named_parameters() if f".{ADAPTER}" in n]
             if not params:
                 raise ValueError("no adapter parameters")
         except ValueError as e:  # peft's "target modules not found" among them
-            remove_peft(pipe.unet)
-            raise MethodConfigError(f"method.{self.name}.adapter.target_modules: {sorted(self.adapter.target_modules)} matched no module of the UNet ({str(e).splitlines()[0][:160]})") from None
+            remove_peft(model)
+            raise MethodConfigError(f"method.{self.name}.adapter.target_modules: {sorted(self.adapter.target_modules)} matched no module of the "
+                                    f"{denoiser_name(pipe)} ({str(e).splitlines()[0][:160]})") from None
         for p in params:
             p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
             p.requires_grad_(True)
@@ -100,14 +103,14 @@ class PeftAdapter(Method):
 
     def finish(self, pipe, data: ConceptData) -> Artifact:
         artifact = self.snapshot(pipe, data)
-        if getattr(pipe.unet, "peft_config", None) and ADAPTER in pipe.unet.peft_config:
-            remove_peft(pipe.unet)
+        if getattr(denoiser(pipe), "peft_config", None) and ADAPTER in denoiser(pipe).peft_config:
+            remove_peft(denoiser(pipe))
         return artifact
 
     def snapshot(self, pipe, data: ConceptData) -> Artifact:
         from peft.utils import get_peft_model_state_dict
 
-        unet = pipe.unet
+        unet = denoiser(pipe)
         tensors = {}
         if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
             tensors = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER, save_embedding_layers=False).items()}
@@ -118,7 +121,7 @@ class PeftAdapter(Method):
     def apply(self, pipe, artifact: Artifact, weight: float) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        unet = pipe.unet
+        unet = denoiser(pipe)
         tensors, folded = artifact.tensors, is_lycoris(artifact.tensors)
         if folded:
             tensors = from_lycoris(tensors, [n for n, _ in unet.named_modules()])
@@ -156,8 +159,8 @@ class PeftAdapter(Method):
             magnitude.copy_(torch.lerp(norm, magnitude, w))
 
     def remove(self, pipe) -> None:
-        if getattr(pipe.unet, "peft_config", None):
-            remove_peft(pipe.unet)
+        if getattr(denoiser(pipe), "peft_config", None):
+            remove_peft(denoiser(pipe))
 
     # ---- files
 

@@ -18,6 +18,7 @@ from bench.data import ConceptData
 from methods.base import Artifact, Method
 from methods.conditioning import text_encoders, tokenizers
 from methods.errors import MethodConfigError
+from methods.family import refuse_dit
 from methods.files import load_tensors, save_a1111_pt, save_tensors, tensor_file_content
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
@@ -111,6 +112,7 @@ class TextualInversion(Method):
         return [placeholder] + [f"{placeholder}_{i}" for i in range(1, count)]
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        refuse_dit(pipe, self.name, "its T5 encoder reads the prompt too, and what T5 should read for a placeholder is not settled here yet")
         self._placeholder = self.placeholder(data)
         init = self.init_vectors(pipe, self.initializer or data.initializer)
         self._count = count = init[0].shape[0]

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from methods.conditioning import TrainingSet, added_conditions, text_encoders
+from methods.conditioning import TrainingSet, text_encoders
 from methods.errors import MethodConfigError
+from methods.family import denoiser, family, is_flow
 from methods.settings import TrainSettings
 
 if TYPE_CHECKING:  # the training step drives a Method; methods.base imports this module, not the reverse
@@ -25,14 +26,15 @@ class TrainStep:
     `mode=estimate` runs the same two halves on fake tensors to count FLOPs and memory."""
 
     def __init__(self, method: "Method", pipe, params, instance: TrainingSet, prior, settings: TrainSettings) -> None:
-        from diffusers import DDPMScheduler
-
         self.method, self.pipe, self.batch_size = method, pipe, settings.batch_size
-        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.v_prediction = self.scheduler.config.prediction_type == "v_prediction"
+        self.family = family(pipe)
+        self.scheduler = self.family.training_scheduler(pipe)
+        self.v_prediction = getattr(self.scheduler.config, "prediction_type", None) == "v_prediction"
+        if settings.snr_gamma is not None and self.family.flow:
+            raise MethodConfigError(f"train.snr_gamma: Min-SNR weighting is for DDPM objectives; {self.family.name} trains with rectified flow (set train.snr_gamma=null)")
         self.opt = make_optimizer(params, method.lr, method.weight_decay, settings.optimizer)
         self.gen = torch.Generator().manual_seed(settings.seed)
-        self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
+        self.device, self.dtype = denoiser(pipe).device, denoiser(pipe).dtype
         self.sets = [(instance, 1.0)] + ([prior] if prior else [])
         self.snr_gamma = settings.snr_gamma
         self.low_dtype = settings.autocast_dtype
@@ -56,7 +58,7 @@ class TrainStep:
             idx = torch.randint(0, len(s.latents), (self.batch_size,), generator=self.gen)
             x0 = s.latents[idx].to(device, dtype)
             noise = torch.randn(x0.shape, generator=self.gen).to(device, dtype)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=self.gen).to(device)
+            t = self.family.sample_timesteps(scheduler, len(idx), self.gen).to(device)
             xt, target = noised_and_target(scheduler, x0, noise, t)
             xts.append(xt)
             targets.append(target)
@@ -71,8 +73,7 @@ class TrainStep:
                 pooled.append(pool)
         x = torch.cat(xts)
         with self.autocast():
-            pred = self.pipe.unet(x, torch.cat(ts), encoder_hidden_states=torch.cat(states),
-                                  added_cond_kwargs=added_conditions(self.pipe, pooled, x)).sample
+            pred = self.family.predict(self.pipe, x, torch.cat(ts), torch.cat(states), pooled)
         return sum(w * self.set_loss(p, target, t) for (_, w), p, target, t in zip(self.sets, pred.split(self.batch_size), targets, ts))
 
     def set_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,12 @@ class TrainStep:
 def noised_and_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the noised latents at timesteps `t`, what the model is trained to predict from them) in the
     model's own objective, which its scheduler's `prediction_type` names: the noise (epsilon), the velocity
-    (v) or the clean latents (sample). Training and the validation loss share it."""
+    (v) or the clean latents (sample); for a flow-matching scheduler (SD 3.5, FLUX) the velocity
+    `noise - x0` from `(1 - sigma) x0 + sigma noise`, sigma = t / num_train_timesteps. Training and the
+    validation loss share it."""
+    if is_flow(scheduler):
+        sigma = (t.float() / scheduler.config.num_train_timesteps).view(-1, *([1] * (x0.dim() - 1))).to(x0.device)
+        return ((1 - sigma) * x0.float() + sigma * noise.float()).to(x0.dtype), noise - x0
     kind = scheduler.config.prediction_type
     targets = {"epsilon": lambda: noise, "v_prediction": lambda: scheduler.get_velocity(x0, noise, t), "sample": lambda: x0}
     if kind not in targets:
@@ -128,22 +134,29 @@ def training_options(pipe, method: "Method", settings: TrainSettings) -> Iterato
     pipe's own processors and mode come back afterwards (sweeps generate with the model as loaded)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
 
-    unet = pipe.unet
-    processors = unet.attn_processors
+    model = denoiser(pipe)
+    # The UNets' processors are interchangeable; the DiT families' attention has processors of its own
+    # (joint attention over text and image tokens) that already run on torch's SDPA.
+    unet = family(pipe).name == "unet"
+    if not unet and settings.attention != "sdpa":
+        raise MethodConfigError(f"train.attention: {settings.attention} swaps UNet attention processors; {family(pipe).name} runs its own on SDPA (set train.attention=sdpa)")
+    processors = model.attn_processors if unet else None
     texts = text_encoders(pipe) if method.trains_text else []
     try:
-        unet.set_attn_processor({"sdpa": AttnProcessor2_0, "eager": AttnProcessor, "xformers": XFormersAttnProcessor}[settings.attention]())
+        if unet:
+            model.set_attn_processor({"sdpa": AttnProcessor2_0, "eager": AttnProcessor, "xformers": XFormersAttnProcessor}[settings.attention]())
         if settings.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+            model.enable_gradient_checkpointing()
             for text in texts:
                 text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         yield
     finally:
         if settings.gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
+            model.disable_gradient_checkpointing()
             for text in texts:
                 text.activation_checkpointing_disable()
-        unet.set_attn_processor(processors)
+        if unet:
+            model.set_attn_processor(processors)
 
 
 

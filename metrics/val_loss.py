@@ -1,11 +1,11 @@
 """Validation loss on fixed noise: the denoising loss of held-out concept images (never trained on) at a
-fixed set of timesteps with fixed noise, in the model's own objective (epsilon, v or sample: the training
-target, `methods.training.noised_and_target`), plain MSE (no Min-SNR weighting, so the number means the
+fixed set of timesteps with fixed noise, in the model's own objective (epsilon, v or sample; the flow
+velocity on SD 3.5 and FLUX, at sigma = t / 1000: the training target, `methods.training.noised_and_target`), plain MSE (no Min-SNR weighting, so the number means the
 same whatever `train.snr_gamma` was).
 
 The noise comes from the training run's seed alone, so every method and every adapter weight of that run's
 concept and seed is scored on the very same noisy latents: a difference is the adapter's, never the draw's.
-No scoring network is involved. It costs one UNet forward per held-out image per timestep per weight
+No scoring network is involved. It costs one denoiser forward per held-out image per timestep per weight
 (the micro model: a batch of 20 per weight; SD 1.5 at 512 px: as many UNet passes as two images' DDIM
 sampling at 10 steps).
 
@@ -37,16 +37,15 @@ def fixed_noise(seed: int, n_images: int, timesteps: list[int], latent_shape: tu
 def per_image_loss(pipe, method, artifact, data, weight: float, timesteps: list[int], seed: int, latents: torch.Tensor | None = None) -> list[float]:
     """Each held-out image's loss (mean over `timesteps`) with `artifact` applied at `weight`; `latents`:
     the held-out images already through the VAE (`encode_images`), when the caller scores several weights."""
-    from diffusers import DDPMScheduler
-
-    from methods.conditioning import added_conditions, encode_images, text_condition, tokenize
+    from methods.conditioning import encode_images, text_condition, tokenize
+    from methods.family import denoiser, family
     from methods.training import noised_and_target
 
     if not data.holdout or not timesteps:
         return []
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet = pipe.unet
-    device, dtype = unet.device, unet.dtype
+    fam = family(pipe)
+    scheduler = fam.training_scheduler(pipe)
+    device, dtype = denoiser(pipe).device, denoiser(pipe).dtype
     x0 = encode_images(pipe, data.holdout) if latents is None else latents  # [N, C, h, w], scaled
     n, t_count = len(x0), len(timesteps)
     noise = fixed_noise(seed, n, timesteps, tuple(x0.shape[1:]))
@@ -55,14 +54,14 @@ def per_image_loss(pipe, method, artifact, data, weight: float, timesteps: list[
     method.apply(pipe, artifact, weight)
     try:
         ids = tokenize(pipe, [method.prompt(c, data) for c in data.holdout_captions])
-        # One held-out image (its timesteps) per UNet call: memory stays that of a sampling batch at SD scale,
+        # One held-out image (its timesteps) per denoiser call: memory stays that of a sampling batch at SD scale,
         # and a value never depends on how many images are held out.
         for i in range(n):
             xt, target = noised_and_target(scheduler, x0[i : i + 1].expand(t_count, *x0.shape[1:]), noise[i], t)
             hidden, pooled = text_condition(pipe, ids[i : i + 1].to(device))
             x = xt.to(device, dtype)
-            pred = unet(x, t.to(device), encoder_hidden_states=hidden.expand(t_count, *hidden.shape[1:]).to(dtype),
-                        added_cond_kwargs=added_conditions(pipe, [None if pooled is None else pooled.expand(t_count, -1)], x)).sample
+            pred = fam.predict(pipe, x, t.to(device), hidden.expand(t_count, *hidden.shape[1:]).to(dtype),
+                               [None if pooled is None else pooled.expand(t_count, -1).to(dtype)])
             losses.append((pred.float().cpu() - target.float()).pow(2).flatten(1).mean(1).mean().item())
     finally:
         method.remove(pipe)

@@ -45,21 +45,23 @@ def test_default_config_learns_the_default_concept(name, micro_pipe, micro_encod
 
 @torch.no_grad()
 def fixed_batch_loss(pipe, method, artifact, concept, weight: float) -> float:
-    from diffusers import DDPMScheduler
+    """The training objective of the model's family (`methods.family`) on one fixed batch of the concept's
+    images: the same noise and timesteps at every weight."""
+    from methods.conditioning import encode_images, text_condition, tokenize
+    from methods.family import family
+    from methods.training import noised_and_target
 
-    from methods.conditioning import added_conditions, encode_images, text_condition, tokenize
-
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    fam = family(pipe)
+    scheduler = fam.training_scheduler(pipe)
     gen = torch.Generator().manual_seed(1234)
     x0 = encode_images(pipe, concept.images).repeat(4, 1, 1, 1)
     noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
-    target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    t = fam.sample_timesteps(scheduler, len(x0), gen)
     method.apply(pipe, artifact, weight)
     try:
         hidden, pooled = text_condition(pipe, tokenize(pipe, [method.prompt(concept.instance_prompt, concept)] * len(x0)))
-        xt = scheduler.add_noise(x0, noise, t)
-        pred = pipe.unet(xt, t, encoder_hidden_states=hidden, added_cond_kwargs=added_conditions(pipe, [pooled], xt)).sample
+        xt, target = noised_and_target(scheduler, x0, noise, t)
+        pred = fam.predict(pipe, xt, t, hidden, [pooled])
     finally:
         method.remove(pipe)
     return torch.nn.functional.mse_loss(pred, target).item()

@@ -1,0 +1,155 @@
+"""What differs between the model families the harness trains, in one place: which module denoises, how
+its latents are scaled, what the text side gives it, what it is trained to predict and at which timesteps.
+
+- **UNet** (SD 1.x/2.x, SDXL, the micro model): `pipe.unet`, a DDPM objective (epsilon, v or sample, as
+  the scheduler's `prediction_type` says), timesteps uniform over the training schedule.
+- **SD 3.5** (`StableDiffusion3Pipeline`): an MMDiT `pipe.transformer`; CLIP-L and CLIP-G penultimate states
+  (concatenated, zero-padded to T5's width) followed by T5's states, the two CLIPs' pooled embeddings
+  concatenated; rectified flow with the timesteps of diffusers' SD3 DreamBooth example (logit-normal,
+  mean 0, std 1, on the scheduler's shifted schedule).
+- **FLUX.1** (`FluxPipeline`): `pipe.transformer` on 2x2-packed latents with positional ids; T5 states and
+  CLIP-L's pooled output; the guidance embedding at the example's 3.5 where the model has one (dev);
+  rectified flow with uniform timesteps on the unshifted schedule (diffusers' FLUX DreamBooth example).
+
+Flow families are trained to predict `noise - x0` from `(1 - sigma) x0 + sigma noise`, sigma = t / 1000
+(the scheduler's own relation between its timesteps and sigmas). Each family conditions training exactly as
+its pipeline conditions generation (same encoders, layers, lengths), so what is trained is what is swept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOW_TIMESTEP_SAMPLING = ("uniform", "logit_normal")
+
+
+def denoiser_name(pipe) -> str:
+    """'transformer' for the DiT families, 'unet' for the UNet ones (the pipeline attribute and the
+    component folder name alike)."""
+    return "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    return getattr(pipe, denoiser_name(pipe))
+
+
+def is_flow(scheduler) -> bool:
+    """Whether a scheduler belongs to a flow-matching model (its timesteps are sigma x 1000)."""
+    return "FlowMatch" in type(scheduler).__name__
+
+
+class UNetFamily:
+    """SD 1.x/2.x, SDXL and the micro model."""
+
+    name = "unet"
+    flow = False
+    text_lengths: dict[str, int] = {}  # tokenizer attribute -> padded length, when not the tokenizer's own
+
+    def training_scheduler(self, pipe):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def sample_timesteps(self, scheduler, n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+
+    def predict(self, pipe, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pooled: list[torch.Tensor | None]) -> torch.Tensor:
+        from methods.conditioning import added_conditions
+
+        return pipe.unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added_conditions(pipe, pooled, x)).sample
+
+    def latent_shape(self, pipe) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents at the pipeline's default size."""
+        unet = pipe.unet
+        return unet.config.in_channels, unet.config.sample_size, unet.config.sample_size
+
+    def pipeline_latents(self, pipe, x: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] in the layout the pipeline's `latents=` argument takes."""
+        return x
+
+
+class SD3Family(UNetFamily):
+    name = "sd3"
+    flow = True
+    timestep_sampling = "logit_normal"
+    text_lengths = {"tokenizer_3": 256}  # the pipeline's default max_sequence_length for T5
+
+    def training_scheduler(self, pipe):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    def sample_timesteps(self, scheduler, n: int, gen: torch.Generator) -> torch.Tensor:
+        """The training examples' rule: u in [0, 1) (uniform, or the sigmoid of a standard normal), then the
+        training schedule's timestep at index floor(u x 1000)."""
+        if self.timestep_sampling == "logit_normal":
+            u = torch.sigmoid(torch.randn(n, generator=gen))
+        else:
+            u = torch.rand(n, generator=gen)
+        indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
+        return scheduler.timesteps[indices]
+
+    def predict(self, pipe, x, t, hidden, pooled):
+        return pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=hidden, pooled_projections=torch.cat(pooled)).sample
+
+    def latent_shape(self, pipe):
+        # `default_sample_size`: the pipeline's own default (the transformer's sample size); `load_pipeline`
+        # sets it from model.resolution, as FLUX's transformer has no size of its own.
+        return pipe.transformer.config.in_channels, pipe.default_sample_size, pipe.default_sample_size
+
+
+class FluxFamily(SD3Family):
+    name = "flux1"
+    timestep_sampling = "uniform"
+    text_lengths = {"tokenizer_2": 512}  # FLUX.1-dev's max_sequence_length
+    guidance = 3.5  # diffusers' FLUX DreamBooth example's --guidance_scale for the guidance-distilled dev model
+
+    def predict(self, pipe, x, t, hidden, pooled):
+        from diffusers import FluxPipeline
+
+        b, c, h, w = x.shape
+        packed = FluxPipeline._pack_latents(x, b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
+        txt_ids = torch.zeros(hidden.shape[1], 3, device=x.device, dtype=x.dtype)
+        tr = pipe.transformer
+        guidance = torch.full((b,), self.guidance, device=x.device, dtype=torch.float32) if tr.config.guidance_embeds else None
+        out = tr(hidden_states=packed, timestep=t.to(x.dtype) / 1000, guidance=guidance, pooled_projections=torch.cat(pooled),
+                 encoder_hidden_states=hidden, txt_ids=txt_ids, img_ids=img_ids).sample
+        return FluxPipeline._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+
+    def latent_shape(self, pipe):
+        return pipe.transformer.config.in_channels // 4, pipe.default_sample_size, pipe.default_sample_size
+
+    def pipeline_latents(self, pipe, x):
+        from diffusers import FluxPipeline
+
+        b, c, h, w = x.shape
+        return FluxPipeline._pack_latents(x, b, c, h, w)
+
+
+def clip_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The text encoders a method may train (LoRA's `text_encoder`, Textual Inversion), by attribute name:
+    every CLIP encoder; never T5 (SD 3.5's `text_encoder_3`, FLUX.1's `text_encoder_2`), which no
+    diffusers LoRA loader or embedding format of these families covers."""
+    from methods.conditioning import named_text_encoders
+
+    t5 = {"sd3": "text_encoder_3", "flux1": "text_encoder_2"}.get(family(pipe).name)
+    return {name: e for name, e in named_text_encoders(pipe).items() if name != t5}
+
+
+def refuse_dit(pipe, method: str, why: str) -> None:
+    """One line for a method this harness does not (yet) train on a DiT family."""
+    from methods.errors import MethodConfigError
+
+    name = family(pipe).name
+    if name != "unet":
+        raise MethodConfigError(f"method: {method} is not trained on {name} models here: {why}")
+
+
+FAMILIES = {"StableDiffusion3Pipeline": SD3Family(), "FluxPipeline": FluxFamily()}
+_UNET = UNetFamily()
+
+
+def family(pipe) -> UNetFamily:
+    """The family of a loaded (or fake) pipeline, by its class."""
+    return FAMILIES.get(type(pipe).__name__, _UNET)

@@ -1,0 +1,91 @@
+"""Tiny SD 3.5 and FLUX.1 pipelines made in the test (no download): each family's real diffusers and
+transformers classes at toy sizes, seeded, so its mechanics (joint attention over text and image tokens,
+CLIP + T5 conditioning, packed latents, the guidance embedding, the flow-matching scheduler) run here.
+The VAE, the CLIP tokenizer and FLUX's CLIP-L encoder are the micro model's (a VAE that decodes to
+recognisable images); the rest is random. Nothing about image quality is claimed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+RESOLUTION = 64
+
+
+def t5_tokenizer(words: list[str], max_length: int):
+    """A T5 tokenizer (SentencePiece-style unigram, `</s>` appended, pad id 0) over `words`: the layout of
+    T5's own, with a vocabulary a toy T5 can embed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = ["<pad>", "</s>", "<unk>", *dict.fromkeys(f"\u2581{w}" for w in words)]
+    tk = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=2))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0, model_max_length=max_length)
+
+
+def _t5(vocab_size: int, width: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+
+
+def _vae(micro_pipe, shift: float):
+    """The micro VAE with a latent shift, as SD 3.5's and FLUX's VAEs have (their pipelines subtract it)."""
+    vae = copy.deepcopy(micro_pipe.vae)
+    vae.register_to_config(shift_factor=shift, use_quant_conv=True, use_post_quant_conv=True)
+    return vae
+
+
+def _words() -> list[str]:
+    from bench import world
+
+    return world.vocabulary()
+
+
+def tiny_sd3(micro_pipe):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    te = micro_pipe.text_encoder.config
+
+    def clip(projection: int):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=te.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=te.max_position_embeddings, projection_dim=projection, bos_token_id=te.bos_token_id,
+            eos_token_id=te.eos_token_id, pad_token_id=te.pad_token_id, hidden_act="gelu"))
+
+    t5_tok = t5_tokenizer(_words(), 256)
+    transformer = SD3Transformer2DModel(
+        sample_size=RESOLUTION // 4, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=24, pos_embed_max_size=32,
+        qk_norm="rms_norm")
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(micro_pipe, 0.06),
+        text_encoder=clip(8), tokenizer=micro_pipe.tokenizer, text_encoder_2=clip(16), tokenizer_2=copy.deepcopy(micro_pipe.tokenizer),
+        text_encoder_3=_t5(len(t5_tok)), tokenizer_3=t5_tok)
+
+
+def tiny_flux(micro_pipe):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    t5_tok = t5_tokenizer(_words(), 512)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=micro_pipe.text_encoder.config.hidden_size, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=_vae(micro_pipe, 0.1159),
+                        text_encoder=copy.deepcopy(micro_pipe.text_encoder), tokenizer=copy.deepcopy(micro_pipe.tokenizer),
+                        text_encoder_2=_t5(len(t5_tok)), tokenizer_2=t5_tok)
+
+
+def save(pipe, folder: Path) -> Path:
+    pipe.save_pretrained(folder)
+    return folder
