@@ -86,11 +86,70 @@ def arch_folder(model: DictConfig) -> Path:
     if path not in (None, "???") and Path(str(path)).is_dir():
         return Path(str(path))
     folder = ARCH / str(model.name)
-    if not (folder / "unet" / "config.json").is_file():
-        known = sorted(p.name for p in ARCH.iterdir() if (p / "unet" / "config.json").is_file())
+    if not _has_denoiser(folder):
+        known = sorted(p.name for p in ARCH.iterdir() if _has_denoiser(p))
         raise EstimateConfigError(f"model.name: no architecture configs for {model.name!r} in {ARCH} (shipped: {', '.join(known)}, micro), "
                                   "and model.path is not a local diffusers folder")
     return folder
+
+
+def _has_denoiser(folder: Path) -> bool:
+    return any((folder / c / "config.json").is_file() for c in ("unet", "transformer"))
+
+
+def _pipeline_kind(folder: Path) -> str | None:
+    index = folder / "model_index.json"
+    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+
+
+def stand_in_t5_tokenizer(words: list[str], max_length: int):
+    """A T5 tokenizer (SentencePiece-style unigram, `</s>` appended, pad id 0) over `words`: T5's layout and
+    padding with a vocabulary small enough to ship. mode=estimate reads lengths, not which words; the tests'
+    tiny T5 models embed exactly these ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = ["<pad>", "</s>", "<unk>", *dict.fromkeys(f"\u2581{w}" for w in words)]
+    tk = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=2))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0, model_max_length=max_length)
+
+
+def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: int | None):
+    """SD 3.5 or FLUX.1 from `folder`'s configs as fake tensors (see `fake_pipeline`). Tokenizers: the micro
+    model's CLIP tokenizer at CLIP's 77 and a stand-in T5 tokenizer (`stand_in_t5_tokenizer`)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast, T5Config, T5EncoderModel
+
+    from bench import world
+    from methods.conditioning import cast_parameters
+    from methods.family import FAMILIES
+
+    sd3 = kind == "StableDiffusion3Pipeline"
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(_config(folder, "vae"))
+        transformer = (SD3Transformer2DModel if sd3 else FluxTransformer2DModel).from_config(_config(folder, "transformer"))
+        clips = [(CLIPTextModelWithProjection if sd3 else CLIPTextModel)(CLIPTextConfig(**_config(folder, "text_encoder")))]
+        if sd3:
+            clips.append(CLIPTextModelWithProjection(CLIPTextConfig(**_config(folder, "text_encoder_2"))))
+        t5 = T5EncoderModel(T5Config(**_config(folder, "text_encoder_3" if sd3 else "text_encoder_2")))
+    for m in (transformer, vae, *clips, t5):
+        m.eval()
+        cast_parameters(m, dtype)
+    clip_tok = CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=clips[0].config.max_position_embeddings)
+    t5_tok = stand_in_t5_tokenizer(world.vocabulary(), next(iter(FAMILIES[kind].text_lengths.values())))
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
+    if sd3:
+        pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clips[0], tokenizer=clip_tok,
+                                        text_encoder_2=clips[1], tokenizer_2=copy.deepcopy(clip_tok), text_encoder_3=t5, tokenizer_3=t5_tok)
+    else:
+        pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clips[0], tokenizer=clip_tok,
+                            text_encoder_2=t5, tokenizer_2=t5_tok)
+    if resolution:
+        pipe.default_sample_size = int(resolution) // pipe.vae_scale_factor
+    pipe.register_to_config(_name_or_path=str(folder))
+    return pipe
 
 
 def _config(folder: Path, component: str) -> dict:
@@ -101,11 +160,15 @@ def _config(folder: Path, component: str) -> dict:
     raise EstimateConfigError(f"model: {folder / component} has no config.json")
 
 
-def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32):
-    """The pipeline (SD, or SDXL when `folder` has a second text encoder) whose modules are built from
-    `folder`'s configs as fake tensors on "meta", its weights in `dtype`.
+def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32, resolution: int | None = None):
+    """The pipeline (SD, or SDXL when `folder` has a second text encoder; SD 3.5 or FLUX.1 when its
+    model_index.json says so) whose modules are built from `folder`'s configs as fake tensors on "meta",
+    its weights in `dtype` (`resolution`: the DiT pipelines' default image size).
     Call inside a FakeTensorMode. The tokenizer is the micro model's (its token ids are valid in any CLIP
     vocabulary), padded to the text encoder's length: costs depend on lengths, not on which words."""
+    kind = _pipeline_kind(folder)
+    if kind in ("StableDiffusion3Pipeline", "FluxPipeline"):
+        return _fake_dit_pipeline(folder, kind, dtype, resolution)
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast
 
@@ -341,7 +404,8 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
 
     from bench.data import load_world_concept
     from methods import build_method
-    from methods.conditioning import added_conditions, text_condition, text_encoders, tokenize
+    from methods.conditioning import text_condition, text_encoders, tokenize
+    from methods.family import denoiser, family
     from methods.settings import PRECISIONS, TrainSettings
     from methods.training import TrainStep
 
@@ -356,8 +420,8 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
     out: dict = {}
     attention = _Attention() if str(cfg.estimate.attention) == "efficient" else contextlib.nullcontext()
     with FakeTensorMode(allow_non_fake_inputs=True), _fake_modules(), attention:
-        pipe = fake_pipeline(folder, PRECISIONS[variant.precision] or torch.float32)
-        weights = module_storages(pipe.unet, pipe.vae, *text_encoders(pipe))
+        pipe = fake_pipeline(folder, PRECISIONS[variant.precision] or torch.float32, resolution)
+        weights = module_storages(denoiser(pipe), pipe.vae, *text_encoders(pipe))
         model_bytes = sum(s.nbytes() for s in weights)
         probe = TensorPeak(model_bytes, known=weights, device_types=device_types)
         del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so
@@ -365,7 +429,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
         def two_steps(pipe, params, instance, prior, s):
             step = TrainStep(method, pipe, params, instance, prior, s)
             if variant.gradient_checkpointing:
-                _keep_modes_in_recomputation(pipe.unet, *text_encoders(pipe))
+                _keep_modes_in_recomputation(denoiser(pipe), *text_encoders(pipe))
             if variant.optimizer == "adamw8bit":
                 step.opt = _AdamW8bitState(params)
             if s.autocast_dtype is not None:
@@ -383,15 +447,17 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
                 step.update(step.loss())
             out["train_step_flops"] = counter.get_total_flops()
             # One denoising step with the method in place as trained (weight 1), guidance doubling the batch.
-            n = 2 * int(cfg.estimate.gen_batch)
+            # FLUX.1-dev is guidance-distilled: one pass per sample (guidance is an input), no doubled batch.
+            fam = family(pipe)
+            n = int(cfg.estimate.gen_batch) * (1 if fam.name == "flux1" else 2)
             latent = resolution // pipe.vae_scale_factor
-            x = torch.zeros(n, pipe.unet.config.in_channels, latent, latent, device="meta", dtype=pipe.unet.dtype)
+            channels = fam.latent_shape(pipe)[0]
+            x = torch.zeros(n, channels, latent, latent, device="meta", dtype=denoiser(pipe).dtype)
             with torch.no_grad():
                 hidden, pooled = text_condition(pipe, tokenize(pipe, ["a sks shape"] * n).to("meta"))
             counter = FlopCounterMode(display=False)
             with torch.no_grad(), counter:
-                pipe.unet(x, torch.zeros(n, dtype=torch.long, device="meta"), encoder_hidden_states=hidden.to(x.dtype),
-                          added_cond_kwargs=added_conditions(pipe, [pooled], x))
+                fam.predict(pipe, x, torch.zeros(n, dtype=torch.long, device="meta"), hidden.to(x.dtype), [None if pooled is None else pooled.to(x.dtype)])
             out["gen_step_flops"] = counter.get_total_flops()
             return []
 
@@ -557,6 +623,7 @@ def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device
     from methods import qualified
     from methods.conditioning import text_encoders
     from methods.errors import MethodConfigError
+    from methods.family import denoiser
     from methods.settings import TrainSettings
 
     try:
@@ -570,8 +637,8 @@ def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device
     # (e.g. DreamBooth's restore loading a state dict into "meta") are about values, which the floor never reads.
     with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True), _fake_modules():
         warnings.simplefilter("ignore")
-        pipe = fake_pipeline(folder, resolve_dtype(str(cfg.model.get("dtype") or "auto"), device))
-        modules = (pipe.unet, pipe.vae, *text_encoders(pipe))
+        pipe = fake_pipeline(folder, resolve_dtype(str(cfg.model.get("dtype") or "auto"), device), int(cfg.model.resolution))
+        modules = (denoiser(pipe), pipe.vae, *text_encoders(pipe))
         for name, method in methods.items():
             try:
                 with torch.device("meta"):

@@ -29,6 +29,11 @@ def denoiser_name(pipe) -> str:
     return "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
 
 
+def denoiser_label(pipe) -> str:
+    """How messages name the denoiser: 'UNet' or 'transformer'."""
+    return "UNet" if denoiser_name(pipe) == "unet" else "transformer"
+
+
 def denoiser(pipe) -> torch.nn.Module:
     return getattr(pipe, denoiser_name(pipe))
 

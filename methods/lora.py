@@ -12,7 +12,7 @@ from bench.io import atomic_path
 from methods.base import Artifact, Method
 from methods.conditioning import per_sample_scale, text_encoders
 from methods.errors import MethodConfigError, check_positive
-from methods.family import clip_encoders, denoiser, denoiser_name
+from methods.family import clip_encoders, denoiser, denoiser_label, denoiser_name
 from methods.files import load_tensors, save_tensors
 
 ADAPTER = "adapterbench"
@@ -69,7 +69,7 @@ class LoRA(Method):
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
         model, where = denoiser(pipe), denoiser_name(pipe)
-        self.check_rank(model, self.target_modules, where)
+        self.check_rank(model, self.target_modules, denoiser_label(pipe))
         for name, module in self._components(pipe).items():
             if name != where:
                 self.check_rank(module, self.text_target_modules, name)
@@ -85,7 +85,7 @@ class LoRA(Method):
                     p.requires_grad_(True)
                     params.append(p)
         if not params:
-            raise MethodConfigError(f"method.target_modules: {self.target_modules} matched no module of the {where}")
+            raise MethodConfigError(f"method.target_modules: {self.target_modules} matched no module of the {denoiser_label(pipe)}")
         return params
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:

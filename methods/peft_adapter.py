@@ -23,7 +23,7 @@ from methods.base import Artifact, Method
 from methods.errors import MethodConfigError
 from methods.files import load_tensors, save_tensors
 from methods.lora import ADAPTER, remove_peft
-from methods.family import denoiser, denoiser_name
+from methods.family import denoiser, denoiser_label
 
 FILE = "adapter.safetensors"
 LYCORIS_FILE = "lycoris.safetensors"  # LoHa/LoKr in the LyCORIS/kohya layout AUTOMATIC1111 and ComfyUI read
@@ -95,7 +95,7 @@ class PeftAdapter(Method):
         except ValueError as e:  # peft's "target modules not found" among them
             remove_peft(model)
             raise MethodConfigError(f"method.{self.name}.adapter.target_modules: {sorted(self.adapter.target_modules)} matched no module of the "
-                                    f"{denoiser_name(pipe)} ({str(e).splitlines()[0][:160]})") from None
+                                    f"{denoiser_label(pipe)} ({str(e).splitlines()[0][:160]})") from None
         for p in params:
             p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
             p.requires_grad_(True)
