@@ -8,8 +8,10 @@ its latents are scaled, what the text side gives it, what it is trained to predi
   concatenated; rectified flow with the timesteps of diffusers' SD3 DreamBooth example (logit-normal,
   mean 0, std 1, on the scheduler's shifted schedule).
 - **FLUX.1** (`FluxPipeline`): `pipe.transformer` on 2x2-packed latents with positional ids; T5 states and
-  CLIP-L's pooled output; the guidance embedding at the example's 3.5 where the model has one (dev);
+  CLIP-L's pooled output; the guidance embedding where the model has one (dev);
   rectified flow with uniform timesteps on the unshifted schedule (diffusers' FLUX DreamBooth example).
+  The guidance embedding reads 1.0 in training, as the commands of diffusers' FLUX DreamBooth README train
+  FLUX.1-dev (the script's own default is 3.5).
 
 Flow families are trained to predict `noise - x0` from `(1 - sigma) x0 + sigma noise`, sigma = t / 1000
 (the scheduler's own relation between its timesteps and sigmas). Each family conditions training exactly as
@@ -19,9 +21,6 @@ its pipeline conditions generation (same encoders, layers, lengths), so what is 
 from __future__ import annotations
 
 import torch
-
-FLOW_TIMESTEP_SAMPLING = ("uniform", "logit_normal")
-
 
 def denoiser_name(pipe) -> str:
     """'transformer' for the DiT families, 'unet' for the UNet ones (the pipeline attribute and the
@@ -107,7 +106,7 @@ class FluxFamily(SD3Family):
     name = "flux1"
     timestep_sampling = "uniform"
     text_lengths = {"tokenizer_2": 512}  # FLUX.1-dev's max_sequence_length
-    guidance = 3.5  # diffusers' FLUX DreamBooth example's --guidance_scale for the guidance-distilled dev model
+    guidance = 1.0  # the guidance embedding's input in training (diffusers' FLUX DreamBooth README commands)
 
     def predict(self, pipe, x, t, hidden, pooled):
         from diffusers import FluxPipeline

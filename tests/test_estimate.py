@@ -218,3 +218,57 @@ def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
         assert est["trainable_params"] == cost.trainable_params, name
         assert est["file_bytes"] == cost.artifact_bytes, name
         assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (name, est["peak_bytes"] / 2**20, cost.peak_mem_mib)
+
+
+BOTH_STREAMS = "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"
+
+
+@pytest.mark.parametrize("model, transformer_params", [("flux1", 11_901_408_320), ("sd35", 8_056_627_520), ("sd35_medium", 2_243_171_520)])
+def test_dit_parameters_and_file_sizes_from_the_architecture_alone(model, transformer_params):
+    """FLUX.1-dev's transformer 11,901,408,320 parameters (and SD 3.5 Large's and Medium's, which their
+    published "8.1 B" and "2.5 B" round); LoRA rank 4 on both streams' attention projections, counted here
+    from the transformer's own layers, independently of the methods' code; the DreamBooth file is the
+    transformer's weights in the model's dtype."""
+    from bench.estimate import _config, _fake_dit_pipeline, _pipeline_kind
+
+    cfg = config(f"model={model}", "method=[dreambooth,lora]", "method.lora.rank=4", "method.lora.alpha=4", f"method.lora.target_modules={BOTH_STREAMS}")
+    folder = arch_folder(cfg.model)
+    got = {name: estimate_method(cfg, name, folder, steps=False) for name in cfg.method}
+    assert got["dreambooth"]["trainable_params"] == transformer_params
+    with torch.device("meta"):
+        pipe = _fake_dit_pipeline(folder, _pipeline_kind(folder), torch.float32, 1024)
+    names = BOTH_STREAMS.strip("[]").split(",")
+    linears = [m for n, m in pipe.transformer.named_modules() if isinstance(m, torch.nn.Linear) and any(n.endswith("." + t) for t in names)]
+    assert got["lora"]["trainable_params"] == sum(4 * (lin.in_features + lin.out_features) for lin in linears)
+    assert 4 * transformer_params < got["dreambooth"]["file_bytes"] < 4 * transformer_params + 2e6
+    # The text encoders the pipeline holds: T5-XXL's encoder (4,762,310,656) and CLIP-L (and SD 3.5's CLIP-G).
+    t5 = pipe.text_encoder_2 if model == "flux1" else pipe.text_encoder_3
+    assert sum(p.numel() for p in t5.parameters()) == 4_762_310_656
+    assert _config(folder, "transformer")["_class_name"] in ("FluxTransformer2DModel", "SD3Transformer2DModel")
+
+
+@pytest.mark.parametrize("fam", ["sd3", "flux1"])
+def test_tiny_dit_estimate_matches_real_trainings(fam, dit_dirs, tmp_path):
+    """On a tiny SD 3.5 / FLUX.1 folder, where training really runs: parameters and file bytes exactly, and
+    the fake-tensor training step's memory peak within 2 % of the real CPU training's tensor peak."""
+    from bench.cost import measure_training
+    from bench.data import load_world_concept
+    from bench.estimate import Variant
+    from bench.models import load_pipeline
+    from methods import build_method
+    from methods.settings import TrainSettings
+
+    cfg = config(f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64", "method=[dreambooth,lora,lokr]",
+                 f"method.lora.target_modules={BOTH_STREAMS}", f"method.lokr.adapter.target_modules={BOTH_STREAMS}",
+                 "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")
+    pipe = load_pipeline(cfg.model, "cpu")
+    concept = load_world_concept("sks_crescent", 8, 64)
+    for name in cfg.method:
+        method = build_method(cfg, name)
+        settings = TrainSettings(steps=3, batch_size=2, progress=False, cache_dir=tmp_path / "cache")
+        method.generate_inputs(pipe, concept, settings)
+        _, cost = measure_training(method, pipe, concept, settings, tmp_path / name)
+        est = estimate_method(cfg, name, arch_folder(cfg.model), ("meta", "cpu"), variant=Variant.parse("fp32"), policy="cpu")
+        assert est["trainable_params"] == cost.trainable_params, name
+        assert est["file_bytes"] == cost.artifact_bytes, name
+        assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (name, est["peak_bytes"] / 2**20, cost.peak_mem_mib)

@@ -15,16 +15,9 @@ RESOLUTION = 64
 
 
 def t5_tokenizer(words: list[str], max_length: int):
-    """A T5 tokenizer (SentencePiece-style unigram, `</s>` appended, pad id 0) over `words`: the layout of
-    T5's own, with a vocabulary a toy T5 can embed."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    from bench.estimate import stand_in_t5_tokenizer
 
-    pieces = ["<pad>", "</s>", "<unk>", *dict.fromkeys(f"\u2581{w}" for w in words)]
-    tk = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=2))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0, model_max_length=max_length)
+    return stand_in_t5_tokenizer(words, max_length)
 
 
 def _t5(vocab_size: int, width: int = 32):

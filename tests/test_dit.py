@@ -1,0 +1,203 @@
+"""SD 3.5 and FLUX.1 through the same code as the UNet models, on tiny folders made in the test
+(tests/tiny_dit.py, conftest `dit_dirs`): each loads by its model_index.json, conditions training as its
+pipeline conditions generation, trains with rectified flow, and every method it supports learns (its loss
+on a fixed batch falls), leaves weight 0 the base model bit for bit, and writes files that round-trip and
+that stock diffusers loads."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bench.data import load_world_concept
+from bench.images import generate
+from methods.conditioning import text_condition, tokenize
+from methods.errors import MethodConfigError
+from methods.family import family
+from methods.settings import TrainSettings
+from methods.training import noised_and_target
+from test_learning import fixed_batch_loss
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+FAMILIES = ("sd3", "flux1")
+# The attention projections of both streams: the image tokens' (to_*) and the text tokens' (add_*, to_add_out).
+BOTH_STREAMS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+METHODS = ("dreambooth", "lora", "loha", "lokr", "dora", "oft")
+LR = {"dreambooth": 1e-3, "dora": 6e-3, "oft": 2e-3}
+PROMPT = "a sks crescent"
+STEPS = 3
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def make(name: str):
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg.update({"lr": LR.get(name, 2e-2), **({"num_class_images": 2, "class_image_steps": 2} if name == "dreambooth" else {})})
+    if name == "lora":
+        cfg.target_modules = BOTH_STREAMS
+    elif "adapter" in cfg:
+        cfg.adapter.target_modules = BOTH_STREAMS
+    return instantiate(cfg)
+
+
+@pytest.fixture(scope="module")
+def pipes(dit_dirs):
+    from bench.models import load_pipeline
+
+    return {name: load_pipeline({"name": name, "path": str(folder), "dtype": "float32", "resolution": 64}, "cpu") for name, folder in dit_dirs.items()}
+
+
+@pytest.fixture(scope="module")
+def concept():
+    return load_world_concept("sks_crescent", 4, 64)
+
+
+@pytest.fixture(scope="module")
+def trained(pipes, concept, tmp_path_factory):
+    out = {}
+    for fam in FAMILIES:
+        for name in METHODS:
+            method = make(name)
+            settings = TrainSettings(steps=30, batch_size=2, progress=False, cache_dir=tmp_path_factory.mktemp(f"{fam}_{name}"))
+            out[fam, name] = (method, method.train(pipes[fam], concept, settings))
+    return out
+
+
+def image(pipe, prompt, method=None, artifact=None, weight=None):
+    if method is None:
+        return pixels(generate(pipe, [prompt], [0], steps=STEPS)[0])
+    method.apply(pipe, artifact, weight)
+    try:
+        return pixels(generate(pipe, [prompt], [0], steps=STEPS)[0])
+    finally:
+        method.remove(pipe)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_dit_folder_loads_as_its_pipeline_and_training_sees_the_pipelines_own_conditioning(fam, pipes):
+    pipe = pipes[fam]
+    assert type(pipe).__name__ == {"sd3": "StableDiffusion3Pipeline", "flux1": "FluxPipeline"}[fam] and family(pipe).name == fam
+    prompts = [PROMPT, "a red circle on a white background"]
+    hidden, pooled = text_condition(pipe, tokenize(pipe, prompts))
+    if fam == "sd3":
+        ref, _, ref_pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False)
+        # CLIP-L and CLIP-G side by side, zero-padded to T5's width, then T5's 256 tokens (the pipeline's default length).
+        assert hidden.shape == (2, pipe.tokenizer.model_max_length + 256, 32) and pooled.shape == (2, 8 + 16)
+    else:
+        ref, ref_pooled, _ = pipe.encode_prompt(prompts, None)
+        # T5's 512 tokens (FLUX.1-dev's max_sequence_length); CLIP-L's pooled output only.
+        assert hidden.shape == (2, 512, 32) and pooled.shape == (2, 128)
+    assert hidden.shape == ref.shape and pooled.shape == ref_pooled.shape
+    assert torch.allclose(hidden, ref, atol=1e-6) and torch.allclose(pooled, ref_pooled, atol=1e-6)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_the_flow_objective_is_the_schedulers_own_interpolation_and_velocity(fam, pipes):
+    """x_t = (1 - sigma) x0 + sigma noise at sigma = t / 1000 is what the family's scheduler's `scale_noise`
+    makes of the same timestep (an independent computation), and the target is noise - x0."""
+    pipe = pipes[fam]
+    scheduler = family(pipe).training_scheduler(pipe)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = family(pipe).sample_timesteps(scheduler, 3, gen)
+    assert all(v in scheduler.timesteps for v in t)  # drawn from the training schedule, as the diffusers examples draw them
+    xt, target = noised_and_target(scheduler, x0, noise, t)
+    for i in range(3):
+        ref = scheduler.scale_noise(x0[i : i + 1], t[i : i + 1], noise[i : i + 1])
+        assert torch.allclose(xt[i : i + 1], ref, atol=1e-6)
+    assert torch.equal(target, noise - x0)
+
+
+def test_sd3_samples_logit_normal_timesteps_and_flux_uniform_ones(pipes):
+    """SD 3.5: the sigmoid of a standard normal (diffusers' SD3 example's default), on SD3's shifted schedule,
+    so most draws land in the middle-to-noisy range; FLUX: uniform over the unshifted schedule."""
+    draws = {}
+    for fam in FAMILIES:
+        scheduler = family(pipes[fam]).training_scheduler(pipes[fam])
+        draws[fam] = family(pipes[fam]).sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0)) / 1000
+    u = torch.sigmoid(torch.randn(4000, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(draws["sd3"].median(), (3 * u / (1 + 2 * u)).median(), atol=0.01)  # shift 3: s' = 3s / (1 + 2s)
+    assert abs(draws["flux1"].mean().item() - 0.5) < 0.02 and abs(draws["flux1"].std().item() - (1 / 12) ** 0.5) < 0.02
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("name", METHODS)
+def test_every_supported_method_trains_on_a_dit_and_learns(fam, name, trained, pipes, concept):
+    method, result = trained[fam, name]
+    assert len(result.losses) == 30 and np.isfinite(result.losses).all() and result.trainable_params > 0
+    if name in ("lora", "dreambooth"):
+        assert {k.split(".", 1)[0] for k in result.artifact.tensors} == {"transformer"}
+    losses = {w: fixed_batch_loss(pipes[fam], method, result.artifact, concept, w) for w in (0.0, 1.0)}
+    assert losses[1.0] < losses[0.0], losses
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("name", METHODS)
+def test_dit_weight_zero_is_the_base_model_and_files_round_trip(fam, name, trained, pipes, tmp_path):
+    pipe = pipes[fam]
+    method, result = trained[fam, name]
+    base = image(pipe, PROMPT)
+    assert np.array_equal(image(pipe, PROMPT, method, result.artifact, 0.0), base)
+    at_one = image(pipe, PROMPT, method, result.artifact, 1.0)
+    assert not np.array_equal(at_one, base)
+    assert np.array_equal(image(pipe, PROMPT), base)  # remove() restored the pipe
+    reloaded = method.load(method.save(result.artifact, tmp_path))
+    assert np.array_equal(image(pipe, PROMPT, method, reloaded, 1.0), at_one)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_a_dit_lora_loads_in_the_stock_pipeline_and_draws_the_same_image(fam, trained, pipes, dit_dirs, tmp_path):
+    """The diffusers-layout file (`transformer.<module>.lora_A.weight`, also ai-toolkit's layout) through the
+    family's own `load_lora_weights`."""
+    from safetensors.torch import load_file
+
+    from bench.models import pipeline_class
+
+    method, result = trained[fam, "lora"]
+    path = method.save(result.artifact, tmp_path)
+    keys = set(load_file(str(path)))
+    assert all(k.startswith("transformer.") for k in keys) and any(".add_k_proj." in k for k in keys)
+    assert not (tmp_path / "lora_kohya.safetensors").exists()
+    ours = image(pipes[fam], PROMPT, method, result.artifact, 1.0)
+    stock = pipeline_class(dit_dirs[fam]).from_pretrained(dit_dirs[fam], local_files_only=True)
+    stock.set_progress_bar_config(disable=True)
+    stock.default_sample_size = pipes[fam].default_sample_size
+    stock.load_lora_weights(str(path))
+    assert np.abs(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]) - ours).max() <= 1
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_a_dit_dreambooth_saves_a_transformer_the_stock_pipeline_loads(fam, trained, pipes, dit_dirs, tmp_path):
+    method, result = trained[fam, "dreambooth"]
+    main = method.save(result.artifact, tmp_path)
+    assert main.name == "diffusion_pytorch_model.safetensors" and main.parent.name == "transformer"
+    ours = image(pipes[fam], PROMPT, method, result.artifact, 1.0)
+    stock = pipeline_class_of(main.parent.parent).from_pretrained(main.parent.parent, local_files_only=True)
+    stock.set_progress_bar_config(disable=True)
+    stock.default_sample_size = pipes[fam].default_sample_size
+    assert np.array_equal(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]), ours)
+
+
+def pipeline_class_of(folder):
+    from bench.models import pipeline_class
+
+    return pipeline_class(folder)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("name", ["textual_inversion", "hypernetwork"])
+def test_methods_not_trained_on_a_dit_are_refused_in_one_line_naming_the_family(fam, name, pipes, concept):
+    method = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+    with pytest.raises(MethodConfigError, match=rf"^method: {name} is not trained on {fam} models here: [^\n]+$"):
+        method.train(pipes[fam], concept, TrainSettings(steps=1, batch_size=1, progress=False))
+    assert np.isfinite(image(pipes[fam], PROMPT)).all()
+
+
+def test_min_snr_weighting_is_refused_on_a_flow_model(pipes, concept):
+    with pytest.raises(MethodConfigError, match="train.snr_gamma"):
+        make("lora").train(pipes["flux1"], concept, TrainSettings(steps=1, batch_size=1, progress=False, snr_gamma=5.0))
