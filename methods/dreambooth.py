@@ -279,8 +279,8 @@ class DreamBooth(Method):
     def load(self, path: Path) -> Artifact:
         """The tuned tensors of what `save` wrote (every weight of each tuned component)."""
         path = Path(path)
-        if path.is_file():
-            path = path.parent / "pipeline"
+        if path.is_file():  # the reported file: the SD single file beside the folder, or a DiT's transformer file inside it
+            path = path.parent.parent if path.parent.name == "transformer" else path.parent / "pipeline"
         info = json.loads((path / "adapterbench.json").read_text())
         tensors, configs = {}, {}
         for name in info["components"]:
