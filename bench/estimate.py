@@ -139,7 +139,10 @@ def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: 
         cast_parameters(m, dtype)
     clip_tok = CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=clips[0].config.max_position_embeddings)
     t5_tok = stand_in_t5_tokenizer(world.vocabulary(), next(iter(FAMILIES[kind].text_lengths.values())))
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():  # the scheduler reads its own sigmas' values as it is made (a few thousand floats)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
     if sd3:
         pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clips[0], tokenizer=clip_tok,
                                         text_encoder_2=clips[1], tokenizer_2=copy.deepcopy(clip_tok), text_encoder_3=t5, tokenizer_3=t5_tok)

@@ -79,9 +79,14 @@ class SD3Family(UNetFamily):
     text_lengths = {"tokenizer_3": 256}  # the pipeline's default max_sequence_length for T5
 
     def training_scheduler(self, pipe):
+        """A fresh copy at the training schedule (the pipe's own is set to the sampling steps by each sweep).
+        Its constructor reads one of its sigmas' values, which mode=estimate's fake tensors cannot give:
+        it is made from real tensors whatever mode is active (a few thousand floats)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        with unset_fake_temporarily():
+            return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
     def sample_timesteps(self, scheduler, n: int, gen: torch.Generator) -> torch.Tensor:
         """The training examples' rule: u in [0, 1) (uniform, or the sigmoid of a standard normal), then the
