@@ -531,6 +531,15 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gen_samples(cfg: DictConfig) -> str:
+    """What one counted denoising step computes: classifier-free guidance doubles the batch, except on
+    FLUX.1-dev, whose guidance is an input of one pass (guidance distillation)."""
+    n = int(cfg.estimate.gen_batch)
+    if _pipeline_kind(arch_folder(cfg.model)) == "FluxPipeline":
+        return f"{n} sample{'s' if n > 1 else ''}, guidance distilled into one pass"
+    return f"{2 * n} samples with guidance"
+
+
 def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     from bench.plots import human_bytes
 
@@ -549,7 +558,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
             "Variant: `fp32` trains and keeps the model in fp32 with AdamW; `fp16`/`bf16`: mixed precision (the frozen model in that dtype, "
             "trained weights in fp32, the forward under autocast as CUDA casts it), `ckpt`: gradient checkpointing, `adamw8bit`: bitsandbytes' "
             "8-bit AdamW (the `train.*` options of the same names); in bold, the variant this config's `train.*` trains. "
-            f"FLOPs: one training step (forward + backward; recomputation included with `ckpt`) and one denoising step ({2 * int(e.gen_batch)} samples with guidance). "
+            f"FLOPs: one training step (forward + backward; recomputation included with `ckpt`) and one denoising step ({gen_samples(cfg)}). "
             f"Time: training FLOPs / ({e.gpu} peak at the variant's math, fp32 as `{e.precision}`, x efficiency {float(e.efficiency):g}), a rough figure. "
             f"File: the size `save` writes, exact (DreamBooth's in the model's dtype).\n\n")
     return head + shown[cols].to_markdown(index=False, floatfmt=".4g") + "\n"
@@ -576,11 +585,14 @@ def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float
             ax.set_xscale("log")
             ax.set_xticks([1e3, 1e6, 1e9])
             ax.set_xticklabels(["1 KB", "1 MB", "1 GB"])
+            # Limits of its own: autoscaling a log axis around a single bar (one method, one variant) has no span.
+            ax.set_xlim(min(min(values) / 10, 1e2), max(max(values) * 100, 1e10))
         ax.set_xlabel(label)
         for y, (v, text) in enumerate(zip(values, texts)):
             if v == v:  # no text for a missing (NaN) time
                 ax.text(v, y, f" {text}", va="center", fontsize=8)
-        ax.margins(x=0.3)
+        if not log:
+            ax.margins(x=0.3)
         ax.invert_yaxis()
     if gpu_gib:
         axes[1].axvline(gpu_gib, color="grey", linestyle="--", linewidth=1)

@@ -75,10 +75,15 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose("config", overrides=[f"+experiment={name}", "model.path=/models/sd15", "data.path=/data/10_sks dog",
                                                f"results_dir={tmp_path}"])
-        assert cfg.model.name in ("sd15", "sd21", "sdxl") and cfg.data.path
+        assert cfg.model.name in ("sd15", "sd21", "sdxl", "sd35", "flux1") and cfg.data.path
         settings = TrainSettings.from_config(cfg)
         assert settings.precision in ("fp16", "bf16") and settings.gradient_checkpointing  # what fits a GPU
-        assert sorted(cfg.method) == ["dreambooth", "hypernetwork", "lora", "textual_inversion"], name
+        if cfg.model.name in ("sd35", "flux1"):
+            # The DiT families: the methods trained on them, their adapters on both streams' attention projections.
+            assert sorted(cfg.method) == ["dora", "dreambooth", "lokr", "lora"], name
+            assert cfg.model.dtype == "bf16" and "add_k_proj" in cfg.method.lora.target_modules and "to_add_out" in cfg.method.lokr.adapter.target_modules
+        else:
+            assert sorted(cfg.method) == ["dreambooth", "hypernetwork", "lora", "textual_inversion"], name
         for method in cfg.method:
             build_method(cfg, method)  # every hyper-parameter accepted
         assert configured_variant(cfg) == Variant(settings.precision, settings.gradient_checkpointing, settings.optimizer)
@@ -87,8 +92,8 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
     from methods.errors import MethodConfigError
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        fewer = compose("config", overrides=[f"+experiment={experiments[0]}", "model.path=/m", "data.path=/d", "~method.dreambooth"])
-        stray = compose("config", overrides=[f"+experiment={experiments[0]}", "model.path=/m", "data.path=/d", "method=[lora]"])
+        fewer = compose("config", overrides=["+experiment=sd15_four_methods", "model.path=/m", "data.path=/d", "~method.dreambooth"])
+        stray = compose("config", overrides=["+experiment=sd15_four_methods", "model.path=/m", "data.path=/d", "method=[lora]"])
     assert sorted(fewer.method) == ["hypernetwork", "lora", "textual_inversion"]
     with pytest.raises(MethodConfigError, match=r"~method\.dreambooth"):
         build_method(stray, "dreambooth")
