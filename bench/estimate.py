@@ -389,6 +389,17 @@ def _keep_modes_in_recomputation(*modules: torch.nn.Module) -> None:
                 m._gradient_checkpointing_func = _checkpoint_keeping_modes
 
 
+def _without_random_skips(model: torch.nn.Module) -> None:
+    """peft's LyCORIS layers (LoHa, LoKr) draw `torch.rand(1) > module_dropout` in training mode to decide
+    whether to run at all, a value fake tensors do not have. With both dropouts at 0 (the configs') the draw
+    always runs the adapter, exactly as in eval mode: those layers are put in eval mode for the estimate."""
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    for m in model.modules():
+        if isinstance(m, LycorisLayer) and not any(m.module_dropout.values()) and not any(m.rank_dropout.values()):
+            m.eval()
+
+
 def _on_meta(fn):
     def wrapped(*args, **kwargs):
         with torch.device("meta"):
@@ -430,6 +441,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
         del weights  # the probe holds them weakly: a weight replaced during training is freed, and counted so
 
         def two_steps(pipe, params, instance, prior, s):
+            _without_random_skips(denoiser(pipe))
             step = TrainStep(method, pipe, params, instance, prior, s)
             if variant.gradient_checkpointing:
                 _keep_modes_in_recomputation(denoiser(pipe), *text_encoders(pipe))
