@@ -20,6 +20,16 @@ from bench.models import ModelConfigError
 from bench.runner import config_table, other_config_stages, run, run_comparison
 
 
+def command_line_keys() -> set[str]:
+    """The config keys this run's command line set (`train.steps=600` -> 'train.steps'; '+experiment=x' ->
+    '+experiment'): empty when the config was not composed by Hydra's command line (a test's compose)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0] for o in HydraConfig.get().overrides.task}
+
+
 def main(cfg: DictConfig) -> int:
     """Dispatch on `mode`: run (default), baseline, check, report, tune or estimate; returns the exit code."""
     from bench import regression
@@ -44,7 +54,7 @@ def main(cfg: DictConfig) -> int:
     if mode == "estimate":
         from bench.estimate import run_estimate
 
-        return run_estimate(cfg)
+        return run_estimate(cfg, command_line_keys())
     if mode not in ("baseline", "check"):
         raise regression.BaselineError(f"mode: {mode!r} is not one of run, baseline, check, report, tune, estimate")
     if not cfg.get("baseline"):

@@ -552,7 +552,7 @@ def gen_samples(cfg: DictConfig) -> str:
     return f"{2 * n} samples with guidance"
 
 
-def render(cfg: DictConfig, table: pd.DataFrame) -> str:
+def render(cfg: DictConfig, table: pd.DataFrame, note: str = "") -> str:
     from bench.plots import human_bytes
 
     e = cfg.estimate
@@ -566,7 +566,7 @@ def render(cfg: DictConfig, table: pd.DataFrame) -> str:
     where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
     head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
             f"From the architecture configs alone (`python run.py mode=estimate model={cfg.model.name}`): each method's own training code run "
-            f"on fake tensors. Memory: peak of live tensor bytes {where} during the first two training steps, model weights included. "
+            f"on fake tensors. {note}Memory: peak of live tensor bytes {where} during the first two training steps, model weights included. "
             "Variant: `fp32` trains and keeps the model in fp32 with AdamW; `fp16`/`bf16`: mixed precision (the frozen model in that dtype, "
             "trained weights in fp32, the forward under autocast as CUDA casts it), `ckpt`: gradient checkpointing, `adamw8bit`: bitsandbytes' "
             "8-bit AdamW (the `train.*` options of the same names); in bold, the variant this config's `train.*` trains. "
@@ -616,11 +616,46 @@ def figure(table: pd.DataFrame, out: Path, name: str, title: str, gpu_gib: float
     return save_figure(fig, out, name)
 
 
-def run_estimate(cfg: DictConfig) -> int:
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+
+
+def model_experiment(name: str) -> Path | None:
+    """The shipped experiment that trains model `name` (conf/experiment/*.yaml with `override /model: name`)."""
+    for f in sorted(EXPERIMENTS.glob("*.yaml")):
+        if f"override /model: {name}\n" in f.read_text():
+            return f
+    return None
+
+
+def with_model_training_defaults(cfg: DictConfig, told: set[str]) -> tuple[DictConfig, str]:
+    """The config an estimate of a model from disk is made with, and a sentence saying so: the model's own
+    training set-up, batch 1 at its native resolution (the diffusers examples' default) for the steps of the
+    shipped experiment that trains it, unless the command line sets `train.batch_size` / `train.steps` or
+    picks an experiment (`told`: the keys it set). The embedded micro model's own set-up is `train.*`."""
+    if cfg.model.get("embedded") or any(k.lstrip("+~").startswith("experiment") for k in told):
+        return cfg, ""
+    cfg = copy.deepcopy(cfg)
+    said = []
+    if "train.batch_size" not in told:
+        cfg.train.batch_size = 1
+        said.append("batch 1 (the model's own training default; `train.batch_size=N` for another)")
+    experiment = model_experiment(str(cfg.model.name))
+    if "train.steps" not in told and experiment is not None:
+        from omegaconf import OmegaConf
+
+        steps = OmegaConf.load(experiment).get("train", {}).get("steps")
+        if steps:
+            cfg.train.steps = int(steps)
+            said.append(f"{int(steps)} steps (the `{experiment.stem}` experiment's; `train.steps=N` for another)")
+    return cfg, ("Training set-up: " + ", ".join(said) + ". ") if said else ""
+
+
+def run_estimate(cfg: DictConfig, told: set[str] = frozenset()) -> int:
     from bench.io import atomic_path, atomic_write_text
 
+    cfg, note = with_model_training_defaults(cfg, set(told))
     table = estimate(cfg)
-    text = render(cfg, table)
+    text = render(cfg, table, note)
     print(text)
     folder = Path(cfg.results_dir) / "estimate"
     folder.mkdir(parents=True, exist_ok=True)

@@ -275,3 +275,22 @@ def test_tiny_dit_estimate_matches_real_trainings(fam, dit_dirs, tmp_path):
         assert est["trainable_params"] == cost.trainable_params, name
         assert est["file_bytes"] == cost.artifact_bytes, name
         assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (name, est["peak_bytes"] / 2**20, cost.peak_mem_mib)
+
+
+def test_an_estimate_of_a_model_from_disk_trains_as_that_model_is_trained_unless_told_otherwise():
+    """Batch 1 at the model's resolution for the steps of the shipped experiment that trains it (the micro
+    run's batch 4 and 300 steps are not SD 1.5's); the command line's train.batch_size / train.steps or an
+    experiment win; the micro model's set-up is train.* itself."""
+    from bench.estimate import with_model_training_defaults
+
+    for model, steps in (("sd15", 800), ("sdxl", 500), ("flux1", 500), ("sd35", 500)):
+        cfg = config(f"model={model}")
+        got, note = with_model_training_defaults(cfg, set())
+        assert (got.train.batch_size, got.train.steps) == (1, steps) and f"{steps} steps" in note and "batch 1" in note, model
+        assert cfg.train.batch_size == 4  # the config given is left alone
+        told, _ = with_model_training_defaults(config(f"model={model}", "train.batch_size=2", "train.steps=50"), {"train.batch_size", "train.steps"})
+        assert (told.train.batch_size, told.train.steps) == (2, 50)
+    unshipped, note = with_model_training_defaults(config("model=sd21"), set())  # no experiment trains SD 2.1: its steps stay
+    assert (unshipped.train.batch_size, unshipped.train.steps) == (1, config().train.steps) and "steps" not in note
+    for cfg, told in ((config(), set()), (config("+experiment=sdxl_four_methods", "model.path=/m", "data.path=/d"), {"+experiment"})):
+        assert with_model_training_defaults(cfg, told) == (cfg, "")
