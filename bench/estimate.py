@@ -495,6 +495,14 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
     return out
 
 
+def smallest_card(peak_bytes: float) -> str:
+    """The GPU of `GPUS` with the least memory that holds `peak_bytes` (ties: the first listed), or 'none
+    listed' above 80 GiB. Memory only: activations beyond the estimate and the CUDA context (a few hundred
+    MiB) come on top."""
+    fits = [(g["memory_gib"], name) for name, g in GPUS.items() if peak_bytes / 2**30 <= g["memory_gib"]]
+    return min(fits, key=lambda f: f[0])[1] if fits else "none listed"
+
+
 def estimate(cfg: DictConfig) -> pd.DataFrame:
     e = cfg.estimate
     if str(e.gpu) not in GPUS:
@@ -539,6 +547,7 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
                 "gpu": str(e.gpu), "math": math, "efficiency": float(e.efficiency),
                 "est. s/step": step_s, f"est. train time, {int(cfg.train.steps)} steps (s)": step_s * int(cfg.train.steps),
                 "fits in GPU memory": r["peak_bytes"] / 2**30 <= GPUS[str(e.gpu)]["memory_gib"],
+                "smallest card it fits": smallest_card(r["peak_bytes"]),
             })
     return pd.DataFrame(rows)
 
@@ -562,7 +571,8 @@ def render(cfg: DictConfig, table: pd.DataFrame, note: str = "") -> str:
     steps_col = next(c for c in shown.columns if c.startswith("est. train time"))
     shown["train peak memory"] = shown["train peak memory (MiB)"].map(lambda m: f"{m / 1024:.3g} GiB" if m >= 1024 else f"{m:.3g} MiB")
     shown["variant"] = [f"**{v}** (train.*)" if c else v for v, c in zip(shown["variant"], shown["as configured"])]
-    cols = ["method", "variant", "trainable params", "file", "train peak memory", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col, "fits in GPU memory"]
+    cols = ["method", "variant", "trainable params", "file", "train peak memory", "train step (GFLOP)", "gen step (GFLOP)", "est. s/step", steps_col,
+            "fits in GPU memory", "smallest card it fits"]
     where = "on the GPU (the model's tensors)" if e.device == "cuda" else "of every tensor, host included (as a CPU run counts)"
     head = (f"# Estimated cost: {cfg.model.name} at {int(cfg.model.resolution)} px, batch {int(cfg.train.batch_size)}\n\n"
             f"From the architecture configs alone (`python run.py mode=estimate model={cfg.model.name}`): each method's own training code run "

@@ -7,7 +7,8 @@ Part 1, micro (where training really runs here): each method trains through `ben
 `estimate.device=cpu` (every tensor counts, as the CPU tensor peak does). Parameters and file bytes must be
 equal, the estimated peak within 15 % of the measured one; the FLOP count of a training step over the
 measured s/step gives the rate the CPU reached, which should be similar across methods if the FLOP count
-follows the work. Part 2: the same estimate for SD 1.5, SD 2.1 and SDXL at batch 1 (GPU memory, A100-40GB).
+follows the work. Part 2: the same estimate for SD 1.5, SD 2.1 and SDXL (A100-40GB) and SD 3.5 Large and
+Medium and FLUX.1-dev (H100), each as it is trained: batch 1 at its resolution, its experiment's steps.
 Written to results/benchmarks/estimate.md with --write.
 """
 
@@ -33,11 +34,18 @@ from bench.config import register  # noqa: E402
 OUT = ROOT / "results" / "benchmarks" / "estimate.md"
 METHODS = ["dreambooth", "textual_inversion", "lora", "hypernetwork"]
 MEMORY_TOLERANCE = 0.15
+# The diffusion transformers: the methods trained on them, adapters on both streams' attention projections,
+# in bf16 (their released dtype), timed on an H100.
+DIT = ["sd35", "sd35_medium", "flux1"]
+DIT_METHODS = ["dreambooth", "lora", "lokr", "dora"]
+DIT_VARIANTS = "[fp32,bf16,bf16+ckpt,bf16+ckpt+adamw8bit]"
+BOTH_STREAMS = "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"
 
 
 def compose_cfg(*overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"method=[{','.join(METHODS)}]", *overrides])
+        chosen = [] if any(o.startswith("method=") for o in overrides) else [f"method=[{','.join(METHODS)}]"]
+        return compose("config", overrides=[*chosen, *overrides])
 
 
 def micro_rows(steps: int) -> list[dict]:
@@ -78,6 +86,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--write", action="store_true")
+    p.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl", *DIT])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     register()
@@ -91,10 +100,21 @@ def main() -> None:
              "GFLOP/s reached: the estimated FLOPs of a training step times the measured steps/s; similar across methods when the FLOP "
              "count follows the work (small ops run below the CPU's rate, so the adapters' share of tiny matmuls lowers theirs).\n\n",
              micro.to_markdown(index=False, floatfmt=".3g"), "\n"]
-    for model, resolution in (("sd15", 512), ("sd21", 768), ("sdxl", 1024)):
-        cfg = compose_cfg(f"model={model}", "train.batch_size=1", "results_dir=/tmp/unused")
+    from bench.estimate import with_model_training_defaults
+
+    for model in args.models:
+        # Each model trained as it is trained (batch 1, its experiment's steps): what `mode=estimate model=<name>` does.
+        if model in DIT:
+            cfg = compose_cfg(f"model={model}", "results_dir=/tmp/unused", f"estimate.variants={DIT_VARIANTS}", "estimate.gpu=H100-SXM",
+                              f"method=[{','.join(DIT_METHODS)}]", f"method.lora.target_modules={BOTH_STREAMS}",
+                              *(f"method.{m}.adapter.target_modules={BOTH_STREAMS}" for m in DIT_METHODS if m not in ("dreambooth", "lora")))
+        else:
+            cfg = compose_cfg(f"model={model}", "results_dir=/tmp/unused")
+        cfg, note = with_model_training_defaults(cfg, set())
+        started = time.perf_counter()
         table = estimate(cfg)
-        parts += ["\n", render(cfg, table).replace("# Estimated cost", "## Estimated cost", 1)]
+        print(f"{model}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        parts += ["\n", render(cfg, table, note).replace("# Estimated cost", "## Estimated cost", 1)]
     parts.append(f"\n{time.perf_counter() - start:.0f} s for everything above.\n")
     text = "".join(parts)
     print(text)
