@@ -146,6 +146,23 @@ def clip_encoders(pipe) -> dict[str, torch.nn.Module]:
     return {name: e for name, e in named_text_encoders(pipe).items() if name != t5}
 
 
+def clip_pairs(pipe) -> list[tuple[object, torch.nn.Module]]:
+    """(tokenizer, encoder) of every CLIP text encoder (`clip_encoders`), in the pipeline's order."""
+    from methods.conditioning import TEXT_ENCODERS
+
+    names = clip_encoders(pipe)
+    return [(getattr(pipe, tok), names[enc]) for enc, tok in TEXT_ENCODERS if enc in names]
+
+
+T5_TOKENIZER = {"sd3": "tokenizer_3", "flux1": "tokenizer_2"}
+
+
+def t5_tokenizer(pipe):
+    """The T5 tokenizer of a DiT family's pipeline, None for the UNet families."""
+    name = T5_TOKENIZER.get(family(pipe).name)
+    return getattr(pipe, name, None) if name else None
+
+
 def refuse_dit(pipe, method: str, why: str) -> None:
     """One line for a method this harness does not (yet) train on a DiT family."""
     from methods.errors import MethodConfigError

@@ -80,7 +80,7 @@ def test_every_experiment_composes_validates_and_estimates_its_own_training(tmp_
         assert settings.precision in ("fp16", "bf16") and settings.gradient_checkpointing  # what fits a GPU
         if cfg.model.name in ("sd35", "flux1"):
             # The DiT families: the methods trained on them, their adapters on both streams' attention projections.
-            assert sorted(cfg.method) == ["dora", "dreambooth", "lokr", "lora"], name
+            assert sorted(cfg.method) == ["dreambooth", "lokr", "lora", "textual_inversion"], name
             assert cfg.model.dtype == "bf16" and "add_k_proj" in cfg.method.lora.target_modules and "to_add_out" in cfg.method.lokr.adapter.target_modules
         else:
             assert sorted(cfg.method) == ["dreambooth", "hypernetwork", "lora", "textual_inversion"], name
