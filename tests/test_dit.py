@@ -243,3 +243,24 @@ def test_multi_vector_textual_inversion_on_a_dit_writes_its_placeholder_out_wher
 def test_min_snr_weighting_is_refused_on_a_flow_model(pipes, concept):
     with pytest.raises(MethodConfigError, match="train.snr_gamma"):
         make("lora").train(pipes["flux1"], concept, TrainSettings(steps=1, batch_size=1, progress=False, snr_gamma=5.0))
+
+
+def test_a_whole_comparison_runs_on_a_flux_folder_through_run_py(dit_dirs, tmp_path):
+    """`python run.py model=flux1 model.path=...` as a user types it (smoke budget, one concept): training,
+    sweeps, scores and the report go through the code the micro model uses, and weight 0 is checked to be
+    the base model's image as on every model."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(root / "run.py"), "model=flux1", f"model.path={dit_dirs['flux1']}", "model.resolution=64", "model.dtype=float32",
+           "train=smoke", "sweep=smoke", "progress=false", "workers=1", "threads=1", "seeds=[0]", "data.concepts=[sks_crescent]",
+           "method=[lora,textual_inversion]", f"method.lora.target_modules=[{','.join(BOTH_STREAMS)}]", f"results_dir={out}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out / "results.csv")
+    assert set(table.method.dropna()) == {"lora", "textual_inversion"} and (out / "report" / "report.html").is_file()  # rows without a method: the base model's
+    assert "Warning" not in done.stderr, done.stderr[-2000:]
