@@ -529,10 +529,16 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
     if configured not in variants:  # the run this config would train is always among the rows
         variants.insert(0, configured)
     rows = []
+    from tqdm.auto import tqdm
+
+    # A model at SD scale takes seconds to minutes per (method, variant) (SDXL: 8.5 min for 16): a bar says how far.
+    bar = tqdm(total=len(cfg.method) * len(variants), desc=f"estimate {cfg.model.name}", unit="estimate", disable=not cfg.get("progress", True), leave=False)
     for name in cfg.method:
         for variant in variants:
             start = time.perf_counter()
+            bar.set_postfix_str(f"{name} {variant.label}")
             r = estimate_method(cfg, name, folder, device_types, variant=variant)
+            bar.update()
             log.info("estimated %s (%s) on %s in %.1f s", name, variant.label, cfg.model.name, time.perf_counter() - start)
             # fp32 training runs at the configured fp32 math mode (fp32 or tf32); mixed precision at its dtype's rate.
             math = precision if variant.precision == "fp32" else variant.precision
@@ -549,6 +555,7 @@ def estimate(cfg: DictConfig) -> pd.DataFrame:
                 "fits in GPU memory": r["peak_bytes"] / 2**30 <= GPUS[str(e.gpu)]["memory_gib"],
                 "smallest card it fits": smallest_card(r["peak_bytes"]),
             })
+    bar.close()
     return pd.DataFrame(rows)
 
 
