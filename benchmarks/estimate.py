@@ -37,7 +37,7 @@ MEMORY_TOLERANCE = 0.15
 # The diffusion transformers: the methods trained on them, adapters on both streams' attention projections,
 # in bf16 (their released dtype), timed on an H100.
 DIT = ["sd35", "sd35_medium", "flux1"]
-DIT_METHODS = ["dreambooth", "textual_inversion", "lora", "lokr"]
+DIT_METHODS = ["dreambooth", "textual_inversion", "lora", "hypernetwork", "lokr"]
 DIT_VARIANTS = "[fp32,bf16,bf16+ckpt,bf16+ckpt+adamw8bit]"
 BOTH_STREAMS = "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"
 

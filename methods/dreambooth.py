@@ -221,8 +221,8 @@ class DreamBooth(Method):
         reported), loadable by AUTOMATIC1111, ComfyUI and `from_single_file`."""
         folder = self.save_folder(artifact, out_dir)
         if "transformer" in artifact.meta["components"]:
-            # SD 3.5 / FLUX: the tuned transformer's diffusers file is what is shared (kohya's and ComfyUI's
-            # loaders read it); no original-layout single file is written for these families.
+            # SD 3.5 / FLUX: the tuned transformer's diffusers file is what is reported (`from_pretrained`
+            # reads its folder); no original-layout single file is written for these families.
             return folder / "transformer" / WEIGHTS["transformer"]
         if not (folder / "model_index.json").is_file():
             log.warning("base model %s is not a diffusers folder: wrote the tuned components only, no single file", artifact.meta.get("base_model"))

@@ -163,15 +163,6 @@ def t5_tokenizer(pipe):
     return getattr(pipe, name, None) if name else None
 
 
-def refuse_dit(pipe, method: str, why: str) -> None:
-    """One line for a method this harness does not (yet) train on a DiT family."""
-    from methods.errors import MethodConfigError
-
-    name = family(pipe).name
-    if name != "unet":
-        raise MethodConfigError(f"method: {method} is not trained on {name} models here: {why}")
-
-
 FAMILIES = {"StableDiffusion3Pipeline": SD3Family(), "FluxPipeline": FluxFamily()}
 _UNET = UNetFamily()
 

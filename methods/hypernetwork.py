@@ -4,6 +4,13 @@ In every attention layer, the tensor that feeds the k and v projections (the tex
 cross-attention, the hidden states in self-attention) passes through a small residual MLP first:
 `k_in = x + mlp_k(x) * multiplier`, `v_in = x + mlp_v(x) * multiplier`, with one (k, v) pair of MLPs per
 enabled input size, picked by the tensor's last dimension. `weight` is that multiplier.
+
+On SD 3.5 and FLUX.1 (joint attention: text and image tokens attend together) the analog is defined on the
+text stream's key/value inputs, the place a UNet's cross-attention reads its text context: the MLPs sit
+before `add_k_proj` and `add_v_proj` of every block that has them (SD 3.5: all; FLUX.1: the 19
+double-stream blocks; its single-stream blocks mix text and image tokens in one projection and are left
+alone). The image stream's own k/v (the self-attention analog) stay untouched: on these models the text
+stream carries the prompt, as the context does in a UNet.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from bench.data import ConceptData
 from methods.base import Artifact, Method
 from methods.conditioning import per_sample_scale
 from methods.errors import MethodConfigError
-from methods.family import refuse_dit
+from methods.family import denoiser, family
 from methods.files import load_tensors, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"
@@ -110,11 +117,19 @@ class Hypernetwork(Method):
     # ---- building and installing
 
     @staticmethod
-    def attention_inputs(pipe) -> dict[str, int]:
-        """Each attention layer of the UNet and the input size of its k/v projections."""
+    def projections(pipe) -> tuple[str, str]:
+        """The attributes of the k and v projections the MLPs feed: a UNet's `to_k`/`to_v`, a DiT's text stream's."""
+        return ("to_k", "to_v") if family(pipe).name == "unet" else ("add_k_proj", "add_v_proj")
+
+    @classmethod
+    def attention_inputs(cls, pipe) -> dict[str, int]:
+        """Each attention layer the MLPs go into and the input size of its k/v projections."""
         from diffusers.models.attention_processor import Attention
 
-        return {name: m.to_k.in_features for name, m in pipe.unet.named_modules() if isinstance(m, Attention)}
+        k, _ = cls.projections(pipe)
+        if k == "to_k":
+            return {name: m.to_k.in_features for name, m in denoiser(pipe).named_modules() if isinstance(m, Attention)}
+        return {name: getattr(m, k).in_features for name, m in denoiser(pipe).named_modules() if getattr(m, k, None) is not None}
 
     def build(self, sizes: list[int], options: dict | None = None) -> nn.ModuleDict:
         o = options or self.options
@@ -129,35 +144,34 @@ class Hypernetwork(Method):
         for name, size in self.attention_inputs(pipe).items():
             if size not in sizes:
                 continue
-            attn = pipe.unet.get_submodule(name)
-            for kv in ("k", "v"):
-                proj = getattr(attn, f"to_{kv}")
+            attn = denoiser(pipe).get_submodule(name)
+            for kv, attr in zip(("k", "v"), self.projections(pipe)):
+                proj = getattr(attn, attr)
                 base = proj.projection if isinstance(proj, HyperLinear) else proj
-                setattr(attn, f"to_{kv}", HyperLinear(base, modules[f"{size}_{kv}"], multiplier))
+                setattr(attn, attr, HyperLinear(base, modules[f"{size}_{kv}"], multiplier))
 
     def uninstall(self, pipe) -> None:
         for name in self.attention_inputs(pipe):
-            attn = pipe.unet.get_submodule(name)
-            for kv in ("k", "v"):
-                proj = getattr(attn, f"to_{kv}")
+            attn = denoiser(pipe).get_submodule(name)
+            for attr in self.projections(pipe):
+                proj = getattr(attn, attr)
                 if isinstance(proj, HyperLinear):
-                    setattr(attn, f"to_{kv}", proj.projection)
+                    setattr(attn, attr, proj.projection)
 
     def set_multiplier(self, pipe, multiplier: float | torch.Tensor) -> None:
-        for m in pipe.unet.modules():
+        for m in denoiser(pipe).modules():
             if isinstance(m, HyperLinear):
                 m.multiplier = multiplier
 
     # ---- the Method interface
 
     def prepare(self, pipe, data: ConceptData) -> list[nn.Parameter]:
-        refuse_dit(pipe, self.name, "its analog on the text stream's key/value inputs is not defined here yet")
         available = sorted(set(self.attention_inputs(pipe).values()))
         sizes = self.enable_sizes or available
         missing = [s for s in sizes if s not in available]
         if missing:
             raise MethodConfigError(f"method.enable_sizes: {missing} match no attention input of this model (it has {available})")
-        self.modules = self.build(sizes).to(pipe.unet.device)
+        self.modules = self.build(sizes).to(denoiser(pipe).device)
         self.modules.train()
         self.install(pipe, self.modules, 1.0)
         return list(self.modules.parameters())
@@ -179,7 +193,7 @@ class Hypernetwork(Method):
         return modules.eval()
 
     def apply(self, pipe, artifact: Artifact, weight: float | torch.Tensor) -> None:
-        self.install(pipe, self.modules_from(artifact).to(pipe.unet.device), weight)
+        self.install(pipe, self.modules_from(artifact).to(denoiser(pipe).device), weight)
 
     def apply_many(self, pipe, artifact: Artifact, weights: list[float]) -> None:
         self.apply(pipe, artifact, 1.0)

@@ -2,7 +2,7 @@
 (tests/tiny_dit.py, conftest `dit_dirs`): each loads by its model_index.json, conditions training as its
 pipeline conditions generation, trains with rectified flow, and every method it supports learns (its loss
 on a fixed batch falls), leaves weight 0 the base model bit for bit, and writes files that round-trip and
-that stock diffusers loads."""
+that stock diffusers loads (the hypernetwork: its analog on the text stream's key/value inputs)."""
 
 from pathlib import Path
 
@@ -25,7 +25,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 FAMILIES = ("sd3", "flux1")
 # The attention projections of both streams: the image tokens' (to_*) and the text tokens' (add_*, to_add_out).
 BOTH_STREAMS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
-METHODS = ("dreambooth", "textual_inversion", "lora", "loha", "lokr", "dora", "oft")
+METHODS = ("dreambooth", "textual_inversion", "lora", "hypernetwork", "loha", "lokr", "dora", "oft")
 LR = {"dreambooth": 1e-3, "textual_inversion": 0.5, "dora": 6e-3, "oft": 2e-3}
 PROMPT = "a sks crescent"
 STEPS = 3
@@ -192,12 +192,25 @@ def pipeline_class_of(folder):
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
-def test_the_hypernetwork_is_refused_on_a_dit_in_one_line_naming_the_family(fam, pipes, concept):
-    method = instantiate(OmegaConf.load(CONF / "hypernetwork.yaml"))
-    base = image(pipes[fam], PROMPT)
-    with pytest.raises(MethodConfigError, match=rf"^method: hypernetwork is not trained on {fam} models here: [^\n]+$"):
-        method.train(pipes[fam], concept, TrainSettings(steps=1, batch_size=1, progress=False))
-    assert np.array_equal(image(pipes[fam], PROMPT), base)
+def test_the_hypernetwork_on_a_dit_feeds_the_text_streams_key_and_value_projections(fam, trained, pipes):
+    """The analog of AUTOMATIC1111's k/v-input MLPs: one (k, v) pair per input size before add_k_proj and
+    add_v_proj (the text stream), counted here from the transformer's own layers; the image stream's to_k
+    and to_v keep their plain Linear while it is applied."""
+    from methods.hypernetwork import HyperLinear
+
+    pipe = pipes[fam]
+    method, result = trained[fam, "hypernetwork"]
+    sizes = {m.add_k_proj.in_features for m in pipe.transformer.modules() if getattr(m, "add_k_proj", None) is not None}
+    assert sizes == {32 if fam == "sd3" else 16}
+    assert result.trainable_params == sum(2 * (d * 2 * d + 2 * d + 2 * d * d + d) for d in sizes)
+    method.apply(pipe, result.artifact, 1.0)
+    try:
+        joint = [m for m in pipe.transformer.modules() if getattr(m, "add_k_proj", None) is not None]
+        assert joint and all(isinstance(m.add_k_proj, HyperLinear) and isinstance(m.add_v_proj, HyperLinear) for m in joint)
+        assert not any(isinstance(m, HyperLinear) for a in joint for m in (a.to_k, a.to_v))
+    finally:
+        method.remove(pipe)
+    assert not any(isinstance(m, HyperLinear) for m in pipe.transformer.modules())
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

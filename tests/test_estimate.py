@@ -261,7 +261,7 @@ def test_tiny_dit_estimate_matches_real_trainings(fam, dit_dirs, tmp_path):
     from methods import build_method
     from methods.settings import TrainSettings
 
-    cfg = config(f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64", "method=[dreambooth,textual_inversion,lora,lokr]",
+    cfg = config(f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64", "method=[dreambooth,textual_inversion,lora,hypernetwork,lokr]",
                  f"method.lora.target_modules={BOTH_STREAMS}", f"method.lokr.adapter.target_modules={BOTH_STREAMS}",
                  "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")
     pipe = load_pipeline(cfg.model, "cpu")
