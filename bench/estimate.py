@@ -116,9 +116,56 @@ def stand_in_t5_tokenizer(words: list[str], max_length: int):
     return T5TokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0, model_max_length=max_length)
 
 
+QWEN_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+                      "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def stand_in_qwen_tokenizer(max_length: int = 512):
+    """A Qwen2 tokenizer with Qwen3's chat template (the parts FLUX.2 klein's prompt encoding uses: a user
+    turn, the assistant's opening, thinking off) and its special tokens, over single bytes only (byte-level
+    BPE without merges): the layout and padding of Qwen's own with a vocabulary that ships in a few KB.
+    mode=estimate reads lengths (the pipeline pads to 512 tokens); the tests' tiny Qwen3 embeds these ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tk = Tokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    return Qwen2TokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>", model_max_length=max_length,
+                              chat_template=QWEN_CHAT_TEMPLATE, additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def _fake_klein_pipeline(folder: Path, dtype: torch.dtype):
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from methods.conditioning import cast_parameters
+
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel.from_config(_config(folder, "transformer"))
+        vae = AutoencoderKLFlux2.from_config(_config(folder, "vae"))
+        qwen = Qwen3ForCausalLM(Qwen3Config(**_config(folder, "text_encoder")))
+    for m in (transformer, vae, qwen):
+        m.eval()
+        cast_parameters(m, dtype)
+    with unset_fake_temporarily():  # its constructor reads one of its sigmas' values
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=qwen, tokenizer=stand_in_qwen_tokenizer(), transformer=transformer)
+
+
 def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: int | None):
-    """SD 3.5 or FLUX.1 from `folder`'s configs as fake tensors (see `fake_pipeline`). Tokenizers: the micro
-    model's CLIP tokenizer at CLIP's 77 and a stand-in T5 tokenizer (`stand_in_t5_tokenizer`)."""
+    """SD 3.5, FLUX.1 or FLUX.2 klein from `folder`'s configs as fake tensors (see `fake_pipeline`).
+    Tokenizers: the micro model's CLIP tokenizer at CLIP's 77, a stand-in T5 tokenizer
+    (`stand_in_t5_tokenizer`), a stand-in Qwen tokenizer (`stand_in_qwen_tokenizer`)."""
+    if kind == "Flux2KleinPipeline":
+        pipe = _fake_klein_pipeline(folder, dtype)
+        if resolution:
+            pipe.default_sample_size = int(resolution) // pipe.vae_scale_factor
+        pipe.register_to_config(_name_or_path=str(folder))
+        return pipe
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast, T5Config, T5EncoderModel
 
@@ -170,7 +217,7 @@ def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32, resolution: 
     Call inside a FakeTensorMode. The tokenizer is the micro model's (its token ids are valid in any CLIP
     vocabulary), padded to the text encoder's length: costs depend on lengths, not on which words."""
     kind = _pipeline_kind(folder)
-    if kind in ("StableDiffusion3Pipeline", "FluxPipeline"):
+    if kind in ("StableDiffusion3Pipeline", "FluxPipeline", "Flux2KleinPipeline"):
         return _fake_dit_pipeline(folder, kind, dtype, resolution)
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast

@@ -17,14 +17,14 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     out: list[Image.Image] = []
     device = pipe.device
-    _, side, _ = family(pipe).latent_shape(pipe)
+    side = family(pipe).image_size(pipe)
     for i in range(0, len(prompts), batch):
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
         latents = family(pipe).pipeline_latents(pipe, initial_latents(pipe, gens, device))
         result = pipe(
-            list(prompts[i : i + batch]),
-            height=side * pipe.vae_scale_factor,  # FLUX unpacks its latents by these; the others read them off the latents
-            width=side * pipe.vae_scale_factor,
+            prompt=list(prompts[i : i + batch]),  # by name: FLUX.2 klein's first argument is a reference image
+            height=side,  # FLUX unpacks its latents by these; the others read them off the latents
+            width=side,
             num_inference_steps=steps,
             guidance_scale=guidance,
             latents=latents,

@@ -1,9 +1,9 @@
 """Load the base model a `model` config names: the embedded micro SD, or SD 1.5 / 2.1 / SDXL / SD 3.5 /
-FLUX.1 from disk.
+FLUX.1 / FLUX.2 klein from disk.
 
 One code path for all of them: the diffusers pipeline the model folder's `model_index.json` names
 (`StableDiffusionPipeline` for SD 1.x/2.x and micro, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`,
-`FluxPipeline`), loaded offline; `methods.family` holds what differs in training them.
+`FluxPipeline`, `Flux2KleinPipeline`), loaded offline; `methods.family` holds what differs in training them.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline", "Flux2KleinPipeline")
 
 
 def pipeline_class(folder: Path, key: str = "model.path"):

@@ -8,7 +8,8 @@ Part 1, micro (where training really runs here): each method trains through `ben
 equal, the estimated peak within 15 % of the measured one; the FLOP count of a training step over the
 measured s/step gives the rate the CPU reached, which should be similar across methods if the FLOP count
 follows the work. Part 2: the same estimate for SD 1.5, SD 2.1 and SDXL (A100-40GB) and SD 3.5 Large and
-Medium and FLUX.1-dev (H100), each as it is trained: batch 1 at its resolution, its experiment's steps.
+Medium, FLUX.1-dev and FLUX.2 klein base 4B (H100), each as it is trained: batch 1 at its resolution, its
+experiment's steps.
 Written to results/benchmarks/estimate.md with --write.
 """
 
@@ -36,7 +37,7 @@ METHODS = ["dreambooth", "textual_inversion", "lora", "hypernetwork"]
 MEMORY_TOLERANCE = 0.15
 # The diffusion transformers: the methods trained on them, adapters on both streams' attention projections,
 # in bf16 (their released dtype), timed on an H100.
-DIT = ["sd35", "sd35_medium", "flux1"]
+DIT = ["sd35", "sd35_medium", "flux1", "flux2_klein"]
 DIT_METHODS = ["dreambooth", "textual_inversion", "lora", "hypernetwork", "lokr"]
 DIT_VARIANTS = "[fp32,bf16,bf16+ckpt,bf16+ckpt+adamw8bit]"
 BOTH_STREAMS = "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"
@@ -105,8 +106,9 @@ def main() -> None:
     for model in args.models:
         # Each model trained as it is trained (batch 1, its experiment's steps): what `mode=estimate model=<name>` does.
         if model in DIT:
+            methods = [m for m in DIT_METHODS if not (model == "flux2_klein" and m == "textual_inversion")]  # klein: no CLIP encoder
             cfg = compose_cfg(f"model={model}", "results_dir=/tmp/unused", f"estimate.variants={DIT_VARIANTS}", "estimate.gpu=H100-SXM",
-                              f"method=[{','.join(DIT_METHODS)}]", f"method.lora.target_modules={BOTH_STREAMS}",
+                              f"method=[{','.join(methods)}]", f"method.lora.target_modules={BOTH_STREAMS}",
                               *(f"method.{m}.adapter.target_modules={BOTH_STREAMS}" for m in DIT_METHODS if m == "lokr"))
         else:
             cfg = compose_cfg(f"model={model}", "results_dir=/tmp/unused")

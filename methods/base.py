@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from bench.data import ConceptData
 from methods.conditioning import TrainingSet, encode_set, encode_text, text_condition, text_encoders
 from methods.errors import MethodConfigError, TrainingDiverged, check_positive
-from methods.family import denoiser
+from methods.family import denoiser, family
 from methods.files import tensor_file_content
 from methods.settings import TrainSettings
 from methods.training import TrainStep, training_options
@@ -160,7 +160,14 @@ class Method(ABC):
             instance = encode_set(pipe, data.images, [self.prompt(c, data) for c in data.captions])
             if not self.trains_text:
                 for s in [instance] + ([prior[0]] if prior else []):
-                    s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
+                    if family(pipe).name == "unet":
+                        s.hidden_states, s.pooled = encode_text(pipe, s.input_ids)
+                    else:
+                        # The DiTs' text encoders (T5-XXL, Qwen3-4B) read 256-512 tokens: each distinct caption is
+                        # encoded once and given to its images. (The UNet families encode every image's caption,
+                        # as the committed results were made; the values are the same up to batch-size rounding.)
+                        hidden, pooled = encode_text(pipe, s.distinct_ids)
+                        s.hidden_states, s.pooled = hidden[s.row_of], (pooled[s.row_of] if pooled is not None else None)
             n_params = sum(p.numel() for p in params)
             with training_options(pipe, self, settings):
                 losses = (loop or self._loop)(pipe, params, instance, prior, settings)

@@ -58,9 +58,8 @@ def encode_images(pipe, images) -> torch.Tensor:
     finally:
         if upcast:
             cast_parameters(vae, torch.float16)
-    # SD 3.5's and FLUX's VAEs also shift their latents (`shift_factor`), as their pipelines undo before decoding.
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (torch.cat(chunks).float().cpu() - shift) * vae.config.scaling_factor
+    # SD 3.5's and FLUX's VAEs also shift their latents, FLUX.2's patchifies and normalises them (`methods.family`).
+    return family(pipe).vae_latents(pipe, torch.cat(chunks).float().cpu())
 
 
 
@@ -99,8 +98,9 @@ def tokenize(pipe, prompts: list[str]) -> torch.Tensor:
     placeholders expanded by each tokenizer as the pipeline does."""
     rows = []
     convert = getattr(pipe, "maybe_convert_prompt", lambda p, tok: p)  # pipelines without Textual Inversion (SD 3.5) have none
+    fam = family(pipe)
     for tok, length in zip(tokenizers(pipe), text_lengths(pipe)):
-        converted = [convert(p, tok) for p in prompts]
+        converted = [fam.template(pipe, convert(p, tok)) for p in prompts]
         rows.append(tok(converted, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids)
     longest = max(r.shape[-1] for r in rows)
     rows = [torch.nn.functional.pad(r, (0, longest - r.shape[-1]), value=tok.pad_token_id or 0) for r, tok in zip(rows, tokenizers(pipe))]
@@ -117,6 +117,15 @@ def text_condition(pipe, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.T
     lengths = text_lengths(pipe)
     ids = [input_ids[:, k, :n] for k, n in enumerate(lengths)]
     kind = family(pipe).name
+    if kind == "flux2_klein":
+        # FLUX.2 klein: Qwen3's hidden states after the pipeline's layers, side by side per token; its
+        # attention mask is where the padded ids are not the pad token (right padding, as the pipeline pads).
+        qwen, layers = encoders["text_encoder"], family(pipe).text_layers
+        mask = (ids[0] != pipe.tokenizer.pad_token_id).long()
+        out = qwen(input_ids=ids[0].to(qwen.device), attention_mask=mask.to(qwen.device), output_hidden_states=True, use_cache=False)
+        stacked = torch.stack([out.hidden_states[k] for k in layers], dim=1)  # [N, 3, L, D]
+        n, c, length, d = stacked.shape
+        return stacked.permute(0, 2, 1, 3).reshape(n, length, c * d), None
     if kind == "flux1":
         # FLUX.1: T5's last hidden states; CLIP-L's pooled output (its unprojected EOS state).
         clip, t5 = encoders["text_encoder"], encoders["text_encoder_2"]
@@ -177,7 +186,7 @@ def encode_set(pipe, images, prompts: list[str]) -> TrainingSet:
     convert = getattr(pipe, "maybe_convert_prompt", lambda p, tok: p)
     for tok, length in zip(tokenizers(pipe), text_lengths(pipe)):
         for p in distinct:
-            n = len(tok(convert(p, tok)).input_ids)
+            n = len(tok(family(pipe).template(pipe, convert(p, tok))).input_ids)
             if n > length:
                 from bench.data import ConceptDataError
 

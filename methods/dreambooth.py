@@ -23,7 +23,7 @@ from bench.io import atomic_dir, manifest_problems, write_manifest
 from bench.single_file import save_single_file
 from methods.base import Artifact, Method
 from methods.conditioning import TrainingSet, cast_parameters, encode_set
-from methods.family import clip_encoders, denoiser, denoiser_name
+from methods.family import clip_encoders, denoiser, denoiser_name, require_clip
 from methods.errors import MethodConfigError, check_positive
 from methods.settings import TrainSettings
 
@@ -144,6 +144,8 @@ class DreamBooth(Method):
     # ---- training
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        if self.train_text_encoder:
+            require_clip(pipe, "method.train_text_encoder")
         self._components_trained = list(self._components(pipe))
         # The base weights (for `finish`'s diff and restore) wait in host memory: on a GPU a second copy
         # of the UNet there would cost what the fine-tune's gradients cost.

@@ -13,6 +13,13 @@ its latents are scaled, what the text side gives it, what it is trained to predi
   The guidance embedding reads 1.0 in training, as the commands of diffusers' FLUX DreamBooth README train
   FLUX.1-dev (the script's own default is 3.5).
 
+- **FLUX.2 [klein]** (`Flux2KleinPipeline`, the base 4B model of peft's image-generation benchmark):
+  `pipe.transformer` on 2x2-patchified latents (32 -> 128 channels) normalised by the VAE's batch-norm
+  statistics, one token per latent pixel with 4-D positional ids; the Qwen3 text encoder reads the prompt
+  in its chat template and its hidden states after layers 9, 18 and 27 are stacked (the pipeline's
+  defaults), no pooled embedding; rectified flow with uniform timesteps (diffusers' klein example);
+  no guidance embedding on the base model (classifier-free guidance at sampling).
+
 Flow families are trained to predict `noise - x0` from `(1 - sigma) x0 + sigma noise`, sigma = t / 1000
 (the scheduler's own relation between its timesteps and sigmas). Each family conditions training exactly as
 its pipeline conditions generation (same encoders, layers, lengths), so what is trained is what is swept.
@@ -71,6 +78,19 @@ class UNetFamily:
         """Latents [B, C, h, w] in the layout the pipeline's `latents=` argument takes."""
         return x
 
+    def image_size(self, pipe) -> int:
+        """The side in pixels of the images the pipeline makes by default (and the harness trains at)."""
+        return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    def vae_latents(self, pipe, mean: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior's mean as the denoiser reads it: shifted (SD 3.5, FLUX.1) and scaled."""
+        shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
+        return (mean - shift) * pipe.vae.config.scaling_factor
+
+    def template(self, pipe, prompt: str) -> str:
+        """The text the tokenizers read for a prompt (FLUX.2 klein: its chat template around it)."""
+        return prompt
+
 
 class SD3Family(UNetFamily):
     name = "sd3"
@@ -105,6 +125,9 @@ class SD3Family(UNetFamily):
         # `default_sample_size`: the pipeline's own default (the transformer's sample size); `load_pipeline`
         # sets it from model.resolution, as FLUX's transformer has no size of its own.
         return pipe.transformer.config.in_channels, pipe.default_sample_size, pipe.default_sample_size
+
+    def image_size(self, pipe) -> int:
+        return pipe.default_sample_size * pipe.vae_scale_factor
 
 
 class FluxFamily(SD3Family):
@@ -142,7 +165,10 @@ def clip_encoders(pipe) -> dict[str, torch.nn.Module]:
     diffusers LoRA loader or embedding format of these families covers."""
     from methods.conditioning import named_text_encoders
 
-    t5 = {"sd3": "text_encoder_3", "flux1": "text_encoder_2"}.get(family(pipe).name)
+    kind = family(pipe).name
+    if kind == "flux2_klein":
+        return {}  # its one text encoder is Qwen3, a language model, not CLIP
+    t5 = {"sd3": "text_encoder_3", "flux1": "text_encoder_2"}.get(kind)
     return {name: e for name, e in named_text_encoders(pipe).items() if name != t5}
 
 
@@ -163,7 +189,54 @@ def t5_tokenizer(pipe):
     return getattr(pipe, name, None) if name else None
 
 
-FAMILIES = {"StableDiffusion3Pipeline": SD3Family(), "FluxPipeline": FluxFamily()}
+class Flux2KleinFamily(FluxFamily):
+    name = "flux2_klein"
+    text_lengths = {"tokenizer": 512}  # the pipeline's max_sequence_length
+    text_layers = (9, 18, 27)  # the pipeline's text_encoder_out_layers
+
+    def predict(self, pipe, x, t, hidden, pooled):
+        from diffusers import Flux2KleinPipeline as P
+
+        b, _, h, w = x.shape
+        packed = P._pack_latents(x)
+        img_ids = P._prepare_latent_ids(x).to(x.device)
+        txt_ids = P._prepare_text_ids(hidden).to(x.device)
+        tr = pipe.transformer
+        guidance = torch.full((b,), self.guidance, device=x.device, dtype=torch.float32) if tr.config.guidance_embeds else None
+        out = tr(hidden_states=packed, timestep=t.to(x.dtype) / 1000, guidance=guidance, encoder_hidden_states=hidden,
+                 txt_ids=txt_ids, img_ids=img_ids).sample[:, : packed.shape[1]]
+        return P._unpack_latents_with_ids(out, img_ids, h, w)  # its size given: read off the ids it would need their values
+
+    def latent_shape(self, pipe):
+        # The pipeline's latents: 2x2-patchified, so half the VAE's latent side and four times its channels.
+        side = pipe.default_sample_size // 2
+        return pipe.transformer.config.in_channels, side, side
+
+    def pipeline_latents(self, pipe, x):
+        return x
+
+    def vae_latents(self, pipe, mean):
+        from diffusers import Flux2KleinPipeline as P
+
+        bn = pipe.vae.bn
+        x = P._patchify_latents(mean)
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+        return (x - bn.running_mean.view(1, -1, 1, 1).to(x)) / std.to(x)
+
+    def template(self, pipe, prompt):
+        return pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+
+
+def require_clip(pipe, what: str) -> None:
+    """One line for a method (or option) that trains CLIP text encoders, on a model that has none."""
+    from methods.errors import MethodConfigError
+
+    if not clip_encoders(pipe):
+        raise MethodConfigError(f"{what}: {family(pipe).name} has no CLIP text encoder to train (its Qwen3 text encoder is a language "
+                                "model with no token-embedding format its loaders read); train the transformer only")
+
+
+FAMILIES = {"StableDiffusion3Pipeline": SD3Family(), "FluxPipeline": FluxFamily(), "Flux2KleinPipeline": Flux2KleinFamily()}
 _UNET = UNetFamily()
 
 

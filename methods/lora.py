@@ -12,7 +12,7 @@ from bench.io import atomic_path
 from methods.base import Artifact, Method
 from methods.conditioning import per_sample_scale, text_encoders
 from methods.errors import MethodConfigError, check_positive
-from methods.family import clip_encoders, denoiser, denoiser_label, denoiser_name
+from methods.family import clip_encoders, denoiser, denoiser_label, denoiser_name, require_clip
 from methods.files import load_tensors, save_tensors
 
 ADAPTER = "adapterbench"
@@ -68,6 +68,8 @@ class LoRA(Method):
                                     f"(at most {max(sides)}), where an update is already full rank; choose a rank up to {max(sides)}")
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        if self.text_encoder:
+            require_clip(pipe, "method.text_encoder")
         model, where = denoiser(pipe), denoiser_name(pipe)
         self.check_rank(model, self.target_modules, denoiser_label(pipe))
         for name, module in self._components(pipe).items():

@@ -21,7 +21,7 @@ from diffusers.loaders import TextualInversionLoaderMixin
 from bench.data import ConceptData
 from methods.base import Artifact, Method
 from methods.errors import MethodConfigError
-from methods.family import clip_pairs, family, t5_tokenizer
+from methods.family import clip_pairs, family, require_clip, t5_tokenizer
 from methods.files import load_tensors, save_a1111_pt, save_tensors, tensor_file_content
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"
@@ -178,6 +178,7 @@ class TextualInversion(Method):
         return [placeholder] + [f"{placeholder}_{i}" for i in range(1, count)]
 
     def prepare(self, pipe, data: ConceptData) -> list[torch.nn.Parameter]:
+        require_clip(pipe, "method: textual_inversion")
         self._placeholder = self.placeholder(data)
         init = self.init_vectors(pipe, self.initializer or data.initializer)
         self._count = count = init[0].shape[0]

@@ -113,7 +113,7 @@ def sdxl_pipe(sdxl_dir):
 
 @pytest.fixture(scope="session")
 def dit_dirs(tmp_path_factory):
-    """Tiny SD 3.5 and FLUX.1 folders (tests/tiny_dit.py), by family name: their real pipeline and model
+    """Tiny SD 3.5, FLUX.1 and FLUX.2 klein folders (tests/tiny_dit.py), by family name: their real pipeline and model
     classes at toy sizes, saved as diffusers folders so they load as a user's model does."""
     import tiny_dit
 
@@ -122,4 +122,5 @@ def dit_dirs(tmp_path_factory):
     micro_pipe = load_pipeline(MICRO, "cpu")  # its own copy: the session's may hold a test's leftovers
     root = tmp_path_factory.mktemp("dit")
     return {"sd3": tiny_dit.save(tiny_dit.tiny_sd3(micro_pipe), root / "tiny_sd3"),
-            "flux1": tiny_dit.save(tiny_dit.tiny_flux(micro_pipe), root / "tiny_flux1")}
+            "flux1": tiny_dit.save(tiny_dit.tiny_flux(micro_pipe), root / "tiny_flux1"),
+            "flux2_klein": tiny_dit.save(tiny_dit.tiny_flux2_klein(), root / "tiny_flux2_klein")}

@@ -223,10 +223,11 @@ def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
 BOTH_STREAMS = "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"
 
 
-@pytest.mark.parametrize("model, transformer_params", [("flux1", 11_901_408_320), ("sd35", 8_056_627_520), ("sd35_medium", 2_243_171_520)])
+@pytest.mark.parametrize("model, transformer_params", [("flux1", 11_901_408_320), ("sd35", 8_056_627_520), ("sd35_medium", 2_243_171_520),
+                                                       ("flux2_klein", 3_875_544_576)])
 def test_dit_parameters_and_file_sizes_from_the_architecture_alone(model, transformer_params):
     """FLUX.1-dev's transformer 11,901,408,320 parameters (and SD 3.5 Large's and Medium's, which their
-    published "8.1 B" and "2.5 B" round); LoRA rank 4 on both streams' attention projections, counted here
+    published "8.1 B" and "2.5 B" round, and FLUX.2 klein's "4B"); LoRA rank 4 on both streams' attention projections, counted here
     from the transformer's own layers, independently of the methods' code; the DreamBooth file is the
     transformer's weights in the model's dtype."""
     from bench.estimate import _config, _fake_dit_pipeline, _pipeline_kind
@@ -242,15 +243,18 @@ def test_dit_parameters_and_file_sizes_from_the_architecture_alone(model, transf
     assert got["lora"]["trainable_params"] == sum(4 * (lin.in_features + lin.out_features) for lin in linears)
     # The file holds the state dict: the parameters and the persistent buffers (SD 3.5's positional table).
     stored = sum(t.numel() for t in pipe.transformer.state_dict().values())
-    assert stored - transformer_params == (0 if model == "flux1" else pipe.transformer.pos_embed.pos_embed.numel())
+    assert stored - transformer_params == (pipe.transformer.pos_embed.pos_embed.numel() if model.startswith("sd35") else 0)
     assert 4 * stored < got["dreambooth"]["file_bytes"] < 4 * stored + 2e6
     # The text encoders the pipeline holds: T5-XXL's encoder (4,762,310,656) and CLIP-L (and SD 3.5's CLIP-G).
-    t5 = pipe.text_encoder_2 if model == "flux1" else pipe.text_encoder_3
-    assert sum(p.numel() for p in t5.parameters()) == 4_762_310_656
-    assert _config(folder, "transformer")["_class_name"] in ("FluxTransformer2DModel", "SD3Transformer2DModel")
+    if model == "flux2_klein":  # Qwen3-4B reads the prompt
+        assert sum(p.numel() for p in pipe.text_encoder.parameters()) == 4_022_468_096
+    else:
+        t5 = pipe.text_encoder_2 if model == "flux1" else pipe.text_encoder_3
+        assert sum(p.numel() for p in t5.parameters()) == 4_762_310_656
+    assert _config(folder, "transformer")["_class_name"] in ("FluxTransformer2DModel", "SD3Transformer2DModel", "Flux2Transformer2DModel")
 
 
-@pytest.mark.parametrize("fam", ["sd3", "flux1"])
+@pytest.mark.parametrize("fam", ["sd3", "flux1", "flux2_klein"])
 def test_tiny_dit_estimate_matches_real_trainings(fam, dit_dirs, tmp_path):
     """On a tiny SD 3.5 / FLUX.1 folder, where training really runs: parameters and file bytes exactly, and
     the fake-tensor training step's memory peak within 2 % of the real CPU training's tensor peak."""
@@ -261,7 +265,8 @@ def test_tiny_dit_estimate_matches_real_trainings(fam, dit_dirs, tmp_path):
     from methods import build_method
     from methods.settings import TrainSettings
 
-    cfg = config(f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64", "method=[dreambooth,textual_inversion,lora,hypernetwork,lokr]",
+    cfg = config(f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64",
+                 f"method=[dreambooth,{'' if fam == 'flux2_klein' else 'textual_inversion,'}lora,hypernetwork,lokr]",
                  f"method.lora.target_modules={BOTH_STREAMS}", f"method.lokr.adapter.target_modules={BOTH_STREAMS}",
                  "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")
     pipe = load_pipeline(cfg.model, "cpu")

@@ -82,3 +82,26 @@ def tiny_flux(micro_pipe):
 def save(pipe, folder: Path) -> Path:
     pipe.save_pretrained(folder)
     return folder
+
+
+def tiny_flux2_klein():
+    """FLUX.2 klein: its transformer at toy size, a fresh tiny AutoencoderKLFlux2 (32 -> here 4 latent
+    channels, patchified to 16), and a tiny Qwen3 (28 layers, so the pipeline's layers 9, 18, 27 exist)
+    reading the stand-in Qwen tokenizer (byte-level, Qwen3's chat template)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from bench.estimate import stand_in_qwen_tokenizer
+
+    torch.manual_seed(0)
+    tok = stand_in_qwen_tokenizer(512)
+    qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
+                                        num_key_value_heads=1, head_dim=8, max_position_embeddings=1024, tie_word_embeddings=True))
+    vae = AutoencoderKLFlux2(block_out_channels=(16, 32, 32), latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=RESOLUTION,
+                             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                          num_attention_heads=2, joint_attention_dim=3 * 16, guidance_embeds=False, axes_dims_rope=(2, 2, 2, 2),
+                                          timestep_guidance_channels=32, mlp_ratio=2.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=qwen, tokenizer=tok, transformer=transformer)
