@@ -154,7 +154,7 @@ class LoRA(Method):
     def save(self, artifact: Artifact, out_dir: Path) -> Path:
         """diffusers/peft format (the reported file) plus, for the UNet families, the kohya format
         AUTOMATIC1111 and ComfyUI read. A DiT family's diffusers file (`transformer.<module>.lora_A.weight`)
-        is also the layout ai-toolkit writes; kohya's FLUX/SD3 layouts (fused qkv, renamed blocks) are not written."""
+        is also the layout ai-toolkit writes for FLUX.1; kohya's FLUX/SD3 layouts (fused qkv, renamed blocks) are not written."""
         out_dir.mkdir(parents=True, exist_ok=True)
         main = save_tensors(out_dir / DIFFUSERS_FILE, self.name, artifact.tensors, artifact.meta)
         if any(k.startswith("transformer.") for k in artifact.tensors):

@@ -164,7 +164,7 @@ def test_dit_weight_zero_is_the_base_model_and_files_round_trip(fam, name, train
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_a_dit_lora_loads_in_the_stock_pipeline_and_draws_the_same_image(fam, trained, pipes, dit_dirs, tmp_path):
-    """The diffusers-layout file (`transformer.<module>.lora_A.weight`, also ai-toolkit's layout) through the
+    """The diffusers-layout file (`transformer.<module>.lora_A.weight`, also ai-toolkit's FLUX.1 layout) through the
     family's own `load_lora_weights`."""
     from safetensors.torch import load_file
 
