@@ -88,14 +88,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--write", action="store_true")
     p.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl", *DIT])
+    p.add_argument("--skip-micro", action="store_true", help="only the SD-scale tables (to run models in parallel processes)")
+    p.add_argument("--out", type=Path, default=OUT, help="where --write writes")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     register()
     from bench.estimate import estimate, render
 
     start = time.perf_counter()
-    micro = pd.DataFrame(micro_rows(args.steps))
-    parts = [f"# mode=estimate against real trainings, and at SD scale\n\n`python benchmarks/estimate.py --steps {args.steps} --threads {args.threads}`\n\n"
+    micro = pd.DataFrame([] if args.skip_micro else micro_rows(args.steps))
+    parts = [] if args.skip_micro else [f"# mode=estimate against real trainings, and at SD scale\n\n`python benchmarks/estimate.py --steps {args.steps} --threads {args.threads}`\n\n"
              f"## Micro model: estimate (architecture only, fake tensors, `estimate.device=cpu`) vs measured training ({args.steps} steps, batch 4, {args.threads} thread)\n\n"
              "Memory: the estimate's peak of live tensors against the run's measured CPU tensor peak (both include the model weights). "
              "GFLOP/s reached: the estimated FLOPs of a training step times the measured steps/s; similar across methods when the FLOP "
@@ -123,8 +125,8 @@ def main() -> None:
     if args.write:
         from bench.io import atomic_write_text
 
-        atomic_write_text(OUT, text)
-        print(f"written: {OUT}")
+        atomic_write_text(args.out, text)
+        print(f"written: {args.out}")
 
 
 if __name__ == "__main__":
