@@ -195,9 +195,9 @@ def test_sdxl_parameters_and_file_sizes_from_the_architecture_alone():
     assert 4 * weights < got["dreambooth"]["file_bytes"] < 4 * weights + 2e6
 
 
-def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
-    """On a tiny SDXL folder, where training really runs: parameters and file bytes exactly, and the
-    fake-tensor training step's memory peak within 2 % of the real CPU training's tensor peak."""
+def assert_estimate_matches_real_trainings(cfg, tmp_path) -> None:
+    """On a tiny folder, where training really runs: each configured method's parameters and file bytes
+    exactly, and the fake-tensor training step's memory peak within 2 % of the real CPU training's tensor peak."""
     from bench.cost import measure_training
     from bench.data import load_world_concept
     from bench.estimate import Variant
@@ -205,8 +205,6 @@ def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
     from methods import build_method
     from methods.settings import TrainSettings
 
-    cfg = config(f"model.path={sdxl_dir}", "model.name=tiny_sdxl", "model.embedded=false", "method=[dreambooth,lora,hypernetwork,textual_inversion]",
-                 "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")
     pipe = load_pipeline(cfg.model, "cpu")
     concept = load_world_concept("sks_crescent", 8, 64)
     for name in cfg.method:
@@ -218,6 +216,12 @@ def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
         assert est["trainable_params"] == cost.trainable_params, name
         assert est["file_bytes"] == cost.artifact_bytes, name
         assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (name, est["peak_bytes"] / 2**20, cost.peak_mem_mib)
+
+
+def test_tiny_sdxl_estimate_matches_real_trainings(sdxl_dir, tmp_path):
+    assert_estimate_matches_real_trainings(config(
+        f"model.path={sdxl_dir}", "model.name=tiny_sdxl", "model.embedded=false", "method=[dreambooth,lora,hypernetwork,textual_inversion]",
+        "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}"), tmp_path)
 
 
 BOTH_STREAMS = "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"
@@ -256,30 +260,12 @@ def test_dit_parameters_and_file_sizes_from_the_architecture_alone(model, transf
 
 @pytest.mark.parametrize("fam", ["sd3", "flux1", "flux2_klein"])
 def test_tiny_dit_estimate_matches_real_trainings(fam, dit_dirs, tmp_path):
-    """On a tiny SD 3.5 / FLUX.1 folder, where training really runs: parameters and file bytes exactly, and
-    the fake-tensor training step's memory peak within 2 % of the real CPU training's tensor peak."""
-    from bench.cost import measure_training
-    from bench.data import load_world_concept
-    from bench.estimate import Variant
-    from bench.models import load_pipeline
-    from methods import build_method
-    from methods.settings import TrainSettings
-
-    cfg = config(f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64",
-                 f"method=[dreambooth,{'' if fam == 'flux2_klein' else 'textual_inversion,'}lora,hypernetwork,lokr]",
-                 f"method.lora.target_modules={BOTH_STREAMS}", f"method.lokr.adapter.target_modules={BOTH_STREAMS}",
-                 "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}")
-    pipe = load_pipeline(cfg.model, "cpu")
-    concept = load_world_concept("sks_crescent", 8, 64)
-    for name in cfg.method:
-        method = build_method(cfg, name)
-        settings = TrainSettings(steps=3, batch_size=2, progress=False, cache_dir=tmp_path / "cache")
-        method.generate_inputs(pipe, concept, settings)
-        _, cost = measure_training(method, pipe, concept, settings, tmp_path / name)
-        est = estimate_method(cfg, name, arch_folder(cfg.model), ("meta", "cpu"), variant=Variant.parse("fp32"), policy="cpu")
-        assert est["trainable_params"] == cost.trainable_params, name
-        assert est["file_bytes"] == cost.artifact_bytes, name
-        assert abs(est["peak_bytes"] / 2**20 / cost.peak_mem_mib - 1) < 0.02, (name, est["peak_bytes"] / 2**20, cost.peak_mem_mib)
+    """The same on tiny SD 3.5, FLUX.1 and FLUX.2 klein folders, every method each trains (klein: no TI)."""
+    assert_estimate_matches_real_trainings(config(
+        f"model.path={dit_dirs[fam]}", f"model.name=tiny_{fam}", "model.embedded=false", "model.resolution=64",
+        f"method=[dreambooth,{'' if fam == 'flux2_klein' else 'textual_inversion,'}lora,hypernetwork,lokr]",
+        f"method.lora.target_modules={BOTH_STREAMS}", f"method.lokr.adapter.target_modules={BOTH_STREAMS}",
+        "method.dreambooth.num_class_images=2", "+method.dreambooth.class_image_steps=2", "train.batch_size=2", f"results_dir={tmp_path}"), tmp_path)
 
 
 def test_an_estimate_of_a_model_from_disk_trains_as_that_model_is_trained_unless_told_otherwise():
