@@ -82,6 +82,40 @@ def micro_rows(steps: int) -> list[dict]:
     return rows
 
 
+# Published sampling throughput: fal.ai's stable-diffusion-benchmarks (github.com/fal-ai/stable-diffusion-benchmarks,
+# README): stock diffusers, fp16, SDPA, on an A100 80GB SXM, 50 steps of "A photo of a cat" at the models'
+# default sizes and guidance (two samples per step), in denoising steps per second.
+PUBLISHED = {"sd15": ("Diffusers (fp16, SDPA)", 31.44), "sdxl": ("Diffusers (fp16, SDPA)", 8.43)}
+
+
+def throughput_section() -> str:
+    """The time model (FLOPs / (peak rate x efficiency)) against measured throughput: the FLOPs the estimate
+    counts for one denoising step (two samples, guidance) at fp16 times the published steps per second is
+    the rate the A100 reached; over its fp16 peak, the efficiency that run had, beside the 0.35 assumed."""
+    from bench.estimate import GPUS, Variant, arch_folder, estimate_method
+
+    peak = GPUS["A100-80GB"]["tflops"]["fp16"]
+    rows = []
+    for model, (setup, its) in PUBLISHED.items():
+        # Textual Inversion's sampling step is the base UNet's own (it changes no weight).
+        cfg = compose_cfg(f"model={model}", "method=[textual_inversion]", "results_dir=/tmp/unused", "train.batch_size=1")
+        r = estimate_method(cfg, "textual_inversion", arch_folder(cfg.model), variant=Variant.parse("fp16"))
+        gflop = r["gen_step_flops"] / 1e9
+        reached = gflop * its / 1e3
+        rows.append({"model": model, "published (A100 80GB SXM)": f"{setup}: {its} it/s", "gen step GFLOP (estimate)": gflop,
+                     "TFLOP/s reached": reached, "efficiency reached (of 312 fp16)": reached / peak,
+                     "estimated s/step at 0.35": gflop / (peak * 1e3 * 0.35), "measured s/step": 1 / its})
+    table = pd.DataFrame(rows)
+    reached = ", ".join(f"{m} {e:.2f}" for m, e in zip(table.model, table["efficiency reached (of 312 fp16)"]))
+    return ("\n## The time column against published throughput\n\n"
+            "fal.ai's stable-diffusion-benchmarks (github.com/fal-ai/stable-diffusion-benchmarks, README: stock diffusers, fp16, "
+            "SDPA, A100 80GB SXM, 50 steps at each model's default size and guidance) against the FLOPs this estimate counts for one "
+            "denoising step (two samples with guidance, the base UNet). The fraction of the A100's fp16 peak those runs reached "
+            f"({reached}) is what to set `estimate.efficiency` from (the time column assumes 0.35): a measured sampling rate, "
+            "not a training one (training steps add the backward pass and the optimizer). No published SD 3.5 or FLUX training "
+            "throughput with a stated set-up was found to compare with.\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=60)
@@ -90,6 +124,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl", *DIT])
     p.add_argument("--skip-micro", action="store_true", help="only the SD-scale tables (to run models in parallel processes)")
     p.add_argument("--out", type=Path, default=OUT, help="where --write writes")
+    p.add_argument("--skip-throughput", action="store_true", help="leave out the comparison with published sampling throughputs")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     register()
@@ -119,6 +154,8 @@ def main() -> None:
         table = estimate(cfg)
         print(f"{model}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         parts += ["\n", render(cfg, table, note).replace("# Estimated cost", "## Estimated cost", 1)]
+    if not args.skip_throughput:
+        parts.append(throughput_section())
     parts.append(f"\n{time.perf_counter() - start:.0f} s for everything above.\n")
     text = "".join(parts)
     print(text)
