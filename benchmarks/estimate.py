@@ -121,7 +121,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--write", action="store_true")
-    p.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl", *DIT])
+    p.add_argument("--models", nargs="*", default=["sd15", "sd21", "sdxl", *DIT])
     p.add_argument("--skip-micro", action="store_true", help="only the SD-scale tables (to run models in parallel processes)")
     p.add_argument("--out", type=Path, default=OUT, help="where --write writes")
     p.add_argument("--skip-throughput", action="store_true", help="leave out the comparison with published sampling throughputs")
