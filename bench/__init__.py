@@ -7,10 +7,11 @@ Adding a module means placing it here; the test fails for a module in no layer.
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Paths, files, the micro world's definition, machine facts: no torch models, no results.
-    ("foundations", ("bench.paths", "bench.io", "bench.memory", "bench.provenance", "bench.config", "bench.world", "bench.zoo", "bench.images")),
-    # Loading models and data, stage keys and rows, sweeps, the oracle that judges the micro world.
-    ("models and data", ("bench.models", "bench.data", "bench.clip", "bench.stages", "bench.records", "bench.single_file", "bench.sweep",
-                         "bench.oracle", "bench.quality")),
+    ("foundations", ("bench.paths", "bench.io", "bench.memory", "bench.provenance", "bench.config", "bench.world", "bench.zoo")),
+    # Loading models and data, what differs between model families, generating, stage keys and rows, sweeps,
+    # the oracle that judges the micro world.
+    ("models and data", ("bench.models", "bench.family", "bench.images", "bench.data", "bench.clip", "bench.stages", "bench.records",
+                         "bench.single_file", "bench.sweep", "bench.oracle", "bench.quality")),
     # Build steps: training the embedded models, run once (outputs committed in bench/zoo); nothing imports them.
     ("build", ("bench.build", "bench.build.*")),
     # What is compared (one module per method) and what is measured (one module per metric).

@@ -104,7 +104,7 @@ def size_on_disk(path: Path) -> int:
 def measure_training(method, pipe, data, settings, out_dir: Path) -> tuple[object, TrainCost]:
     """Train `method` on `data`, save its artifact under `out_dir`, and measure both."""
     from methods.conditioning import text_encoders
-    from methods.family import denoiser
+    from bench.family import denoiser
 
     device = denoiser(pipe).device
     reset_process_peak_rss()

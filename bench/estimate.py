@@ -171,7 +171,7 @@ def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: 
 
     from bench import world
     from methods.conditioning import cast_parameters
-    from methods.family import FAMILIES
+    from bench.family import FAMILIES
 
     sd3 = kind == "StableDiffusion3Pipeline"
     with torch.device("meta"):
@@ -466,7 +466,7 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
     from bench.data import load_world_concept
     from methods import build_method
     from methods.conditioning import text_condition, text_encoders, tokenize
-    from methods.family import denoiser, family
+    from bench.family import denoiser, family
     from methods.settings import PRECISIONS, TrainSettings
     from methods.training import TrainStep
 
@@ -749,7 +749,7 @@ def training_floor(cfg: DictConfig, methods: dict, concept, device: torch.device
     from methods import qualified
     from methods.conditioning import text_encoders
     from methods.errors import MethodConfigError
-    from methods.family import denoiser
+    from bench.family import denoiser
     from methods.settings import TrainSettings
 
     try:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from methods.family import denoiser, family
+from bench.family import denoiser, family
 
 
 @torch.no_grad()

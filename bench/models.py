@@ -3,7 +3,7 @@ FLUX.1 / FLUX.2 klein from disk.
 
 One code path for all of them: the diffusers pipeline the model folder's `model_index.json` names
 (`StableDiffusionPipeline` for SD 1.x/2.x and micro, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`,
-`FluxPipeline`, `Flux2KleinPipeline`), loaded offline; `methods.family` holds what differs in training them.
+`FluxPipeline`, `Flux2KleinPipeline`), loaded offline; `bench.family` holds what differs in training them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from bench.data import ConceptData
 from methods.conditioning import TrainingSet, encode_set, encode_text, text_condition, text_encoders
 from methods.errors import MethodConfigError, TrainingDiverged, check_positive
-from methods.family import denoiser, family
+from bench.family import denoiser, family
 from methods.files import tensor_file_content
 from methods.settings import TrainSettings
 from methods.training import TrainStep, training_options

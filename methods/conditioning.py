@@ -1,6 +1,6 @@
 """What the denoiser reads besides its noisy input: VAE latents of image sets, tokens, the text encoders'
 states (and SDXL's, SD 3.5's and FLUX's pooled embeddings and added conditions). Shared by the training
-loop, the methods and mode=estimate, for every family (`methods.family`)."""
+loop, the methods and mode=estimate, for every family (`bench.family`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.family import family
+from bench.family import TEXT_ENCODERS, clip_encoders, family, named_text_encoders
 
 
 @dataclass
@@ -58,19 +58,8 @@ def encode_images(pipe, images) -> torch.Tensor:
     finally:
         if upcast:
             cast_parameters(vae, torch.float16)
-    # SD 3.5's and FLUX's VAEs also shift their latents, FLUX.2's patchifies and normalises them (`methods.family`).
+    # SD 3.5's and FLUX's VAEs also shift their latents, FLUX.2's patchifies and normalises them (`bench.family`).
     return family(pipe).vae_latents(pipe, torch.cat(chunks).float().cpu())
-
-
-
-TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))  # pipe attributes
-
-
-
-def named_text_encoders(pipe) -> dict[str, torch.nn.Module]:
-    """The pipe's text encoders by attribute name: one for SD 1.x/2.x, two for SDXL (CLIP ViT-L and OpenCLIP
-    ViT-bigG) and FLUX.1 (CLIP-L, T5), three for SD 3.5 (CLIP-L, CLIP-G, T5)."""
-    return {name: e for name, _ in TEXT_ENCODERS if (e := getattr(pipe, name, None)) is not None}
 
 
 
@@ -111,7 +100,7 @@ def tokenize(pipe, prompts: list[str]) -> torch.Tensor:
 def text_condition(pipe, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states [N, L, D], pooled [N, P] or None) of token ids [N, E, L], as the pipeline conditions
     its denoiser: SD 1.x/2.x the encoder's last hidden states; SDXL each encoder's penultimate hidden states,
-    concatenated, and the second encoder's projected pooled output; SD 3.5 and FLUX.1 as `methods.family`
+    concatenated, and the second encoder's projected pooled output; SD 3.5 and FLUX.1 as `bench.family`
     describes."""
     encoders = named_text_encoders(pipe)
     lengths = text_lengths(pipe)
@@ -166,20 +155,6 @@ def encode_text(pipe, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 
-def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """SDXL's added UNet conditions for a batch of latents `x`: the pooled text embedding and the six size
-    and crop numbers (original size, crop top-left, target size), here the training resolution uncropped,
-    as the diffusers SDXL trainers pass them for square images. None for SD 1.x/2.x UNets."""
-    if getattr(pipe.unet.config, "addition_embed_type", None) != "text_time":
-        return None
-    if any(p is None for p in pooled):
-        raise ValueError("this UNet needs SDXL's pooled text embedding, which the text encoders did not give")
-    side = x.shape[-1] * pipe.vae_scale_factor
-    time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=x.dtype).to(x.device).repeat(x.shape[0], 1)
-    return {"text_embeds": torch.cat(pooled).to(x.dtype), "time_ids": time_ids}
-
-
-
 def encode_set(pipe, images, prompts: list[str]) -> TrainingSet:
     """The images' latents and their captions' token ids (the text states, when frozen, are added by `train`)."""
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
@@ -202,3 +177,12 @@ def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
     for t in [*module.parameters(), *module.buffers()]:
         if t.is_floating_point() and t.dtype != dtype:
             t.data = t.data.to(dtype)
+
+
+def require_clip(pipe, what: str) -> None:
+    """One line for a method (or option) that trains CLIP text encoders, on a model that has none."""
+    from methods.errors import MethodConfigError
+
+    if not clip_encoders(pipe):
+        raise MethodConfigError(f"{what}: {family(pipe).name} has no CLIP text encoder to train (its Qwen3 text encoder is a language "
+                                "model with no token-embedding format its loaders read); train the transformer only")

@@ -22,8 +22,8 @@ from bench.images import generate
 from bench.io import atomic_dir, manifest_problems, write_manifest
 from bench.single_file import save_single_file
 from methods.base import Artifact, Method
-from methods.conditioning import TrainingSet, cast_parameters, encode_set
-from methods.family import clip_encoders, denoiser, denoiser_name, require_clip
+from methods.conditioning import TrainingSet, cast_parameters, encode_set, require_clip
+from bench.family import clip_encoders, denoiser, denoiser_name
 from methods.errors import MethodConfigError, check_positive
 from methods.settings import TrainSettings
 
@@ -86,7 +86,7 @@ class DreamBooth(Method):
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
         """The UNet (the DiT families' transformer), and with `train_text_encoder` every CLIP text encoder
-        (SDXL and SD 3.5: both; T5 never: `methods.family.clip_encoders`)."""
+        (SDXL and SD 3.5: both; T5 never: `bench.family.clip_encoders`)."""
         return {denoiser_name(pipe): denoiser(pipe), **(clip_encoders(pipe) if self.train_text_encoder else {})}
 
     # ---- prior preservation

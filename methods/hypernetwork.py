@@ -24,7 +24,7 @@ from bench.data import ConceptData
 from methods.base import Artifact, Method
 from methods.conditioning import per_sample_scale
 from methods.errors import MethodConfigError
-from methods.family import denoiser, family
+from bench.family import denoiser, family
 from methods.files import load_tensors, save_a1111_pt, save_tensors
 
 SAFETENSORS_FILE = "hypernetwork.safetensors"

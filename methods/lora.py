@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from bench.data import ConceptData
 from bench.io import atomic_path
 from methods.base import Artifact, Method
-from methods.conditioning import per_sample_scale, text_encoders
+from methods.conditioning import per_sample_scale, require_clip, text_encoders
 from methods.errors import MethodConfigError, check_positive
-from methods.family import clip_encoders, denoiser, denoiser_label, denoiser_name, require_clip
+from bench.family import clip_encoders, denoiser, denoiser_label, denoiser_name
 from methods.files import load_tensors, save_tensors
 
 ADAPTER = "adapterbench"
@@ -92,7 +92,7 @@ class LoRA(Method):
 
     def _components(self, pipe) -> dict[str, torch.nn.Module]:
         """The UNet (or the DiT families' transformer), and with `text_encoder` every CLIP text encoder
-        (SDXL and SD 3.5: both; never T5: `methods.family.clip_encoders`)."""
+        (SDXL and SD 3.5: both; never T5: `bench.family.clip_encoders`)."""
         return {denoiser_name(pipe): denoiser(pipe), **(clip_encoders(pipe) if self.text_encoder else {})}
 
     def finish(self, pipe, data: ConceptData) -> Artifact:

@@ -23,7 +23,7 @@ from methods.base import Artifact, Method
 from methods.errors import MethodConfigError
 from methods.files import load_tensors, save_tensors
 from methods.lora import ADAPTER, remove_peft
-from methods.family import denoiser, denoiser_label
+from bench.family import denoiser, denoiser_label
 
 FILE = "adapter.safetensors"
 LYCORIS_FILE = "lycoris.safetensors"  # LoHa/LoKr in the LyCORIS/kohya layout AUTOMATIC1111 and ComfyUI read

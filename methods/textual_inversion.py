@@ -21,7 +21,8 @@ from diffusers.loaders import TextualInversionLoaderMixin
 from bench.data import ConceptData
 from methods.base import Artifact, Method
 from methods.errors import MethodConfigError
-from methods.family import clip_pairs, family, require_clip, t5_tokenizer
+from bench.family import clip_pairs, family, t5_tokenizer
+from methods.conditioning import require_clip
 from methods.files import load_tensors, save_a1111_pt, save_tensors, tensor_file_content
 
 SAFETENSORS_FILE = "learned_embeds.safetensors"

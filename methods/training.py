@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from methods.conditioning import TrainingSet, text_encoders
 from methods.errors import MethodConfigError
-from methods.family import denoiser, family, is_flow
+from bench.family import denoiser, family, is_flow
 from methods.settings import TrainSettings
 
 if TYPE_CHECKING:  # the training step drives a Method; methods.base imports this module, not the reverse

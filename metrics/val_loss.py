@@ -38,7 +38,7 @@ def per_image_loss(pipe, method, artifact, data, weight: float, timesteps: list[
     """Each held-out image's loss (mean over `timesteps`) with `artifact` applied at `weight`; `latents`:
     the held-out images already through the VAE (`encode_images`), when the caller scores several weights."""
     from methods.conditioning import encode_images, text_condition, tokenize
-    from methods.family import denoiser, family
+    from bench.family import denoiser, family
     from methods.training import noised_and_target
 
     if not data.holdout or not timesteps:

@@ -16,7 +16,7 @@ from bench.data import load_world_concept
 from bench.images import generate
 from methods.conditioning import text_condition, tokenize
 from methods.errors import MethodConfigError
-from methods.family import family
+from bench.family import family
 from methods.settings import TrainSettings
 from methods.training import noised_and_target
 from test_learning import fixed_batch_loss
@@ -230,7 +230,7 @@ def test_textual_inversion_on_a_dit_has_vectors_in_its_clip_encoders_and_t5_read
     prompt in every encoder), and reads prompts as written again once they are removed."""
     from safetensors.torch import load_file
 
-    from methods.family import t5_tokenizer
+    from bench.family import t5_tokenizer
 
     pipe = pipes[fam]
     method, result = trained[fam, "textual_inversion"]

@@ -45,10 +45,10 @@ def test_default_config_learns_the_default_concept(name, micro_pipe, micro_encod
 
 @torch.no_grad()
 def fixed_batch_loss(pipe, method, artifact, concept, weight: float) -> float:
-    """The training objective of the model's family (`methods.family`) on one fixed batch of the concept's
+    """The training objective of the model's family (`bench.family`) on one fixed batch of the concept's
     images: the same noise and timesteps at every weight."""
     from methods.conditioning import encode_images, text_condition, tokenize
-    from methods.family import family
+    from bench.family import family
     from methods.training import noised_and_target
 
     fam = family(pipe)

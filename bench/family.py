@@ -29,6 +29,29 @@ from __future__ import annotations
 
 import torch
 
+
+TEXT_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))  # pipe attributes
+
+
+def named_text_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The pipe's text encoders by attribute name: one for SD 1.x/2.x and FLUX.2 klein (Qwen3), two for SDXL
+    (CLIP ViT-L and OpenCLIP ViT-bigG) and FLUX.1 (CLIP-L, T5), three for SD 3.5 (CLIP-L, CLIP-G, T5)."""
+    return {name: e for name, _ in TEXT_ENCODERS if (e := getattr(pipe, name, None)) is not None}
+
+
+def added_conditions(pipe, pooled: list[torch.Tensor | None], x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """SDXL's added UNet conditions for a batch of latents `x`: the pooled text embedding and the six size
+    and crop numbers (original size, crop top-left, target size), here the training resolution uncropped,
+    as the diffusers SDXL trainers pass them for square images. None for SD 1.x/2.x UNets."""
+    if getattr(pipe.unet.config, "addition_embed_type", None) != "text_time":
+        return None
+    if any(p is None for p in pooled):
+        raise ValueError("this UNet needs SDXL's pooled text embedding, which the text encoders did not give")
+    side = x.shape[-1] * pipe.vae_scale_factor
+    time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=x.dtype).to(x.device).repeat(x.shape[0], 1)
+    return {"text_embeds": torch.cat(pooled).to(x.dtype), "time_ids": time_ids}
+
+
 def denoiser_name(pipe) -> str:
     """'transformer' for the DiT families, 'unet' for the UNet ones (the pipeline attribute and the
     component folder name alike)."""
@@ -65,8 +88,6 @@ class UNetFamily:
         return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
 
     def predict(self, pipe, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pooled: list[torch.Tensor | None]) -> torch.Tensor:
-        from methods.conditioning import added_conditions
-
         return pipe.unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added_conditions(pipe, pooled, x)).sample
 
     def latent_shape(self, pipe) -> tuple[int, int, int]:
@@ -163,8 +184,6 @@ def clip_encoders(pipe) -> dict[str, torch.nn.Module]:
     """The text encoders a method may train (LoRA's `text_encoder`, Textual Inversion), by attribute name:
     every CLIP encoder; never T5 (SD 3.5's `text_encoder_3`, FLUX.1's `text_encoder_2`), which no
     diffusers LoRA loader or embedding format of these families covers."""
-    from methods.conditioning import named_text_encoders
-
     kind = family(pipe).name
     if kind == "flux2_klein":
         return {}  # its one text encoder is Qwen3, a language model, not CLIP
@@ -174,8 +193,6 @@ def clip_encoders(pipe) -> dict[str, torch.nn.Module]:
 
 def clip_pairs(pipe) -> list[tuple[object, torch.nn.Module]]:
     """(tokenizer, encoder) of every CLIP text encoder (`clip_encoders`), in the pipeline's order."""
-    from methods.conditioning import TEXT_ENCODERS
-
     names = clip_encoders(pipe)
     return [(getattr(pipe, tok), names[enc]) for enc, tok in TEXT_ENCODERS if enc in names]
 
@@ -225,15 +242,6 @@ class Flux2KleinFamily(FluxFamily):
 
     def template(self, pipe, prompt):
         return pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
-
-
-def require_clip(pipe, what: str) -> None:
-    """One line for a method (or option) that trains CLIP text encoders, on a model that has none."""
-    from methods.errors import MethodConfigError
-
-    if not clip_encoders(pipe):
-        raise MethodConfigError(f"{what}: {family(pipe).name} has no CLIP text encoder to train (its Qwen3 text encoder is a language "
-                                "model with no token-embedding format its loaders read); train the transformer only")
 
 
 FAMILIES = {"StableDiffusion3Pipeline": SD3Family(), "FluxPipeline": FluxFamily(), "Flux2KleinPipeline": Flux2KleinFamily()}
