@@ -186,6 +186,11 @@ def load_pipeline(cfg, device: str = "auto"):
     if getattr(pipe, "transformer", None) is not None and cfg.get("resolution"):
         # The DiT pipelines' default image size (their `default_sample_size`, in latent pixels): FLUX's is
         # fixed at 1024 px whatever the model, so the configured resolution sets it, as SD's UNet config does.
+        # Their latents go to the transformer in 2x2 patches (packed or patchified): the side must split so.
+        step = 2 * pipe.vae_scale_factor
+        if int(cfg["resolution"]) % step:
+            raise ModelConfigError(f"model.resolution: {cfg['resolution']} px is not a multiple of {step} ({type(pipe).__name__}'s VAE factor "
+                                   f"{pipe.vae_scale_factor} x its 2x2 latent patches); use {int(cfg['resolution']) // step * step} or {(int(cfg['resolution']) // step + 1) * step}")
         pipe.default_sample_size = int(cfg["resolution"]) // pipe.vae_scale_factor
     log.info("loaded %s from %s on %s (%s)", cfg.get("name", "model"), path, dev, dtype)
     return pipe

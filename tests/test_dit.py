@@ -299,3 +299,10 @@ def test_a_whole_comparison_runs_on_a_flux_folder_through_run_py(dit_dirs, tmp_p
     table = pd.read_csv(out / "results.csv")
     assert set(table.method.dropna()) == {"lora", "textual_inversion"} and (out / "report" / "report.html").is_file()  # rows without a method: the base model's
     assert "Warning" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_dit_resolution_its_latent_patches_cannot_split_is_refused_naming_the_key(dit_dirs):
+    from bench.models import ModelConfigError, load_pipeline
+
+    with pytest.raises(ModelConfigError, match=r"^model\.resolution: 60 px is not a multiple of 8 .*use 56 or 64$"):
+        load_pipeline({"name": "flux1", "path": str(dit_dirs["flux1"]), "dtype": "float32", "resolution": 60}, "cpu")
