@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from bench.data import load_world_concept
 from bench.images import generate
+from bench.models import pipeline_class
 from methods.conditioning import text_condition, tokenize
 from methods.errors import MethodConfigError
 from bench.family import family
@@ -168,8 +169,6 @@ def test_a_dit_lora_loads_in_the_stock_pipeline_and_draws_the_same_image(fam, tr
     family's own `load_lora_weights`."""
     from safetensors.torch import load_file
 
-    from bench.models import pipeline_class
-
     method, result = trained[fam, "lora"]
     path = method.save(result.artifact, tmp_path)
     keys = set(load_file(str(path)))
@@ -189,16 +188,10 @@ def test_a_dit_dreambooth_saves_a_transformer_the_stock_pipeline_loads(fam, trai
     main = method.save(result.artifact, tmp_path)
     assert main.name == "diffusion_pytorch_model.safetensors" and main.parent.name == "transformer"
     ours = image(pipes[fam], PROMPT, method, result.artifact, 1.0)
-    stock = pipeline_class_of(main.parent.parent).from_pretrained(main.parent.parent, local_files_only=True)
+    stock = pipeline_class(main.parent.parent).from_pretrained(main.parent.parent, local_files_only=True)
     stock.set_progress_bar_config(disable=True)
     stock.default_sample_size = pipes[fam].default_sample_size
     assert np.array_equal(pixels(generate(stock, [PROMPT], [0], steps=STEPS)[0]), ours)
-
-
-def pipeline_class_of(folder):
-    from bench.models import pipeline_class
-
-    return pipeline_class(folder)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
