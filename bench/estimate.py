@@ -512,9 +512,10 @@ def estimate_method(cfg: DictConfig, name: str, folder: Path, device_types: tupl
             # FLUX.1-dev is guidance-distilled: one pass per sample (guidance is an input), no doubled batch.
             fam = family(pipe)
             n = int(cfg.estimate.gen_batch) * (1 if fam.name == "flux1" else 2)
-            latent = resolution // pipe.vae_scale_factor
-            channels = fam.latent_shape(pipe)[0]
-            x = torch.zeros(n, channels, latent, latent, device="meta", dtype=denoiser(pipe).dtype)
+            # The latents the pipeline samples: a UNet's at model.resolution; a DiT's as its pipeline lays them
+            # out (FLUX.2 klein's 2x2-patchified: half the side, four times the channels).
+            shape = (fam.latent_shape(pipe)[0], resolution // pipe.vae_scale_factor, resolution // pipe.vae_scale_factor) if fam.name == "unet" else fam.latent_shape(pipe)
+            x = torch.zeros(n, *shape, device="meta", dtype=denoiser(pipe).dtype)
             with torch.no_grad():
                 hidden, pooled = text_condition(pipe, tokenize(pipe, ["a sks shape"] * n).to("meta"))
             counter = FlopCounterMode(display=False)
