@@ -93,6 +93,22 @@ def arch_folder(model: DictConfig) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def _without_value_init():
+    """torch.nn.init's fills as no-ops while fake modules are built: fake tensors hold no values, and each
+    fill is an op through the fake-tensor mode (FLUX.1's pipeline: 5.3 s built with them, 0.3 s without)."""
+    import torch.nn.init as init
+
+    fills = {n: getattr(init, n) for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))}
+    for name in fills:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fill in fills.items():
+            setattr(init, name, fill)
+
+
 def _has_denoiser(folder: Path) -> bool:
     return any((folder / c / "config.json").is_file() for c in ("unet", "transformer"))
 
@@ -144,7 +160,7 @@ def _fake_klein_pipeline(folder: Path, dtype: torch.dtype):
 
     from methods.conditioning import cast_parameters
 
-    with torch.device("meta"):
+    with torch.device("meta"), _without_value_init():
         transformer = Flux2Transformer2DModel.from_config(_config(folder, "transformer"))
         vae = AutoencoderKLFlux2.from_config(_config(folder, "vae"))
         qwen = Qwen3ForCausalLM(Qwen3Config(**_config(folder, "text_encoder")))
@@ -174,7 +190,7 @@ def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: 
     from bench.family import FAMILIES
 
     sd3 = kind == "StableDiffusion3Pipeline"
-    with torch.device("meta"):
+    with torch.device("meta"), _without_value_init():
         vae = AutoencoderKL.from_config(_config(folder, "vae"))
         transformer = (SD3Transformer2DModel if sd3 else FluxTransformer2DModel).from_config(_config(folder, "transformer"))
         clips = [(CLIPTextModelWithProjection if sd3 else CLIPTextModel)(CLIPTextConfig(**_config(folder, "text_encoder")))]
@@ -226,7 +242,7 @@ def fake_pipeline(folder: Path, dtype: torch.dtype = torch.float32, resolution: 
 
     text_config = CLIPTextConfig(**_config(folder, "text_encoder"))
     sdxl = (folder / "text_encoder_2").is_dir()
-    with torch.device("meta"):
+    with torch.device("meta"), _without_value_init():
         unet = UNet2DConditionModel.from_config(_config(folder, "unet"))
         vae = AutoencoderKL.from_config(_config(folder, "vae"))
         text_encoder = CLIPTextModel(text_config)
