@@ -154,8 +154,7 @@ def stand_in_qwen_tokenizer(max_length: int = 512):
 
 
 def _fake_klein_pipeline(folder: Path, dtype: torch.dtype):
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from methods.conditioning import cast_parameters
@@ -167,22 +166,30 @@ def _fake_klein_pipeline(folder: Path, dtype: torch.dtype):
     for m in (transformer, vae, qwen):
         m.eval()
         cast_parameters(m, dtype)
-    with unset_fake_temporarily():  # its constructor reads one of its sigmas' values
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
-    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=qwen, tokenizer=stand_in_qwen_tokenizer(), transformer=transformer)
+    return Flux2KleinPipeline(scheduler=_flow_scheduler(folder), vae=vae, text_encoder=qwen, tokenizer=stand_in_qwen_tokenizer(), transformer=transformer)
 
 
 def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: int | None):
     """SD 3.5, FLUX.1 or FLUX.2 klein from `folder`'s configs as fake tensors (see `fake_pipeline`).
     Tokenizers: the micro model's CLIP tokenizer at CLIP's 77, a stand-in T5 tokenizer
     (`stand_in_t5_tokenizer`), a stand-in Qwen tokenizer (`stand_in_qwen_tokenizer`)."""
-    if kind == "Flux2KleinPipeline":
-        pipe = _fake_klein_pipeline(folder, dtype)
-        if resolution:
-            pipe.default_sample_size = int(resolution) // pipe.vae_scale_factor
-        pipe.register_to_config(_name_or_path=str(folder))
-        return pipe
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+    pipe = _fake_klein_pipeline(folder, dtype) if kind == "Flux2KleinPipeline" else _fake_sd3_or_flux_pipeline(folder, kind, dtype)
+    if resolution:
+        pipe.default_sample_size = int(resolution) // pipe.vae_scale_factor
+    pipe.register_to_config(_name_or_path=str(folder))
+    return pipe
+
+
+def _flow_scheduler(folder: Path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():  # the scheduler reads its own sigmas' values as it is made (a few thousand floats)
+        return FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
+
+
+def _fake_sd3_or_flux_pipeline(folder: Path, kind: str, dtype: torch.dtype):
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast, T5Config, T5EncoderModel
 
     from bench import world
@@ -202,19 +209,13 @@ def _fake_dit_pipeline(folder: Path, kind: str, dtype: torch.dtype, resolution: 
         cast_parameters(m, dtype)
     clip_tok = CLIPTokenizerFast.from_pretrained(MICRO / "tokenizer", model_max_length=clips[0].config.max_position_embeddings)
     t5_tok = stand_in_t5_tokenizer(world.vocabulary(), next(iter(FAMILIES[kind].text_lengths.values())))
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    with unset_fake_temporarily():  # the scheduler reads its own sigmas' values as it is made (a few thousand floats)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(_config(folder, "scheduler"))
+    scheduler = _flow_scheduler(folder)
     if sd3:
         pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clips[0], tokenizer=clip_tok,
                                         text_encoder_2=clips[1], tokenizer_2=copy.deepcopy(clip_tok), text_encoder_3=t5, tokenizer_3=t5_tok)
     else:
         pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clips[0], tokenizer=clip_tok,
                             text_encoder_2=t5, tokenizer_2=t5_tok)
-    if resolution:
-        pipe.default_sample_size = int(resolution) // pipe.vae_scale_factor
-    pipe.register_to_config(_name_or_path=str(folder))
     return pipe
 
 

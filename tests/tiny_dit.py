@@ -11,13 +11,9 @@ from pathlib import Path
 
 import torch
 
+from bench.estimate import stand_in_t5_tokenizer
+
 RESOLUTION = 64
-
-
-def t5_tokenizer(words: list[str], max_length: int):
-    from bench.estimate import stand_in_t5_tokenizer
-
-    return stand_in_t5_tokenizer(words, max_length)
 
 
 def _t5(vocab_size: int, width: int = 32):
@@ -53,7 +49,7 @@ def tiny_sd3(micro_pipe):
             max_position_embeddings=te.max_position_embeddings, projection_dim=projection, bos_token_id=te.bos_token_id,
             eos_token_id=te.eos_token_id, pad_token_id=te.pad_token_id, hidden_act="gelu"))
 
-    t5_tok = t5_tokenizer(_words(), 256)
+    t5_tok = stand_in_t5_tokenizer(_words(), 256)
     transformer = SD3Transformer2DModel(
         sample_size=RESOLUTION // 4, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=24, pos_embed_max_size=32,
@@ -68,7 +64,7 @@ def tiny_flux(micro_pipe):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(0)
-    t5_tok = t5_tokenizer(_words(), 512)
+    t5_tok = stand_in_t5_tokenizer(_words(), 512)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=micro_pipe.text_encoder.config.hidden_size, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
