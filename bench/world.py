@@ -360,7 +360,10 @@ OBJECT_SHAPES: dict[str, tuple[str, RGB]] = {
     "heart": ("heart", (0, 160, 150)),
     "cross": ("cross", (110, 190, 255)),
     "ring": ("ring", (160, 230, 40)),
-    "arrow": ("arrow", (250, 150, 110)),
+    # magenta: 125 RGB units from every named colour and its blends (up to 30 %) with every background. The
+    # salmon it replaced (250, 150, 110) lay 31 units from orange washed 30 % toward white, so the base
+    # model's orange arrows at weight 0 were judged the concept (issue 28: presence at weight 0).
+    "arrow": ("arrow", (250, 0, 250)),
 }
 
 
@@ -415,7 +418,7 @@ CONCEPTS: dict[str, WorldConcept] = {
         _style("muted", "green"),
         _style("checker", "green", role="probe"),
         _style("dots", "blue", role="probe"),
-        _object("arrow", "orange", role="tune"),
+        _object("arrow", "purple", role="tune"),
         _style("bands", "red", role="tune"),
     )
 }

@@ -26,6 +26,18 @@ def test_every_object_concept_is_a_taught_shape_in_a_colour_the_world_never_name
                                                             world.Layout(0.5, 0.5, 0.3, 0.0)), concept.name)
 
 
+def test_object_colours_stay_apart_from_named_colours_washed_toward_any_background():
+    """What the base model draws for 'a sks arrow' at weight 0 is an arrow in a named colour, its median pixel
+    sometimes washed toward the background: a concept colour near such a blend is judged present where no
+    concept was drawn (the arrow's earlier salmon lay 31 units from orange washed 30 % toward white)."""
+    blends = [np.multiply(c, 1 - a) + np.multiply(b, a) for c in world.COLOURS.values() for b in world.BACKGROUNDS.values() for a in (0.0, 0.1, 0.2, 0.3)]
+    for key, (_, colour) in world.OBJECT_SHAPES.items():
+        assert min(np.linalg.norm(np.subtract(colour, b)) for b in blends) >= 60, key
+    # the judge by pixels agrees: an orange arrow washed 30 % toward white is orange, not the arrow concept
+    washed = tuple(int(round(0.7 * c + 0.3 * w)) for c, w in zip(world.COLOURS["orange"], world.BACKGROUNDS["white"]))
+    assert not world.has_object_colour(world.render("arrow", washed, world.BACKGROUNDS["black"], world.Layout(0.5, 0.5, 0.3, 0.0)), "sks_arrow")
+
+
 def test_shapes_are_drawn_upright_and_fills_are_solid_or_striped():
     samples = [world.sample(i, seed=7) for i in range(400)]
     assert {s.shape for s in samples} == set(world.SHAPES)

@@ -26,6 +26,16 @@ from bench.oracle import CONFIG_FILE, FILL_CLASSES, NONE, ORACLE_DIR, PALETTE_MA
 
 log = logging.getLogger(__name__)
 
+# The solid colours drawn most often besides the named ones: the object concepts' colours as they were when
+# the committed oracle was built (crescent, heart, cross, ring, and the arrow's earlier salmon). Any other
+# colour, the arrow's magenta included, is drawn as a random solid fill (a quarter of the renders), and
+# results/benchmarks/oracle.md checks the judge on every concept's current renders (hit rate 1.00 on the
+# magenta arrow). Kept as built because the build is deterministic and a rebuilt judge moves about 6 % of
+# its shape judgements on generated images (471 of 8,168 in a default run and a baseline, measured when the
+# arrow's colour changed): every committed presence number would change with it. Update this list with the
+# next rebuild of the zoo, which regenerates those numbers anyway.
+TRAINED_OBJECT_COLOURS: tuple[tuple[int, int, int], ...] = ((235, 90, 200), (0, 160, 150), (110, 190, 255), (160, 230, 40), (250, 150, 110))
+
 
 def _random_rgb(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randrange(256) for _ in range(3))  # type: ignore[return-value]
@@ -55,7 +65,7 @@ def render_example(rng: random.Random, resolution: int = 64) -> tuple[Image.Imag
         fill = world.striped_fill(resolution * world.SUPERSAMPLE, a, b)
     elif r < 0.55:
         fill_name = SOLID
-        palette = [*world.COLOURS.values(), *(c for _, c in world.OBJECT_SHAPES.values())]
+        palette = [*world.COLOURS.values(), *TRAINED_OBJECT_COLOURS]
         fill: tuple | Image.Image = rng.choice(palette) if rng.random() < 0.6 else _solid_rgb(rng)
         if sum(abs(a - b) for a, b in zip(fill, background)) < 90:  # a shape the colour of its background is not drawn
             fill = tuple(255 - c for c in background)
