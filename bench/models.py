@@ -96,7 +96,16 @@ def skip_bitsandbytes_unless_used(cfg) -> None:
     if str(cfg.train.get("optimizer", "adamw")) == "adamw8bit":
         if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
             del sys.modules["bitsandbytes"]
-    elif "bitsandbytes" not in sys.modules:
+    else:
+        skip_bitsandbytes()
+
+
+def skip_bitsandbytes() -> None:
+    """Mark bitsandbytes absent in this process (see `skip_bitsandbytes_unless_used`): for the benchmark and
+    build scripts, which never train with 8-bit AdamW, called before they import diffusers."""
+    import sys
+
+    if "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None
 
 

@@ -28,6 +28,9 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "base_qua
 
 
 def main() -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--steps", type=int, default=20)

@@ -108,6 +108,9 @@ def gain(method_name: str, concept_name: str, seed: int, change: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     from bench.io import publish
 
     import pandas as pd

@@ -26,6 +26,9 @@ FALSE_TARGET = 0.05
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     from bench.io import publish
 
     import numpy as np

@@ -130,6 +130,9 @@ def timed(cmd: list[str], threads: int, steps: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peers", type=Path, help="folder of the diffusers example scripts (../shared/peers/diffusers-examples)")
     p.add_argument("--method", nargs="*", default=list(SCRIPTS), choices=list(SCRIPTS))

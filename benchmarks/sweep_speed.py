@@ -37,6 +37,9 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "sweep_sp
 
 
 def main() -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--weights", type=int, default=8)

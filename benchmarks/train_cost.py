@@ -31,6 +31,9 @@ OUT = ROOT / "results" / "benchmarks" / "train_cost.md"
 
 
 def main() -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=4)

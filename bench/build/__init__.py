@@ -25,5 +25,8 @@ def start(args: argparse.Namespace) -> None:
 
     import torch
 
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
