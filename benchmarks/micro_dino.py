@@ -44,14 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=600)
     p.add_argument("--write", action="store_true", help="write results/benchmarks/micro_dino.md")
+    p.add_argument("--model", default="micro", help="the DINO to judge: 'micro' (bench/zoo/micro_dino) or local-dir:<folder> (a build elsewhere)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     samples = [world.sample(i, seed=4242) for i in range(args.n)]
     images = [s.image for s in samples]
-    micro = load_dino("micro")
+    micro = load_dino(args.model)
     untrained = DinoEncoder(Dinov2Model(micro.model.config), micro.processor, "untrained")
     rows = []
-    for name, encoder in [("micro DINO (bench/zoo/micro_dino)", micro), ("the same backbone, untrained", untrained), ("micro CLIP image tower", load_encoder("micro"))]:
+    for name, encoder in [("micro DINO (bench/zoo/micro_dino)" if args.model == "micro" else args.model, micro), ("the same backbone, untrained", untrained), ("micro CLIP image tower", load_encoder("micro"))]:
         rows.append({"features": name, **nearest_agreement(encoder.images(images).numpy().astype(np.float64), samples)})
     table = pd.DataFrame(rows).set_index("features")
     text = ("# Micro DINO: what its features see\n\n" + __doc__.split("\n\n", 1)[1].split("\n\n", 1)[1].replace("\n", " ").strip()

@@ -67,7 +67,7 @@ class Head(torch.nn.Module):
         return self.last(F.normalize(self.mlp(x), dim=-1))
 
 
-def crops(x: torch.Tensor, n: int, size: int, scale: tuple[float, float], gen: torch.Generator) -> list[torch.Tensor]:
+def crops(x: torch.Tensor, n: int, size: int, scale: tuple[float, float], gen: torch.Generator, **colour) -> list[torch.Tensor]:
     """`n` random resized crops (square, area share in `scale`) of every image in the float batch `x`,
     each flipped at random and blurred at random, resized to `size`."""
     b, _, h, w = x.shape
@@ -89,11 +89,11 @@ def crops(x: torch.Tensor, n: int, size: int, scale: tuple[float, float], gen: t
             k = (k / k.sum()).repeat(3, 1)
             c = F.conv2d(F.pad(c, (2, 2, 0, 0), mode="replicate"), k[:, None, None, :], groups=3)
             c = F.conv2d(F.pad(c, (0, 0, 2, 2), mode="replicate"), k[:, None, :, None], groups=3)
-        out.append(colour_augment(c, gen))
+        out.append(colour_augment(c, gen, **colour))
     return out
 
 
-def colour_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def colour_augment(x: torch.Tensor, gen: torch.Generator, strength: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1), grey_p: float = 0.2) -> torch.Tensor:
     """DINO's colour augmentations on a float [-1, 1] batch: with probability 0.8 colour jitter (brightness
     0.4, contrast 0.4, saturation 0.2, hue 0.1, as torchvision's ColorJitter draws them), with probability
     0.2 greyscale. Without them the views of an image in this world agree by colour alone, and the
@@ -106,13 +106,14 @@ def colour_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     def factor(amount: float) -> torch.Tensor:
         return (1 + (torch.rand(b, generator=gen) * 2 - 1) * amount).view(b, 1, 1, 1)
 
-    j = (u * factor(0.4)).clamp(0, 1)
+    brightness, contrast, saturation, hue = strength
+    j = (u * factor(brightness)).clamp(0, 1)
     mean = (j * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-    j = ((j - mean) * factor(0.4) + mean).clamp(0, 1)
+    j = ((j - mean) * factor(contrast) + mean).clamp(0, 1)
     grey = (j * grey_w).sum(1, keepdim=True)
-    j = ((j - grey) * factor(0.2) + grey).clamp(0, 1)
-    # hue: a rotation about the grey axis (YIQ chroma plane) by up to 0.1 of a turn
-    angle = (torch.rand(b, generator=gen) * 2 - 1) * 0.1 * 2 * math.pi
+    j = ((j - grey) * factor(saturation) + grey).clamp(0, 1)
+    # hue: a rotation about the grey axis (YIQ chroma plane) by up to `hue` of a turn
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * hue * 2 * math.pi
     yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     rgb = torch.linalg.inv(yiq)
     cos, sin = angle.cos(), angle.sin()
@@ -121,7 +122,7 @@ def colour_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     m = rgb @ rot @ yiq  # [b, 3, 3]
     j = torch.einsum("bij,bjhw->bihw", m, j).clamp(0, 1)
     u = torch.where(jitter, j, u)
-    to_grey = (torch.rand(b, generator=gen) < 0.2).view(b, 1, 1, 1)
+    to_grey = (torch.rand(b, generator=gen) < grey_p).view(b, 1, 1, 1)
     u = torch.where(to_grey, (u * grey_w).sum(1, keepdim=True).expand_as(u), u)
     return u * 2 - 1
 
@@ -192,6 +193,58 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
     return trained
 
 
+# SimCLR's colour distortion at strength 1 (brightness, contrast, saturation 0.8, hue 0.2; greyscale p 0.2):
+# Chen et al. found that crops of one image agree by their colour histogram unless colour is distorted hard.
+SIMCLR_COLOUR = dict(strength=(0.8, 0.8, 0.8, 0.2), grey_p=0.2)
+
+
+def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, batch: int = 128, seed: int = 0, lr: float = 1e-3,
+                 temperature: float = 0.2) -> dict:
+    """SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations"):
+    two crops of each image, each colour-distorted, are pulled together and pushed from the batch's other
+    2(N-1) crops (InfoNCE on a projection head's L2-normalised output). The negatives keep it from the
+    collapse DINO's centring and sharpening have to prevent, which under colour augmentations left DINO's
+    teacher near uniform here. Same renders, backbone and files as DINO's build."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    images = render_set(n_images, seed)
+    half = n_images // 2
+    images = torch.cat([images[:half], vae_round_trip(images[half:])])
+    config = Dinov2Config(**BACKBONE)
+    backbone = Dinov2Model(config)
+    head = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
+    params = [*backbone.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    warmup = steps // 10
+    bar = tqdm(range(steps), desc="micro DINO (SimCLR)")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) if step >= warmup else 1.0)
+        x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
+        a, b = crops(x, 2, 64, (0.3, 1.0), gen, **SIMCLR_COLOUR)
+        z = F.normalize(head(backbone(torch.cat([a, b])).pooler_output), dim=-1)
+        sims = z @ z.T / temperature
+        sims.fill_diagonal_(float("-inf"))  # a crop is not its own positive
+        positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)])
+        loss = F.cross_entropy(sims, positives)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        opt.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    backbone.eval()
+    trained = {"recipe": "SimCLR (Chen et al. 2020)", "n_images": n_images, "steps": steps, "batch": batch, "seed": seed, "lr": lr, "temperature": temperature}
+    with atomic_dir(out) as tmp:
+        backbone.save_pretrained(tmp, safe_serialization=True)
+        BitImageProcessor(**PREPROCESSOR).save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(trained, indent=2) + "\n")
+    return trained
+
+
 def main(argv: list[str] | None = None) -> None:
     from bench.build import start, trainer_arguments
 
@@ -199,9 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--prototypes", type=int, default=1024, help="K, the projection head's output size")
     p.add_argument("--teacher-temp", type=float, nargs=2, default=(0.04, 0.07), metavar=("START", "END"), help="warmed up over the first third of the steps")
+    p.add_argument("--recipe", choices=("dino", "simclr"), default="dino")
+    p.add_argument("--batch", type=int, default=None, help="default: 64 (dino), 128 (simclr)")
+    p.add_argument("--temperature", type=float, default=0.2, help="SimCLR's InfoNCE temperature")
     args = p.parse_args(argv)
     start(args)
-    trained = train(args.out, args.n_images, args.steps, seed=args.seed, lr=args.lr, prototypes=args.prototypes, teacher_temp=tuple(args.teacher_temp))
+    if args.recipe == "simclr":
+        trained = train_simclr(args.out, args.n_images, args.steps, batch=args.batch or 128, seed=args.seed, lr=args.lr, temperature=args.temperature)
+    else:
+        trained = train(args.out, args.n_images, args.steps, batch=args.batch or 64, seed=args.seed, lr=args.lr, prototypes=args.prototypes, teacher_temp=tuple(args.teacher_temp))
     log.info("micro DINO written to %s: %s", args.out, trained)
 
 
