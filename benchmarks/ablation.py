@@ -54,6 +54,9 @@ def per_run(table, metric: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     import json
 
     import pandas as pd

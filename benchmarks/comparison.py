@@ -78,6 +78,9 @@ def time_table(results: Path, wall_s: float, workers: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     from bench.io import publish
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -38,6 +38,9 @@ def screenshot(html: Path, png: Path, width: int = 1400, height: int = 2600) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=ROOT / "results" / "default", help="a finished run's results dir (its report/ is shown)")
     p.add_argument("--write", action="store_true", help="write docs/report_page.png and docs/summary.png (else into a temporary folder)")

@@ -32,6 +32,9 @@ def nearest_agreement(features: np.ndarray, samples) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     import pandas as pd
     import torch
     from transformers import Dinov2Model

@@ -209,6 +209,9 @@ def detectable_drops(table, check: dict, tests: int, sizes=(6, 12, 24, 48), powe
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     from omegaconf import OmegaConf
 
     from bench import records, regression

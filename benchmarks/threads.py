@@ -58,6 +58,9 @@ def run_jobs(name: str, launcher: list[str], extra: list[str], folder: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.models import skip_bitsandbytes
+
+    skip_bitsandbytes()  # a benchmark never trains with 8-bit AdamW: no bitsandbytes import, no console line about it
     import pandas as pd
 
     from bench.io import publish
