@@ -101,3 +101,22 @@ def test_a_folder_that_is_not_dinov2_is_named_under_metrics_dino(tmp_path, make,
         dino_folder(f"local-dir:{make(tmp_path)}")
     with pytest.raises(DinoConfigError, match=r"^metrics\.dino: 'ViT-B-32' is neither 'micro' nor 'local-dir:"):
         dino_folder("ViT-B-32")
+
+
+@pytest.mark.parametrize("recipe", ["dino", "simclr"])
+def test_each_micro_dino_recipe_writes_a_folder_the_metric_loads(recipe, tmp_path):
+    """A few steps of each build recipe (bench/build/dino.py) on a handful of renders: the folder is a
+    Dinov2Model with its processor, which `metrics.dino=local-dir:` loads and scores with, and it records
+    which recipe made it. (Whether a build learns shape is benchmarks/micro_dino.py's question.)"""
+    from bench.build import dino as build
+
+    if recipe == "dino":
+        trained = build.train(tmp_path / "m", n_images=8, steps=2, batch=4, prototypes=16)
+    else:
+        trained = build.train_simclr(tmp_path / "m", n_images=8, steps=2, batch=4)
+    assert json.loads((tmp_path / "m" / "training.json").read_text()) == trained
+    assert trained["recipe"].startswith({"dino": "DINO", "simclr": "SimCLR"}[recipe])
+    encoder = load_dino(f"local-dir:{tmp_path / 'm'}")
+    features = encoder.images([world.sample(i, seed=3).image for i in range(3)])
+    assert features.shape == (3, build.BACKBONE["hidden_size"]) and torch.isfinite(features).all()
+    assert torch.allclose(features.norm(dim=-1), torch.ones(3), atol=1e-5)

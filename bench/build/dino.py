@@ -127,19 +127,40 @@ def colour_augment(x: torch.Tensor, gen: torch.Generator, strength: tuple[float,
     return u * 2 - 1
 
 
+def training_renders(n_images: int, seed: int) -> torch.Tensor:
+    """Both recipes' training set: unlabelled world renders, the second half through the micro VAE."""
+    images = render_set(n_images, seed)
+    half = n_images // 2
+    return torch.cat([images[:half], vae_round_trip(images[half:])])
+
+
+def warmup_cosine(step: int, steps: int, lr: float) -> float:
+    """The rate at `step`: a linear warm-up over the first tenth, then cosine decay (both recipes)."""
+    warmup = max(1, steps // 10)
+    return lr * min(1.0, (step + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) if step >= warmup else 1.0)
+
+
+def save_backbone(out: Path, backbone, trained: dict) -> None:
+    """The backbone as a `Dinov2Model` folder with its image processor and the build's settings."""
+    from transformers import BitImageProcessor
+
+    with atomic_dir(out) as tmp:
+        backbone.save_pretrained(tmp, safe_serialization=True)
+        BitImageProcessor(**PREPROCESSOR).save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(trained, indent=2) + "\n")
+
+
 def cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
 def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, batch: int = 64, seed: int = 0, lr: float = 5e-4,
           prototypes: int = 1024, teacher_temp: tuple[float, float] = (0.04, 0.07)) -> dict:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+    from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
     random.seed(seed)
-    images = render_set(n_images, seed)
-    half = n_images // 2
-    images = torch.cat([images[:half], vae_round_trip(images[half:])])
+    images = training_renders(n_images, seed)
     config = Dinov2Config(**BACKBONE)
     student, teacher = Dinov2Model(config), Dinov2Model(config)
     s_head, t_head = Head(config.hidden_size, prototypes), Head(config.hidden_size, prototypes)
@@ -151,11 +172,10 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
     center = torch.zeros(1, t_head.last.weight.shape[0])
     gen = torch.Generator().manual_seed(seed)
-    warmup = steps // 10
     bar = tqdm(range(steps), desc="micro DINO")
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) if step >= warmup else 1.0)
+            g["lr"] = warmup_cosine(step, steps, lr)
         x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
         globals_ = crops(x, 2, 64, (0.4, 1.0), gen)
         locals_ = crops(x, 4, 32, (0.15, 0.4), gen)
@@ -186,10 +206,7 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
     teacher.eval()
     trained = {"recipe": "DINO self-distillation (Caron et al. 2021)", "n_images": n_images, "steps": steps, "batch": batch, "seed": seed, "lr": lr,
                "prototypes": prototypes, "teacher_temp": list(teacher_temp)}
-    with atomic_dir(out) as tmp:
-        teacher.save_pretrained(tmp, safe_serialization=True)  # the teacher is DINO's output network
-        BitImageProcessor(**PREPROCESSOR).save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(trained, indent=2) + "\n")
+    save_backbone(out, teacher, trained)  # the teacher is DINO's output network
     return trained
 
 
@@ -205,24 +222,21 @@ def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int =
     2(N-1) crops (InfoNCE on a projection head's L2-normalised output). The negatives keep it from the
     collapse DINO's centring and sharpening have to prevent, which under colour augmentations left DINO's
     teacher near uniform here. Same renders, backbone and files as DINO's build."""
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+    from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
     random.seed(seed)
-    images = render_set(n_images, seed)
-    half = n_images // 2
-    images = torch.cat([images[:half], vae_round_trip(images[half:])])
+    images = training_renders(n_images, seed)
     config = Dinov2Config(**BACKBONE)
     backbone = Dinov2Model(config)
     head = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
     params = [*backbone.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
     gen = torch.Generator().manual_seed(seed)
-    warmup = steps // 10
     bar = tqdm(range(steps), desc="micro DINO (SimCLR)")
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) if step >= warmup else 1.0)
+            g["lr"] = warmup_cosine(step, steps, lr)
         x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
         a, b = crops(x, 2, 64, (0.3, 1.0), gen, **SIMCLR_COLOUR)
         z = F.normalize(head(backbone(torch.cat([a, b])).pooler_output), dim=-1)
@@ -238,10 +252,7 @@ def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int =
             bar.set_postfix(loss=f"{loss.item():.3f}")
     backbone.eval()
     trained = {"recipe": "SimCLR (Chen et al. 2020)", "n_images": n_images, "steps": steps, "batch": batch, "seed": seed, "lr": lr, "temperature": temperature}
-    with atomic_dir(out) as tmp:
-        backbone.save_pretrained(tmp, safe_serialization=True)
-        BitImageProcessor(**PREPROCESSOR).save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(trained, indent=2) + "\n")
+    save_backbone(out, backbone, trained)
     return trained
 
 
