@@ -140,6 +140,17 @@ def warmup_cosine(step: int, steps: int, lr: float) -> float:
     return lr * min(1.0, (step + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) if step >= warmup else 1.0)
 
 
+def training_batches(images: torch.Tensor, opt: torch.optim.Optimizer, steps: int, batch: int, lr: float, seed: int, desc: str):
+    """Both recipes' loop: per step, set the rate (`warmup_cosine`) and draw a batch of renders as floats in
+    [-1, 1]; yields (step, batch, the generator the augmentations draw from, the progress bar)."""
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc=desc)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = warmup_cosine(step, steps, lr)
+        yield step, to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)]), gen, bar
+
+
 def save_backbone(out: Path, backbone, trained: dict) -> None:
     """The backbone as a `Dinov2Model` folder with its image processor and the build's settings."""
     from transformers import BitImageProcessor
@@ -171,12 +182,7 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
     params = [p for p in [*student.parameters(), *s_head.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.04)
     center = torch.zeros(1, t_head.last.weight.shape[0])
-    gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="micro DINO")
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine(step, steps, lr)
-        x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
+    for step, x, gen, bar in training_batches(images, opt, steps, batch, lr, seed, "micro DINO"):
         globals_ = crops(x, 2, 64, (0.4, 1.0), gen)
         locals_ = crops(x, 4, 32, (0.15, 0.4), gen)
         t_temp = teacher_temp[0] + (teacher_temp[1] - teacher_temp[0]) * min(1.0, step / max(1, steps // 3))  # DINO's warm-up of the teacher temperature
@@ -232,12 +238,7 @@ def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int =
     head = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
     params = [*backbone.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="micro DINO (SimCLR)")
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine(step, steps, lr)
-        x = to_unit(images[torch.randint(0, len(images), (batch,), generator=gen)])
+    for step, x, gen, bar in training_batches(images, opt, steps, batch, lr, seed, "micro DINO (SimCLR)"):
         a, b = crops(x, 2, 64, (0.3, 1.0), gen, **SIMCLR_COLOUR)
         z = F.normalize(head(backbone(torch.cat([a, b])).pooler_output), dim=-1)
         sims = z @ z.T / temperature
