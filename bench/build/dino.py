@@ -221,7 +221,7 @@ def train(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, 
 SIMCLR_COLOUR = dict(strength=(0.8, 0.8, 0.8, 0.2), grey_p=0.2)
 
 
-def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, batch: int = 128, seed: int = 0, lr: float = 1e-3,
+def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int = 2500, batch: int = 128, seed: int = 0, lr: float = 5e-4,
                  temperature: float = 0.2) -> dict:
     """SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations"):
     two crops of each image, each colour-distorted, are pulled together and pushed from the batch's other
@@ -238,12 +238,12 @@ def train_simclr(out: Path = MICRO_DINO_DIR, n_images: int = 16000, steps: int =
     head = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
     params = [*backbone.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
+    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)])  # crop i of view a pairs with crop i of view b
     for step, x, gen, bar in training_batches(images, opt, steps, batch, lr, seed, "micro DINO (SimCLR)"):
         a, b = crops(x, 2, 64, (0.3, 1.0), gen, **SIMCLR_COLOUR)
         z = F.normalize(head(backbone(torch.cat([a, b])).pooler_output), dim=-1)
         sims = z @ z.T / temperature
         sims.fill_diagonal_(float("-inf"))  # a crop is not its own positive
-        positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)])
         loss = F.cross_entropy(sims, positives)
         opt.zero_grad(set_to_none=True)
         loss.backward()

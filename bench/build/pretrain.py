@@ -519,11 +519,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="a diffusers AutoencoderKL folder to use instead of training one (copied into --work)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    from bench.models import skip_bitsandbytes
+    from bench.build import start
 
-    skip_bitsandbytes()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start(args)
 
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
